@@ -1,0 +1,76 @@
+"""SID tokens: how items become token sequences for the generator.
+
+Layout of the vocabulary (one id range per SID level, so a token says its own level)::
+
+    0            PAD
+    1            BOS (start of a user's history)
+    2 + off_l + c   code c of level l, off_l = sum of the codebook sizes of the levels before l
+
+A user's history [i1, i2, ...] becomes ``BOS c(i1,1) .. c(i1,L) c(i2,1) ..``; the generator then
+emits the next item's L codes, one per step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+PAD, BOS = 0, 1
+N_SPECIAL = 2
+
+
+@dataclass
+class SidVocab:
+    codebook_sizes: list[int]  # [L]
+
+    def __post_init__(self) -> None:
+        self.codebook_sizes = [int(k) for k in self.codebook_sizes]
+        self.offsets = [N_SPECIAL + int(sum(self.codebook_sizes[:l])) for l in range(self.n_levels)]
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.codebook_sizes)
+
+    @property
+    def size(self) -> int:
+        return N_SPECIAL + int(sum(self.codebook_sizes))
+
+    def level_slice(self, level: int) -> slice:
+        """Vocabulary ids of the codes of ``level`` (0-based)."""
+        return slice(self.offsets[level], self.offsets[level] + self.codebook_sizes[level])
+
+    def code_tokens(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes [..., L] -> token ids [..., L]."""
+        offsets = torch.as_tensor(self.offsets, dtype=torch.long, device=codes.device)
+        return codes.long() + offsets[: codes.shape[-1]]
+
+    def token_of(self, level: int, codes: torch.Tensor) -> torch.Tensor:
+        """Codes of one level [...] -> token ids [...]."""
+        return codes.long() + self.offsets[level]
+
+    def encode_histories(self, histories: list[np.ndarray], item_codes: torch.Tensor,
+                         max_items: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded prompts for a batch of histories.
+
+        histories: B arrays of item indices (oldest first). item_codes: [N, L] codes of every item.
+        Returns tokens [B, T] and pad_mask [B, T] (True = real token), T = 1 + L * longest history.
+        """
+        L = self.n_levels
+        if max_items is not None:
+            histories = [h[-max_items:] for h in histories]
+        lengths = [len(h) for h in histories]
+        T = 1 + L * max(lengths, default=0)
+        B = len(histories)
+        tokens = torch.full((B, T), PAD, dtype=torch.long)
+        mask = torch.zeros((B, T), dtype=torch.bool)
+        for b, h in enumerate(histories):
+            n = 1 + L * len(h)
+            row = torch.empty(n, dtype=torch.long)
+            row[0] = BOS
+            if len(h):
+                row[1:] = self.code_tokens(item_codes[torch.as_tensor(h, dtype=torch.long)]).reshape(-1)
+            tokens[b, T - n:] = row
+            mask[b, T - n:] = True
+        return tokens, mask

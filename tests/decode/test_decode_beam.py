@@ -1,0 +1,89 @@
+import numpy as np
+import pytest
+import torch
+
+from vstar.decode import SidTrie, beam_search, constrained_sample
+from vstar.decode.scoring import score_candidates
+from vstar.model import GeneratorConfig, SidGenerator, SidVocab
+
+
+def _catalogue(n_items=40, sizes=(4, 5, 3), seed=0):
+    rng = np.random.default_rng(seed)
+    all_codes = np.stack(np.meshgrid(*[np.arange(k) for k in sizes], indexing="ij"), -1).reshape(-1, len(sizes))
+    pick = rng.choice(len(all_codes), size=n_items, replace=False)
+    return all_codes[pick]
+
+
+def _setup(n_items=40, sizes=(4, 5, 3), seed=0):
+    torch.manual_seed(seed)
+    codes = _catalogue(n_items, sizes, seed)
+    vocab = SidVocab(list(sizes))
+    trie = SidTrie(codes, list(sizes))
+    model = SidGenerator(GeneratorConfig(vocab_size=vocab.size, block_size=64, n_layer=2, n_head=2,
+                                         n_embd=32, dropout=0.0)).eval()
+    # larger random weights so that the distribution is far from uniform
+    with torch.no_grad():
+        model.wte.weight.normal_(0, 1.0)
+    rng = np.random.default_rng(seed + 1)
+    histories = [rng.integers(0, n_items, size=rng.integers(1, 6)) for _ in range(5)]
+    tokens, mask = vocab.encode_histories(histories, torch.as_tensor(codes))
+    return codes, vocab, trie, model, tokens, mask
+
+
+def test_trie_allowed_masks_match_catalogue():
+    codes = np.array([[0, 1], [0, 2], [1, 0]])
+    trie = SidTrie(codes, [2, 3])
+    assert trie.allowed(0, torch.tensor([0])).tolist() == [[True, True]]
+    node0 = trie.step(0, torch.tensor([0, 0]), torch.tensor([0, 1]))
+    assert trie.allowed(1, node0).tolist() == [[False, True, True], [True, False, False]]
+    assert trie.item_of(torch.tensor([[0, 2], [1, 0], [1, 1], [0, 0]])).tolist() == [1, 2, -1, -1]
+
+
+def test_trie_rejects_collisions_and_out_of_range_codes():
+    with pytest.raises(ValueError, match="collide"):
+        SidTrie(np.array([[0, 1], [0, 1]]), [2, 2])
+    with pytest.raises(ValueError, match="level 1"):
+        SidTrie(np.array([[0, 5]]), [2, 2])
+
+
+def test_beam_search_with_full_width_equals_brute_force_ranking():
+    codes, vocab, trie, model, tokens, mask = _setup()
+    N = len(codes)
+    res = beam_search(model, vocab, trie, tokens, mask, width=N)
+    B = tokens.shape[0]
+    all_codes = torch.as_tensor(codes)[None].expand(B, N, -1)
+    with torch.no_grad():
+        brute = score_candidates(model, vocab, trie, tokens, mask, all_codes).log_probs.sum(-1)  # [B, N]
+    brute_rank = brute.argsort(dim=1, descending=True)
+    assert res.n_invalid == 0
+    assert (res.items >= 0).all()
+    for b in range(B):
+        assert sorted(res.items[b].tolist()) == list(range(N))          # every item exactly once
+        assert torch.allclose(res.scores[b], brute[b, res.items[b]], atol=1e-5)
+        assert res.items[b].tolist() == brute_rank[b].tolist()
+    assert res.forward_tokens == (vocab.n_levels - 1) * N * B
+
+
+def test_beam_search_narrow_returns_valid_distinct_items_and_counts_cost():
+    codes, vocab, trie, model, tokens, mask = _setup()
+    res = beam_search(model, vocab, trie, tokens, mask, width=7)
+    assert res.items.shape == (tokens.shape[0], 7)
+    for b in range(tokens.shape[0]):
+        row = res.items[b].tolist()
+        assert len(set(row)) == 7 and min(row) >= 0
+        assert (trie.item_of(res.codes[b]) == res.items[b]).all()
+    assert (res.scores[:, :-1] >= res.scores[:, 1:]).all()
+    assert res.forward_tokens == 2 * 7 * tokens.shape[0]
+
+
+def test_sampling_is_always_valid_and_follows_top_k():
+    codes, vocab, trie, model, tokens, mask = _setup()
+    g = torch.Generator().manual_seed(0)
+    res = constrained_sample(model, vocab, trie, tokens, mask, n_samples=50, temperature=1.5, generator=g)
+    assert res.n_invalid == 0 and (res.items >= 0).all()
+    assert (trie.item_of(res.codes) == res.items).all()
+    # top_k = 1 at temperature 1 is greedy: every sample is the same item, the beam-1 item
+    greedy = constrained_sample(model, vocab, trie, tokens, mask, n_samples=4, top_k=1, generator=g)
+    beam1 = beam_search(model, vocab, trie, tokens, mask, width=1)
+    # greedy per level equals beam-1 (beam of width 1 is greedy too)
+    assert (greedy.items == beam1.items).all()
