@@ -1,0 +1,154 @@
+"""``vstar``: one sub-command per pipeline stage, plus ``run`` for the whole pipeline.
+
+    vstar run configs/demo_ml100k.yaml run.seeds=[0,1,2]   # everything, then the results table
+    vstar data configs/scientific.yaml                      # load + split, print statistics
+    vstar sid configs/scientific.yaml sid.method=rqvae      # semantic IDs and their report
+    vstar sft configs/scientific.yaml                       # train + evaluate the SFT generator
+    vstar baseline configs/scientific.yaml --method sasrec  # popularity / SASRec
+    vstar compare runs/scientific                           # mean +- std table over run folders
+
+The CLI owns no logic: it parses arguments and calls ``vstar.pipeline``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from vstar.errors import InputError
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", type=Path, help="YAML config file")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. sft.max_epochs=5")
+
+
+def _load(args):
+    from vstar.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def _print_results(paths) -> None:
+    from vstar.eval.compare import compare_runs, print_table, render_table
+    from vstar.io import atomic_write_text
+
+    rows = compare_runs(paths)
+    print_table(rows)
+    return render_table(rows)
+
+
+def cmd_run(args) -> None:
+    from vstar.io import atomic_write_text
+    from vstar.pipeline import experiment_dir, run_pipeline
+
+    cfg = _load(args)
+    run_pipeline(cfg)
+    table = _print_results([experiment_dir(cfg)])
+    atomic_write_text(experiment_dir(cfg) / "results.md", table + "\n")
+    print(f"\nresults table: {experiment_dir(cfg) / 'results.md'}")
+
+
+def cmd_data(args) -> None:
+    from vstar.pipeline import prepare_data
+
+    cfg = _load(args)
+    data, splits, seconds = prepare_data(cfg)
+    print(f"{data.name}: {data.n_users} users, {data.n_items} items, {data.n_interactions} "
+          f"interactions, item text: {'yes' if data.item_text else 'no'}")
+    print(f"{splits.protocol} (max_history {splits.max_history}): train {len(splits.train)}, "
+          f"valid {len(splits.valid)}, test {len(splits.test)} rows ({seconds:.1f}s)")
+    if args.export_minionerec:
+        from vstar.data.minionerec import write_minionerec
+        from vstar.pipeline import experiment_dir, prepare_sids
+
+        sids, *_ = prepare_sids(cfg, data, experiment_dir(cfg) / "artifacts")
+        write_minionerec(args.export_minionerec, data, splits, sids)
+        print(f"MiniOneRec files written to {args.export_minionerec}")
+
+
+def cmd_sid(args) -> None:
+    import json
+
+    from vstar.pipeline import experiment_dir, prepare_data, prepare_sids
+
+    cfg = _load(args)
+    data, _, _ = prepare_data(cfg)
+    _, report, _, _ = prepare_sids(cfg, data, experiment_dir(cfg) / "artifacts")
+    print(json.dumps(report, indent=2))
+
+
+def _run_methods(args, methods) -> None:
+    from vstar.pipeline import prepare, run_method
+
+    cfg = _load(args)
+    prep = prepare(cfg)
+    paths = [run_method(cfg, prep, m, seed) for seed in cfg.run.seeds for m in methods]
+    _print_results(paths)
+
+
+def cmd_sft(args) -> None:
+    _run_methods(args, ["sft"])
+
+
+def cmd_baseline(args) -> None:
+    _run_methods(args, [args.method])
+
+
+def cmd_compare(args) -> None:
+    table = _print_results(args.runs)
+    if args.markdown:
+        from vstar.io import atomic_write_text
+
+        atomic_write_text(args.markdown, table + "\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vstar", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="the whole pipeline from a config file")
+    _config_args(p)
+    p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("data", help="load and split a dataset, print statistics")
+    _config_args(p)
+    p.add_argument("--export-minionerec", type=Path, default=None,
+                   help="also write MiniOneRec train/valid/test CSV, index.json and info.txt here")
+    p.set_defaults(fn=cmd_data)
+    p = sub.add_parser("sid", help="build semantic IDs and print their report")
+    _config_args(p)
+    p.set_defaults(fn=cmd_sid)
+    p = sub.add_parser("sft", help="train and evaluate the SFT generator")
+    _config_args(p)
+    p.set_defaults(fn=cmd_sft)
+    p = sub.add_parser("baseline", help="train and evaluate a baseline")
+    _config_args(p)
+    p.add_argument("--method", choices=["popularity", "sasrec"], required=True)
+    p.set_defaults(fn=cmd_baseline)
+    p = sub.add_parser("compare", help="mean +- std table over run folders")
+    p.add_argument("runs", nargs="+", type=Path, help="run folders or folders containing them")
+    p.add_argument("--markdown", type=Path, default=None, help="also write the table here")
+    p.set_defaults(fn=cmd_compare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        args.fn(args)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
