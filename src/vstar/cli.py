@@ -5,6 +5,7 @@
     vstar sid configs/scientific.yaml sid.method=rqvae      # semantic IDs and their report
     vstar sft configs/scientific.yaml                       # train + evaluate the SFT generator
     vstar baseline configs/scientific.yaml --method sasrec  # popularity / SASRec
+    vstar rl configs/scientific.yaml --method vstar         # RL from the SFT checkpoints
     vstar compare runs/scientific                           # mean +- std table over run folders
 
 The CLI owns no logic: it parses arguments and calls ``vstar.pipeline``.
@@ -102,6 +103,10 @@ def cmd_baseline(args) -> None:
     _run_methods(args, [args.method])
 
 
+def cmd_rl(args) -> None:
+    _run_methods(args, [args.method])
+
+
 def cmd_compare(args) -> None:
     table = _print_results(args.runs)
     if args.markdown:
@@ -132,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--method", choices=["popularity", "sasrec"], required=True)
     p.set_defaults(fn=cmd_baseline)
+    p = sub.add_parser("rl", help="RL fine-tuning from the SFT generator of each seed, evaluated")
+    _config_args(p)
+    from vstar.rl.trainer import RL_PRESETS
+
+    p.add_argument("--method", choices=["rl", *RL_PRESETS], default="vstar",
+                   help="an ablation row (presets of rl.*) or 'rl' for the config's rl section")
+    p.set_defaults(fn=cmd_rl)
     p = sub.add_parser("compare", help="mean +- std table over run folders")
     p.add_argument("runs", nargs="+", type=Path, help="run folders or folders containing them")
     p.add_argument("--markdown", type=Path, default=None, help="also write the table here")

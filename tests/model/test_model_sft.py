@@ -4,7 +4,8 @@ import torch
 from vstar.data.types import SplitRows, Splits
 from vstar.decode import SidTrie
 from vstar.model import GeneratorConfig, SidGenerator, SidVocab
-from vstar.model.sft import SFTConfig, build_windows, encode_windows, train_sft
+from vstar.data.windows import build_windows
+from vstar.model.sft import SFTConfig, encode_windows, train_sft
 
 
 def _loo_rows(sequences, max_history):
