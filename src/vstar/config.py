@@ -7,6 +7,7 @@ Unknown keys and wrongly typed values are errors that name the file or the overr
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,10 @@ from vstar.baselines.config import SASRecConfig
 from vstar.data.config import DataConfig
 from vstar.errors import InputError
 from vstar.model.sft import SFTConfig
+from vstar.rl.trainer import RL_PRESETS, RLConfig
 from vstar.sid.config import SidConfig
 
-METHODS = ("popularity", "sasrec", "sft")
+METHODS = ("popularity", "sasrec", "sft", "rl", *RL_PRESETS)
 
 
 @dataclass
@@ -47,7 +49,7 @@ class RunConfig:
     out_dir: str = "runs"
     cache_dir: str = ".cache"     # embeddings, downloaded datasets
     seeds: list[int] = field(default_factory=lambda: [0])
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(default_factory=lambda: ["popularity", "sasrec", "sft"])
     num_threads: int = 2
     overwrite: bool = False
     progress: bool = True
@@ -60,12 +62,13 @@ class PipelineConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Any:
-    """Schema defaults <- YAML file <- ``key=value`` overrides; returns a typed OmegaConf object."""
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> "PipelineConfig":
+    """Schema defaults <- YAML file <- ``key=value`` overrides; returns plain typed dataclasses."""
     cfg = OmegaConf.structured(PipelineConfig)
     if path is not None:
         path = Path(path)
@@ -87,8 +90,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for m in cfg.run.methods:
         if m not in METHODS:
             raise InputError(f"unknown method {m!r}, expected some of {METHODS}", field="run.methods")
-    return cfg
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
 
 
 def to_container(cfg: Any) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    """The config as plain dicts and lists (what each run folder's config.yaml stores)."""
+    return dataclasses.asdict(cfg)

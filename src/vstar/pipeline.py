@@ -7,6 +7,8 @@ every (method, seed) gets its own run folder ``<out_dir>/<name>/<method>/seed<k>
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ from vstar.data import load_dataset, make_splits
 from vstar.data.types import InteractionData, Splits
 from vstar.decode.rank import rank_rows
 from vstar.decode.trie import SidTrie
+from vstar.errors import InputError
 from vstar.eval.metrics import evaluate_ranking, target_ranks
 from vstar.eval.runs import RunDir, save_checkpoint, set_seed, write_metrics
 from vstar.io import atomic_path, atomic_write_json
@@ -62,13 +65,30 @@ def prepare_data(cfg: Any) -> tuple[InteractionData, Splits, float]:
 
 
 def prepare_sids(cfg: Any, data: InteractionData, artifacts: Path):
+    """Build the SIDs, or reuse the ones in ``artifacts`` if they were built from the same data
+    and SID config (so that RL and evaluation see exactly the SIDs the SFT checkpoint used)."""
+    from vstar.sid import item_vectors, load_index_json
+
+    key = {"data": dataclasses.asdict(cfg.data), "sid": dataclasses.asdict(cfg.sid),
+           "n_items": data.n_items}
+    key_file, index_file, report_file = (artifacts / "sid_key.json", artifacts / "sid.index.json",
+                                         artifacts / "sid_report.json")
     t0 = time.perf_counter()
+    if key_file.is_file() and index_file.is_file() and report_file.is_file() \
+            and json.loads(key_file.read_text()) == json.loads(json.dumps(key)):
+        report = json.loads(report_file.read_text())
+        sids = load_index_json(index_file, data.item_ids, report["codebook_sizes"])
+        emb, _ = item_vectors(cfg.sid, data.item_text, data.n_items,
+                              Path(cfg.run.cache_dir) / "embeddings", show_progress=False)
+        log.info("SIDs reused from %s", index_file)
+        return sids, report, emb, time.perf_counter() - t0
     sids, report, emb = build_sids(cfg.sid, data.item_text, data.n_items, data.item_ids,
                                    cache_dir=Path(cfg.run.cache_dir) / "embeddings")
     seconds = time.perf_counter() - t0
     report = dict(report, seconds=seconds)
-    save_index_json(artifacts / "sid.index.json", sids, data.item_ids)
-    atomic_write_json(artifacts / "sid_report.json", report)
+    save_index_json(index_file, sids, data.item_ids)
+    atomic_write_json(report_file, report)
+    atomic_write_json(key_file, key)
     log.info("SIDs (%s, %s): collision rate %.4f -> %.4f, levels %s, codebook use %s (%.1fs)",
              cfg.sid.method, cfg.sid.collisions, report["collision_rate_before"],
              report["collision_rate_after"], sids.codebook_sizes,
@@ -136,14 +156,9 @@ def run_popularity(cfg, prep: Prepared, run: RunDir, seed: int) -> dict:
 
 
 def run_sasrec(cfg, prep: Prepared, run: RunDir, seed: int) -> dict:
-    from omegaconf import OmegaConf
-
     from vstar.baselines import train_sasrec
-    from vstar.baselines.config import SASRecConfig
 
-    scfg = SASRecConfig(**OmegaConf.to_container(cfg.sasrec, resolve=True))
-    scfg.seed = seed
-    scfg.max_len = prep.splits.max_history
+    scfg = dataclasses.replace(cfg.sasrec, seed=seed, max_len=prep.splits.max_history)
     t0 = time.perf_counter()
     model = train_sasrec(prep.splits, prep.data.n_items, scfg,
                          checkpoint_path=run / "sasrec.safetensors")
@@ -162,15 +177,10 @@ def run_sasrec(cfg, prep: Prepared, run: RunDir, seed: int) -> dict:
 
 
 def run_sft(cfg, prep: Prepared, run: RunDir, seed: int) -> dict:
-    from omegaconf import OmegaConf
-
-    from vstar.model.sft import SFTConfig
-
     vocab = SidVocab(prep.sids.codebook_sizes)
     trie = SidTrie(prep.sids.codes, prep.sids.codebook_sizes)
     model = build_generator(cfg, vocab, prep.splits.max_history)
-    scfg = SFTConfig(**OmegaConf.to_container(cfg.sft, resolve=True))
-    scfg.seed = seed
+    scfg = dataclasses.replace(cfg.sft, seed=seed)
     log.info("generator: %d parameters, vocabulary %d, %d SID levels", model.num_parameters(),
              vocab.size, vocab.n_levels)
     t0 = time.perf_counter()
@@ -193,6 +203,66 @@ def run_sft(cfg, prep: Prepared, run: RunDir, seed: int) -> dict:
     return out
 
 
+def load_generator(path: Path, vocab: SidVocab) -> SidGenerator:
+    from vstar.eval.runs import load_checkpoint
+
+    state, meta = load_checkpoint(path)
+    if list(meta["codebook_sizes"]) != vocab.codebook_sizes:
+        raise InputError(f"checkpoint SID codebooks {meta['codebook_sizes']} differ from the "
+                         f"current SIDs {vocab.codebook_sizes}", file=str(path))
+    model = SidGenerator(GeneratorConfig(**meta["generator_config"]))
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def run_rl(cfg, prep: Prepared, run: RunDir, seed: int, method: str) -> dict:
+    """RL from the same seed's SFT checkpoint, then the same beam-search evaluation."""
+    from vstar.rl.trainer import RL_PRESETS, RLTrainer
+
+    sft_ckpt = experiment_dir(cfg) / "sft" / f"seed{seed}" / "generator.safetensors"
+    if not sft_ckpt.is_file():
+        raise InputError(f"RL starts from the SFT generator of seed {seed}: run method 'sft' "
+                         "first (put it before the RL methods in run.methods)", file=str(sft_ckpt))
+    vocab = SidVocab(prep.sids.codebook_sizes)
+    trie = SidTrie(prep.sids.codes, prep.sids.codebook_sizes)
+    policy = load_generator(sft_ckpt, vocab)
+    rcfg = dataclasses.replace(cfg.rl, seed=seed, **RL_PRESETS.get(method, {}))
+    atomic_write_json(run / "rl_config.json", dataclasses.asdict(rcfg))
+    values = None
+    if cfg.data.value_cols and cfg.data.value_cols[0] in prep.data.item_features:
+        values = prep.data.item_features[cfg.data.value_cols[0]]
+    trainer = RLTrainer(policy, vocab, trie, prep.splits.train, rcfg, prep.splits.max_history,
+                        item_emb=prep.item_emb, item_values=values)
+    state = run / "rl_state.safetensors"
+    if state.is_file():
+        trainer.load(state)
+        log.info("resumed RL from %s at step %d", state, trainer.step_idx)
+    t0 = time.perf_counter()
+    trainer.train(run.path, progress=cfg.run.progress)
+    train_s = time.perf_counter() - t0
+    trainer.save(state)
+    save_checkpoint(run / "generator.safetensors", policy.state_dict(),
+                    {"generator_config": vars(policy.cfg), "codebook_sizes": vocab.codebook_sizes})
+    hist = trainer.history
+    summary = {k: float(np.mean([h[k] for h in hist if k in h])) for k in
+               ("reward_mean", "reward_std", "adv_std", "sibling_groups_with_signal",
+                "unique_items_per_G", "target_in_group", "decode_forward_tokens_per_user",
+                "step_seconds", "kl")} if hist else {}
+    out = {}
+    for split in cfg.eval.splits:
+        rows = getattr(prep.splits, split)
+        ranked, cost = rank_rows(policy, vocab, trie, rows, cfg.eval.beam_width,
+                                 batch_size=cfg.eval.batch_size,
+                                 max_history=prep.splits.max_history,
+                                 progress=cfg.run.progress, desc=f"beam search {split}")
+        cost["train_seconds"] = train_s
+        cost["seconds_per_rl_step"] = summary.get("step_seconds")
+        out[split] = _evaluate(run, cfg, prep, method, seed, split, ranked, cost,
+                               {"rl": {k: v for k, v in dataclasses.asdict(rcfg).items()
+                                       if not isinstance(v, dict)}, "rl_summary": summary})
+    return out
+
+
 RUNNERS = {"popularity": run_popularity, "sasrec": run_sasrec, "sft": run_sft}
 
 
@@ -200,10 +270,13 @@ def run_method(cfg: Any, prep: Prepared, method: str, seed: int) -> Path:
     torch.set_num_threads(cfg.run.num_threads)
     set_seed(seed)
     with RunDir.create(experiment_dir(cfg), f"{method}/seed{seed}", to_container(cfg), seed,
-                       overwrite=cfg.run.overwrite) as run:
+                       overwrite=cfg.run.overwrite, console=False) as run:
         run.logger.info("method %s, seed %d, dataset %s (%s)", method, seed, prep.data.name,
                         prep.splits.protocol)
-        RUNNERS[method](cfg, prep, run, seed)
+        if method in RUNNERS:
+            RUNNERS[method](cfg, prep, run, seed)
+        else:
+            run_rl(cfg, prep, run, seed, method)
         return run.path
 
 

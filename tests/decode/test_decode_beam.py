@@ -87,3 +87,11 @@ def test_sampling_is_always_valid_and_follows_top_k():
     beam1 = beam_search(model, vocab, trie, tokens, mask, width=1)
     # greedy per level equals beam-1 (beam of width 1 is greedy too)
     assert (greedy.items == beam1.items).all()
+
+
+def test_beam_wider_than_the_catalogue_pads_with_empty_slots():
+    codes, vocab, trie, model, tokens, mask = _setup(n_items=3)
+    res = beam_search(model, vocab, trie, tokens, mask, width=5)
+    assert res.n_invalid == 0
+    assert (res.items[:, :3] >= 0).all() and (res.items[:, 3:] == -1).all()
+    assert torch.isinf(res.scores[:, 3:]).all()

@@ -81,4 +81,4 @@ def constrained_log_probs(logits: torch.Tensor, allowed: torch.Tensor) -> torch.
     """
     masked = logits.float().masked_fill(~allowed, float("-inf"))
     out = torch.log_softmax(masked, dim=-1)
-    return torch.nan_to_num(out, nan=float("-inf"))
+    return torch.nan_to_num(out, nan=float("-inf"), neginf=float("-inf"))

@@ -1,0 +1,35 @@
+"""Typed hyper-parameters for the baselines (OmegaConf-compatible: plain fields, defaults everywhere)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class SASRecConfig:
+    """SASRec (Kang & McAuley 2018) trained with full-softmax cross-entropy over all items.
+
+    ``OmegaConf.structured(SASRecConfig)`` gives a typed config that YAML files and command-line
+    dotlists can override.
+    """
+
+    # model
+    hidden: int = 64              # embedding / model width d
+    layers: int = 2               # self-attention blocks
+    heads: int = 2                # attention heads (hidden % heads == 0)
+    dropout: float = 0.2          # on embeddings, attention weights and block outputs
+    max_len: int = 20             # longest history the model reads (= the split's max_history)
+    # optimisation (AdamW)
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 128         # training rows per step
+    max_epochs: int = 200
+    patience: int = 5             # stop after this many evaluations without a better valid NDCG@10
+    eval_every: int = 1           # evaluate on the validation rows every this many epochs
+    eval_k: int = 10              # early-stopping metric is NDCG@eval_k
+    eval_batch_size: int = 512    # rows per batch when ranking the full catalogue
+    # run
+    seed: int = 0
+    device: str = "cpu"
+    num_threads: int = 1          # torch intra-op threads, capped at 2: on a shared, busy CPU
+                                  # 2 threads can run 10x slower than 1 (OpenMP spin-waits)

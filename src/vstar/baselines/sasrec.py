@@ -1,0 +1,320 @@
+"""SASRec (Kang & McAuley, ICDM 2018): a causal self-attention next-item recommender.
+
+One readable file, nanoGPT-style: attention, feed-forward, block, model, training loop.
+
+- Tokens: item ``i`` is token ``i + 1``; token 0 is padding. Histories are left-padded, so the
+  newest item always sits in the last slot and gets the last learned position.
+- Blocks are pre-LN causal self-attention + point-wise feed-forward (Eq. 4 of the paper, ReLU,
+  inner width = hidden), with dropout; a final LayerNorm.
+- Scores: the dot product of the last hidden state with the item embedding table (Eq. 6, shared
+  item embeddings), over the **whole catalogue**.
+- Loss: cross-entropy over all items (full softmax, no sampled negatives).
+
+Training objective. We train on the split's training rows, one (history, target) per row, with
+the loss on the last position only. The data stage emits one row per prefix of each user's
+training sequence (PROTOCOL.md: "training uses every prefix"), so every training interaction is
+a target exactly once, read with its own most recent ``max_len`` items as context: the same
+targets as the classic all-positions loss over each user's sequence, without the truncation of
+long sequences to their last ``max_len`` items.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from vstar.baselines.config import SASRecConfig
+from vstar.data.types import Splits
+from vstar.errors import InputError
+from vstar.eval.metrics import hit_rate, ndcg, target_ranks
+from vstar.io import atomic_path
+
+logger = logging.getLogger(__name__)
+
+PAD = 0  # padding token; item i is token i + 1
+
+
+# ---------------------------------------------------------------------------------------------
+# model
+# ---------------------------------------------------------------------------------------------
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: SASRecConfig):
+        super().__init__()
+        if cfg.hidden % cfg.heads:
+            raise InputError(f"hidden ({cfg.hidden}) must be divisible by heads ({cfg.heads})",
+                             field="heads")
+        self.heads, self.dropout = cfg.heads, cfg.dropout
+        self.qkv = nn.Linear(cfg.hidden, 3 * cfg.hidden)
+        self.proj = nn.Linear(cfg.hidden, cfg.hidden)
+        self.resid_drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape                                        # x  # [B, T, D]
+        q, k, v = self.qkv(x).split(D, dim=2)
+        q, k, v = (t.view(B, T, self.heads, D // self.heads).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(                      # [B, H, T, D/H]
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, D)
+        return self.resid_drop(self.proj(y))
+
+
+class FeedForward(nn.Module):
+    """Point-wise feed-forward network (SASRec Eq. 4)."""
+
+    def __init__(self, cfg: SASRecConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.hidden, cfg.hidden)
+        self.fc2 = nn.Linear(cfg.hidden, cfg.hidden)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(F.relu(self.fc1(x))))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: x + attn(LN(x)), then x + ffn(LN(x))."""
+
+    def __init__(self, cfg: SASRecConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.hidden)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.hidden)
+        self.ffn = FeedForward(cfg)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), mask)
+        return x + self.ffn(self.ln2(x))
+
+
+class SASRec(nn.Module):
+    """Next-item scores over the full catalogue from a left-padded history of item tokens."""
+
+    def __init__(self, cfg: SASRecConfig, n_items: int):
+        super().__init__()
+        if n_items < 1:
+            raise InputError(f"n_items must be >= 1, got {n_items}", field="n_items")
+        self.cfg, self.n_items = cfg, n_items
+        self.item_emb = nn.Embedding(n_items + 1, cfg.hidden, padding_idx=PAD)  # token i+1 = item i
+        self.pos_emb = nn.Embedding(cfg.max_len, cfg.hidden)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
+        self.ln_f = nn.LayerNorm(cfg.hidden)
+        self.apply(self._init_weights)
+        self.fit_log: list[dict[str, float]] = []  # filled by train_sasrec: one entry per evaluation
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, T] (left-padded, T <= max_len) -> logits [B, n_items] for the next item."""
+        B, T = tokens.shape
+        if T > self.cfg.max_len:
+            raise InputError(f"history length {T} exceeds max_len {self.cfg.max_len}", field="tokens")
+        # positions count from the right: the newest item is always at position max_len - 1
+        pos = torch.arange(self.cfg.max_len - T, self.cfg.max_len, device=tokens.device)  # [T]
+        x = self.drop(self.item_emb(tokens) + self.pos_emb(pos))                         # [B, T, D]
+        causal = torch.ones(T, T, dtype=torch.bool, device=tokens.device).tril()          # [T, T]
+        real = (tokens != PAD)[:, None, None, :]                                          # [B, 1, 1, T]
+        eye = torch.eye(T, dtype=torch.bool, device=tokens.device)   # a padded slot sees itself: no NaN
+        mask = (causal & real) | eye                                                      # [B, 1, T, T]
+        for block in self.blocks:
+            x = block(x, mask)
+        h = self.ln_f(x[:, -1])                                                           # [B, D]
+        return h @ self.item_emb.weight[1:].T                                            # [B, n_items] Eq. 6
+
+    @torch.no_grad()
+    def rank(self, histories: list[np.ndarray], k: int, batch_size: int = 512) -> np.ndarray:
+        """Top-``k`` items of the full catalogue for each history: int64 [R, k], best first.
+
+        Histories longer than ``max_len`` keep their most recent items. Items already in the
+        history are not removed (repeat interactions are allowed).
+        """
+        if not 1 <= k <= self.n_items:
+            raise InputError(f"k must be in 1..{self.n_items} (the catalogue size), got {k}", field="k")
+        was_training = self.training
+        self.eval()
+        device = self.item_emb.weight.device
+        tokens = encode_histories(histories, self.cfg.max_len, self.n_items)  # [R, max_len]
+        out = []
+        for start in range(0, len(tokens), batch_size):
+            batch = _trim_padding(tokens[start:start + batch_size]).to(device)
+            out.append(self(batch).topk(k, dim=1).indices.cpu())              # [b, k]
+        self.train(was_training)
+        if not out:
+            return np.zeros((0, k), dtype=np.int64)
+        return torch.cat(out).numpy().astype(np.int64)
+
+
+def encode_histories(histories: list[np.ndarray], max_len: int, n_items: int) -> torch.Tensor:
+    """Left-padded token matrix int64 [R, max_len]: item i -> token i + 1, padding 0.
+
+    Histories longer than ``max_len`` keep their last ``max_len`` items.
+    """
+    tokens = torch.zeros(len(histories), max_len, dtype=torch.long)
+    for r, history in enumerate(histories):
+        h = np.asarray(history, dtype=np.int64)[-max_len:] if max_len else np.zeros(0, np.int64)
+        if h.size and (h.min() < 0 or h.max() >= n_items):
+            raise InputError(f"history {r} holds item {int(h[(h < 0) | (h >= n_items)][0])}, "
+                             f"outside 0..{n_items - 1}", field="histories")
+        if h.size:
+            tokens[r, max_len - h.size:] = torch.from_numpy(h + 1)
+    return tokens
+
+
+def _trim_padding(tokens: torch.Tensor) -> torch.Tensor:
+    """Drop the leading columns that are padding in every row (positions count from the right)."""
+    width = max(int((tokens != PAD).sum(1).max()) if len(tokens) else 1, 1)
+    return tokens[:, -width:]
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------------
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train_sasrec(splits: Splits, n_items: int, cfg: SASRecConfig | None = None,
+                 checkpoint_path: str | Path | None = None,
+                 log: logging.Logger = logger) -> SASRec:
+    """Train SASRec on ``splits.train``; early-stop on validation NDCG@``eval_k``.
+
+    Returns the model in eval mode holding the best validation state (also saved as safetensors
+    to ``checkpoint_path`` if given). ``model.fit_log`` lists every evaluation
+    (epoch, train loss, valid NDCG/HR, seconds).
+    """
+    cfg = cfg if cfg is not None else SASRecConfig()
+    for name in ("max_epochs", "eval_every", "patience", "batch_size", "eval_k", "max_len"):
+        if int(getattr(cfg, name)) < 1:
+            raise InputError(f"must be >= 1, got {getattr(cfg, name)}", field=name)
+    if len(splits.train) == 0 or len(splits.valid) == 0:
+        raise InputError("SASRec needs non-empty train and valid rows", field="splits")
+    for name, rows in (("train", splits.train), ("valid", splits.valid)):
+        t = np.asarray(rows.targets)
+        if t.min() < 0 or t.max() >= n_items:
+            raise InputError(f"{name} targets must lie in 0..{n_items - 1}", field=f"{name}.targets")
+    torch.set_num_threads(max(1, min(int(cfg.num_threads), 2)))
+    seed_everything(cfg.seed)
+    device = torch.device(cfg.device)
+
+    model = SASRec(cfg, n_items).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    tokens = encode_histories(splits.train.histories, cfg.max_len, n_items)   # [R, max_len]
+    targets = torch.as_tensor(np.asarray(splits.train.targets), dtype=torch.long)  # [R]
+    shuffle = torch.Generator().manual_seed(cfg.seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("SASRec: %d params, %d train rows, %d valid rows, %d items",
+             n_params, len(targets), len(splits.valid), n_items)
+
+    best_score, best_state, best_epoch, bad_evals = -1.0, None, 0, 0
+    t0 = time.perf_counter()
+    bar = tqdm(range(1, cfg.max_epochs + 1), desc="SASRec", unit="epoch", disable=None)
+    for epoch in bar:
+        model.train()
+        total, n_seen = 0.0, 0
+        for idx in torch.randperm(len(targets), generator=shuffle).split(cfg.batch_size):
+            batch = _trim_padding(tokens[idx]).to(device)                     # [B, T]
+            logits = model(batch)                                              # [B, n_items]
+            loss = F.cross_entropy(logits, targets[idx].to(device))           # full softmax
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+            n_seen += len(idx)
+        if epoch % cfg.eval_every and epoch != cfg.max_epochs:
+            continue
+        ranked = model.rank(splits.valid.histories, cfg.eval_k, cfg.eval_batch_size)  # [Rv, k]
+        ranks = target_ranks(ranked, splits.valid.targets)
+        score = ndcg(ranks, cfg.eval_k)
+        entry = {"epoch": epoch, "train_loss": total / n_seen, f"valid_NDCG@{cfg.eval_k}": score,
+                 f"valid_HR@{cfg.eval_k}": hit_rate(ranks, cfg.eval_k),
+                 "seconds": time.perf_counter() - t0}
+        model.fit_log.append(entry)
+        bar.set_postfix(loss=f"{entry['train_loss']:.4f}", ndcg=f"{score:.4f}")
+        log.info("epoch %d loss %.4f valid NDCG@%d %.4f", epoch, entry["train_loss"], cfg.eval_k, score)
+        if score > best_score:
+            best_score, best_epoch, bad_evals = score, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            bad_evals += 1
+            if bad_evals >= cfg.patience:
+                log.info("early stop at epoch %d (best epoch %d)", epoch, best_epoch)
+                break
+    bar.close()
+
+    model.load_state_dict(best_state)
+    model.eval()
+    log.info("SASRec best valid NDCG@%d %.4f at epoch %d (%.1f s)",
+             cfg.eval_k, best_score, best_epoch, time.perf_counter() - t0)
+    if checkpoint_path is not None:
+        save_sasrec(model, checkpoint_path)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints (safetensors only)
+# ---------------------------------------------------------------------------------------------
+
+def _config_dict(cfg: Any) -> dict:
+    if dataclasses.is_dataclass(cfg):
+        return dataclasses.asdict(cfg)
+    from omegaconf import OmegaConf  # a DictConfig built from SASRecConfig
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def save_sasrec(model: SASRec, path: str | Path) -> None:
+    """Write the weights atomically as safetensors; the config and n_items go in the metadata."""
+    state = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
+    metadata = {"model": "SASRec", "n_items": str(model.n_items),
+                "config": json.dumps(_config_dict(model.cfg))}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
+
+
+def load_sasrec(path: str | Path, cfg: SASRecConfig, n_items: int) -> SASRec:
+    """Rebuild a SASRec from ``cfg`` and ``n_items`` and load the weights saved at ``path``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("SASRec checkpoint not found", file=str(path))
+    try:
+        state = load_file(str(path), device="cpu")
+    except Exception as err:  # safetensors raises its own error types for corrupt headers
+        raise InputError(f"not a readable safetensors file ({err})", file=str(path)) from err
+    model = SASRec(cfg, n_items)
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    found = {name: tuple(t.shape) for name, t in state.items()}
+    if expected != found:
+        diff = sorted(n for n in expected.keys() | found.keys() if expected.get(n) != found.get(n))
+        raise InputError(f"checkpoint does not match SASRecConfig/n_items={n_items}: tensors {diff[:4]} "
+                         f"differ (expected {[expected.get(n) for n in diff[:4]]}, "
+                         f"found {[found.get(n) for n in diff[:4]]})", file=str(path))
+    model.load_state_dict(state)
+    model.to(torch.device(cfg.device))
+    model.eval()
+    return model
