@@ -19,6 +19,9 @@ class SASRecConfig:
     heads: int = 2                # attention heads (hidden % heads == 0)
     dropout: float = 0.2          # on embeddings, attention weights and block outputs
     max_len: int = 20             # longest history the model reads (= the split's max_history)
+    # training windows (vstar.data.windows): "chunks" = each user's training sequence read once,
+    # loss at every position (SASRec's own recipe); "rows" = every row with exactly its history
+    windows: str = "chunks"
     # optimisation (AdamW)
     lr: float = 1e-3
     weight_decay: float = 0.0

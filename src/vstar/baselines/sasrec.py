@@ -129,6 +129,12 @@ class SASRec(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [B, T] (left-padded, T <= max_len) -> logits [B, n_items] for the next item."""
+        h = self.hidden_states(tokens)[:, -1]                                             # [B, D]
+        return h @ self.item_emb.weight[1:].T                                            # [B, n_items] Eq. 6
+
+    def hidden_states(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, T] (left-padded, T <= max_len) -> final states [B, T, D]; the state at t
+        scores the item after t."""
         B, T = tokens.shape
         if T > self.cfg.max_len:
             raise InputError(f"history length {T} exceeds max_len {self.cfg.max_len}", field="tokens")
@@ -141,8 +147,7 @@ class SASRec(nn.Module):
         mask = (causal & real) | eye                                                      # [B, 1, T, T]
         for block in self.blocks:
             x = block(x, mask)
-        h = self.ln_f(x[:, -1])                                                           # [B, D]
-        return h @ self.item_emb.weight[1:].T                                            # [B, n_items] Eq. 6
+        return self.ln_f(x)                                                               # [B, T, D]
 
     @torch.no_grad()
     def rank(self, histories: list[np.ndarray], k: int, batch_size: int = 512) -> np.ndarray:
@@ -181,6 +186,26 @@ def encode_histories(histories: list[np.ndarray], max_len: int, n_items: int) ->
         if h.size:
             tokens[r, max_len - h.size:] = torch.from_numpy(h + 1)
     return tokens
+
+
+def encode_windows(rows, max_len: int, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training windows (``vstar.data.windows``) as left-padded inputs and next-item targets.
+
+    inputs [N, max_len]: window items except the last (token = item + 1); targets [N, max_len]:
+    the item after each input position where that item is a row's target, -100 elsewhere.
+    """
+    from vstar.data.windows import build_windows
+
+    windows, flags = build_windows(rows, max_len, mode)
+    inputs = torch.zeros(len(windows), max_len, dtype=torch.long)
+    targets = torch.full((len(windows), max_len), -100, dtype=torch.long)
+    for n, (w, f) in enumerate(zip(windows, flags)):
+        k = len(w) - 1
+        inputs[n, max_len - k:] = torch.from_numpy(w[:-1] + 1)
+        tgt = torch.from_numpy(w[1:].copy())
+        tgt[~torch.from_numpy(f[1:].copy())] = -100
+        targets[n, max_len - k:] = tgt
+    return inputs, targets
 
 
 def _trim_padding(tokens: torch.Tensor) -> torch.Tensor:
@@ -225,12 +250,11 @@ def train_sasrec(splits: Splits, n_items: int, cfg: SASRecConfig | None = None,
 
     model = SASRec(cfg, n_items).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    tokens = encode_histories(splits.train.histories, cfg.max_len, n_items)   # [R, max_len]
-    targets = torch.as_tensor(np.asarray(splits.train.targets), dtype=torch.long)  # [R]
+    tokens, targets = encode_windows(splits.train, cfg.max_len, cfg.windows)  # [N, max_len] x2
     shuffle = torch.Generator().manual_seed(cfg.seed)
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("SASRec: %d params, %d train rows, %d valid rows, %d items",
-             n_params, len(targets), len(splits.valid), n_items)
+    log.info("SASRec: %d params, %d train rows in %d windows, %d valid rows, %d items",
+             n_params, len(splits.train), len(tokens), len(splits.valid), n_items)
 
     best_score, best_state, best_epoch, bad_evals = -1.0, None, 0, 0
     t0 = time.perf_counter()
@@ -240,13 +264,16 @@ def train_sasrec(splits: Splits, n_items: int, cfg: SASRecConfig | None = None,
         total, n_seen = 0.0, 0
         for idx in torch.randperm(len(targets), generator=shuffle).split(cfg.batch_size):
             batch = _trim_padding(tokens[idx]).to(device)                     # [B, T]
-            logits = model(batch)                                              # [B, n_items]
-            loss = F.cross_entropy(logits, targets[idx].to(device))           # full softmax
+            tgt = targets[idx][:, -batch.shape[1]:].to(device)                 # [B, T]
+            sup = tgt >= 0
+            h = model.hidden_states(batch)[sup]                                # [M, D]
+            logits = h @ model.item_emb.weight[1:].T                           # [M, n_items]
+            loss = F.cross_entropy(logits, tgt[sup])                          # full softmax
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.item() * len(idx)
-            n_seen += len(idx)
+            total += loss.item() * int(sup.sum())
+            n_seen += int(sup.sum())
         if epoch % cfg.eval_every and epoch != cfg.max_epochs:
             continue
         ranked = model.rank(splits.valid.histories, cfg.eval_k, cfg.eval_batch_size)  # [Rv, k]
