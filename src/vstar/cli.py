@@ -7,6 +7,8 @@
     vstar baseline configs/scientific.yaml --method sasrec  # popularity / SASRec
     vstar rl configs/scientific.yaml --method vstar         # RL from the SFT checkpoints
     vstar compare runs/scientific                           # mean +- std table over run folders
+    vstar paired runs/scientific vstar sft --metric NDCG@10 # paired test of two methods, per user
+    vstar budget runs/scientific/vstar/seed0 --widths 10 20 # beam vs VED at equal decode budgets
 
 The CLI owns no logic: it parses arguments and calls ``vstar.pipeline``.
 """
@@ -115,6 +117,26 @@ def cmd_compare(args) -> None:
         atomic_write_text(args.markdown, table + "\n")
 
 
+def cmd_paired(args) -> None:
+    from vstar.eval.paired import paired_comparison, render_paired
+    from vstar.io import atomic_write_json
+
+    result = paired_comparison(args.experiment, args.method_a, args.method_b, metric=args.metric,
+                               split=args.split, n_resamples=args.n_resamples)
+    print(render_paired(result))
+    if args.json:
+        atomic_write_json(args.json, result)
+
+
+def cmd_budget(args) -> None:
+    from vstar.eval.budget import run_budget_curve
+
+    json_path, png_path, _ = run_budget_curve(args.run_dir, split=args.split, widths=args.widths,
+                                              max_users=args.max_users, out_dir=args.out_dir,
+                                              batch_size=args.batch_size, threads=args.threads)
+    print(f"budget curve: {json_path}, {png_path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vstar", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -148,6 +170,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", type=Path, help="run folders or folders containing them")
     p.add_argument("--markdown", type=Path, default=None, help="also write the table here")
     p.set_defaults(fn=cmd_compare)
+    p = sub.add_parser("paired", help="paired bootstrap + Wilcoxon of two methods over users")
+    p.add_argument("experiment", type=Path, help="experiment folder <out_dir>/<name>")
+    p.add_argument("method_a")
+    p.add_argument("method_b")
+    p.add_argument("--metric", default="NDCG@10", help="NDCG@K or HR@K")
+    p.add_argument("--split", default="test")
+    p.add_argument("--n-resamples", type=int, default=10000)
+    p.add_argument("--json", type=Path, default=None, help="also write the result here")
+    p.set_defaults(fn=cmd_paired)
+    p = sub.add_parser("budget", help="beam search vs VED at equal decode budgets (RL run)")
+    p.add_argument("run_dir", type=Path, help="RL run folder <experiment>/<method>/seed<k>")
+    p.add_argument("--split", choices=["valid", "test"], default="test")
+    p.add_argument("--widths", type=int, nargs="+", default=[10, 20, 50])
+    p.add_argument("--max-users", type=int, default=None, help="first N rows of the split")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the config's eval one")
+    p.add_argument("--threads", type=int, default=None, help="default: the config's run one")
+    p.add_argument("--out-dir", type=Path, default=Path("bench/results"))
+    p.set_defaults(fn=cmd_budget)
     return parser
 
 

@@ -1,0 +1,154 @@
+"""Paired comparison of two methods of one experiment, user by user (PROTOCOL "Statistics").
+
+    res = paired_comparison("runs/scientific", "vstar", "sft", metric="NDCG@10")
+    print(render_paired(res))
+
+Both methods were evaluated on the same split rows in the same order (every run folder of one
+config writes ``ranks_<split>.npy``: the 1-based rank of each row's target, 0 = not in the list).
+For each seed the ranks become per-row NDCG@K or HR@K; each row's value is averaged over the seeds
+(so a user counts once, with less seed noise), and the two methods' per-row vectors go through the
+paired bootstrap and the Wilcoxon signed-rank test of ``vstar.eval.stats``. The per-seed mean
+differences are reported beside them, so a reader sees whether every seed agrees.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from vstar.errors import InputError
+from vstar.eval.metrics import hit_at_k_per_row, ndcg_at_k_per_row
+from vstar.eval.stats import paired_bootstrap, paired_wilcoxon
+
+PER_ROW_METRICS = {"NDCG": ndcg_at_k_per_row, "HR": hit_at_k_per_row,
+                   "Recall": hit_at_k_per_row}   # one target per row: Recall@K = HR@K
+_METRIC_RE = re.compile(r"^(NDCG|HR|Recall)@(\d+)$")
+_SEED_RE = re.compile(r"^seed(\d+)$")
+
+
+def parse_metric(metric: str) -> tuple[str, int]:
+    """``"NDCG@10" -> ("NDCG", 10)``; only per-row metrics (NDCG@K, HR@K, Recall@K) are paired."""
+    m = _METRIC_RE.match(metric.strip())
+    if m is None or int(m.group(2)) < 1:
+        raise InputError(f"expected a per-row metric like 'NDCG@10' or 'HR@10', got {metric!r}",
+                         field="metric")
+    return m.group(1), int(m.group(2))
+
+
+def _seed_folders(method_dir: Path, split: str) -> dict[int, Path]:
+    """seed -> run folder, for every ``seed<k>/`` below ``method_dir`` holding the split's ranks."""
+    if not method_dir.is_dir():
+        raise InputError("method folder not found (expected <experiment>/<method>/seed<k>/)",
+                         file=str(method_dir))
+    out = {}
+    for sub in sorted(method_dir.iterdir()):
+        m = _SEED_RE.match(sub.name)
+        if m and sub.is_dir() and (sub / f"ranks_{split}.npy").is_file():
+            out[int(m.group(1))] = sub
+    return out
+
+
+def _load_ranks(path: Path) -> np.ndarray:
+    try:
+        ranks = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise InputError(f"not a readable .npy file of ranks ({err})", file=str(path)) from None
+    if ranks.ndim != 1 or not np.issubdtype(ranks.dtype, np.integer) or ranks.size == 0:
+        raise InputError(f"expected a non-empty 1-D integer array of target ranks, got shape "
+                         f"{ranks.shape} dtype {ranks.dtype}", file=str(path))
+    if ranks.min() < 0:
+        raise InputError("target ranks must be >= 0 (0 = target not in the list)", file=str(path))
+    return ranks.astype(np.int64)
+
+
+def paired_comparison(experiment_dir: str | os.PathLike, method_a: str, method_b: str,
+                      metric: str = "NDCG@10", split: str = "test", n_resamples: int = 10000,
+                      seed: int = 0, seeds: Sequence[int] | None = None,
+                      confidence: float = 0.95) -> dict[str, Any]:
+    """Paired test of ``method_a`` vs ``method_b`` on ``metric`` over the split's rows.
+
+    Reads ``<experiment_dir>/<method>/seed<k>/ranks_<split>.npy`` for every seed found for either
+    method (or only ``seeds`` if given); a seed present for one method but not the other, or
+    rank files of different lengths, is an InputError naming the folder. Per-row values are
+    averaged over the seeds, then compared with ``paired_bootstrap`` (``n_resamples``, ``seed``)
+    and ``paired_wilcoxon``.
+
+    Returns method_a, method_b, metric, split, seeds, n_rows, mean_a, mean_b, diff (= mean_a -
+    mean_b), ci_low, ci_high, confidence, p_bootstrap, p_wilcoxon, wilcoxon_statistic,
+    n_nonzero (rows whose seed-averaged values differ), n_resamples, per_seed (a list of
+    {seed, mean_a, mean_b, diff}) and files (the rank files read, per method).
+    """
+    name, k = parse_metric(metric)
+    per_row = PER_ROW_METRICS[name]
+    root = Path(experiment_dir)
+    folders = {m: _seed_folders(root / m, split) for m in (method_a, method_b)}
+    wanted = sorted(set(folders[method_a]) | set(folders[method_b])) if seeds is None \
+        else sorted({int(s) for s in seeds})
+    if not wanted:
+        raise InputError(f"no ranks_{split}.npy in any seed folder of {method_a!r} or "
+                         f"{method_b!r}", file=str(root))
+    for m in (method_a, method_b):
+        for s in wanted:
+            if s not in folders[m]:
+                raise InputError(f"seed {s} has no ranks_{split}.npy for method {m!r} (the paired "
+                                 f"test needs every seed for both methods)",
+                                 file=str(root / m / f"seed{s}"))
+
+    values: dict[str, list[np.ndarray]] = {method_a: [], method_b: []}   # per method: [S] x [R]
+    files: dict[str, list[str]] = {method_a: [], method_b: []}
+    n_rows, first_file = None, None
+    for m in (method_a, method_b):
+        for s in wanted:
+            path = folders[m][s] / f"ranks_{split}.npy"
+            ranks = _load_ranks(path)                                   # [R]
+            if n_rows is None:
+                n_rows, first_file = ranks.size, path
+            elif ranks.size != n_rows:
+                raise InputError(f"{ranks.size} rows, but {first_file} has {n_rows}: paired "
+                                 f"runs must rank the same split rows", file=str(path))
+            values[m].append(per_row(ranks, k))
+            files[m].append(str(path))
+
+    a_seeds = np.stack(values[method_a])                                # [S, R]
+    b_seeds = np.stack(values[method_b])                                # [S, R]
+    a, b = a_seeds.mean(0), b_seeds.mean(0)                             # [R] per-user seed mean
+    boot = paired_bootstrap(a, b, n_resamples=n_resamples, seed=seed, confidence=confidence)
+    wil = paired_wilcoxon(a, b)
+    per_seed = [{"seed": s, "mean_a": float(a_seeds[i].mean()), "mean_b": float(b_seeds[i].mean()),
+                 "diff": float(a_seeds[i].mean() - b_seeds[i].mean())}
+                for i, s in enumerate(wanted)]
+    return {"method_a": method_a, "method_b": method_b, "metric": f"{name}@{k}", "split": split,
+            "seeds": wanted, "n_rows": int(n_rows), "mean_a": float(a.mean()),
+            "mean_b": float(b.mean()), "diff": boot["mean_diff"], "ci_low": boot["ci_low"],
+            "ci_high": boot["ci_high"], "confidence": confidence,
+            "p_bootstrap": boot["p_value"], "p_wilcoxon": wil["p_value"],
+            "wilcoxon_statistic": wil["statistic"], "n_nonzero": wil["n_nonzero"],
+            "n_resamples": n_resamples, "per_seed": per_seed, "files": files}
+
+
+def render_paired(result: dict[str, Any], digits: int = 4) -> str:
+    """A markdown summary of ``paired_comparison``'s result: one table, then per-seed rows."""
+    r, d = result, digits
+    a, b, metric = r["method_a"], r["method_b"], r["metric"]
+    lines = [
+        f"### {a} vs {b}: {metric} on {r['split']} ({r['n_rows']} rows, seeds "
+        f"{', '.join(map(str, r['seeds']))}; per-row values averaged over seeds)",
+        "",
+        f"| {a} | {b} | diff ({a} - {b}) | {round(100 * r['confidence'])}% CI | "
+        f"p (bootstrap) | p (Wilcoxon) | rows differing |",
+        "|--:|--:|--:|--:|--:|--:|--:|",
+        f"| {r['mean_a']:.{d}f} | {r['mean_b']:.{d}f} | {r['diff']:+.{d}f} | "
+        f"[{r['ci_low']:+.{d}f}, {r['ci_high']:+.{d}f}] | {r['p_bootstrap']:.{d}g} | "
+        f"{r['p_wilcoxon']:.{d}g} | {r['n_nonzero']} |",
+        "",
+        f"| seed | {a} | {b} | diff |",
+        "|--:|--:|--:|--:|",
+    ]
+    for s in r["per_seed"]:
+        lines.append(f"| {s['seed']} | {s['mean_a']:.{d}f} | {s['mean_b']:.{d}f} | "
+                     f"{s['diff']:+.{d}f} |")
+    return "\n".join(lines) + "\n"

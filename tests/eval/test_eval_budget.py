@@ -1,0 +1,197 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from omegaconf import OmegaConf
+from safetensors.torch import save_file
+
+from vstar.cli import main
+from vstar.config import load_config, to_container
+from vstar.data.types import SplitRows
+from vstar.decode import SidTrie
+from vstar.errors import InputError
+from vstar.eval.budget import budget_curve, load_rl_run, plot_budget_curve
+from vstar.eval.runs import save_checkpoint
+from vstar.model import GeneratorConfig, SidGenerator, SidVocab
+from vstar.rl.ved import VEDConfig
+from vstar.rl.value import ValueHead, ValueHeadConfig
+from vstar.sid import save_index_json
+from vstar.sid.types import SemanticIds
+
+SIZES = (4, 5, 3)
+
+
+def _catalogue(n_items=40, sizes=SIZES, seed=0):
+    rng = np.random.default_rng(seed)
+    all_codes = np.stack(np.meshgrid(*[np.arange(k) for k in sizes], indexing="ij"), -1)
+    all_codes = all_codes.reshape(-1, len(sizes))
+    return all_codes[rng.choice(len(all_codes), n_items, replace=False)]
+
+
+def _model(vocab, block_size=64, seed=0):
+    torch.manual_seed(seed)
+    model = SidGenerator(GeneratorConfig(vocab_size=vocab.size, block_size=block_size, n_layer=2,
+                                         n_head=2, n_embd=32, dropout=0.0)).eval()
+    with torch.no_grad():
+        model.wte.weight.normal_(0, 1.0)             # far from uniform
+    return model
+
+
+def _head(seed=0):
+    torch.manual_seed(seed)
+    return ValueHead(32, ValueHeadConfig(hidden=16, init_std=0.5)).eval()
+
+
+def _rows(n_items, n_users=12, seed=1):
+    rng = np.random.default_rng(seed)
+    histories = [rng.integers(0, n_items, size=rng.integers(1, 6)) for _ in range(n_users)]
+    return SplitRows(np.arange(n_users), histories, rng.integers(0, n_items, size=n_users))
+
+
+class CountingLM(nn.Module):
+    """Counts the tokens fed after the prefill (calls that carry a cache): the decode cost."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.decode_tokens = 0
+
+    @property
+    def hidden_size(self):
+        return self.model.hidden_size
+
+    def forward(self, tokens, cache=None, pad_mask=None):
+        if cache is not None:
+            self.decode_tokens += tokens.numel()
+        return self.model(tokens, cache=cache, pad_mask=pad_mask)
+
+
+def test_both_decoders_stay_within_the_same_budget_per_width():
+    codes = _catalogue(n_items=60, sizes=(6, 6, 4))
+    vocab, trie = SidVocab([6, 6, 4]), SidTrie(codes, [6, 6, 4])
+    rows = _rows(60)
+    counting = CountingLM(_model(vocab))
+    records = budget_curve(counting, _head(), vocab, trie, rows, widths=(3, 6), ks=(1, 5),
+                           ved_cfg=VEDConfig(init_beam=2), batch_size=5, warmup=False)
+    assert [(r["width"], r["decoder"]) for r in records] == [(3, "beam"), (3, "ved"),
+                                                             (6, "beam"), (6, "ved")]
+    L = vocab.n_levels
+    measured = 0.0
+    for r in records:
+        assert r["budget_per_user"] == (L - 1) * r["width"]
+        assert r["max_forward_tokens_per_user"] <= r["budget_per_user"]
+        assert r["decode_forward_tokens_per_user"] <= r["budget_per_user"]
+        for key in ("HR@1", "HR@5", "NDCG@1", "NDCG@5", "wall_seconds_per_user",
+                    "invalid_rate", "distinct_items", "items_per_user", "n_users"):
+            assert key in r
+        assert 0.0 <= r["NDCG@5"] <= r["HR@5"] <= 1.0 and r["HR@1"] <= r["HR@5"]
+        assert r["invalid_rate"] == 0.0 and r["n_users"] == 12
+        assert 1 <= r["distinct_items"] <= 60
+        measured += r["decode_forward_tokens_per_user"] * r["n_users"]
+        if r["decoder"] == "beam":                  # beam always spends exactly (L-1)*W
+            assert r["decode_forward_tokens_per_user"] == r["budget_per_user"]
+            assert r["items_per_user"] == r["width"]
+        else:
+            assert r["ved_init_beam"] <= 2 and r["ved_expansions_per_user"] > 0
+    assert counting.decode_tokens == pytest.approx(measured)   # the records' cost is the real one
+
+
+def test_full_width_finds_every_target_and_ved_stops_when_the_trie_is_exhausted():
+    codes = _catalogue(n_items=40)
+    vocab, trie = SidVocab(list(SIZES)), SidTrie(codes, list(SIZES))
+    rows = _rows(40, n_users=6)
+    records = budget_curve(_model(vocab), _head(), vocab, trie, rows, widths=(50,), ks=(50,),
+                           batch_size=4, warmup=False)
+    beam, ved = records
+    n_prefixes = len(np.unique(codes[:, :1], axis=0)) + len(np.unique(codes[:, :2], axis=0))
+    for r in records:                                 # 40 items < W = 50: every list holds all
+        assert r["HR@50"] == 1.0
+        assert r["distinct_items"] == 40 and r["items_per_user"] == 40
+    assert beam["decode_forward_tokens_per_user"] == 100
+    # VED evaluates each depth-1 and depth-2 prefix of the trie once, then has nothing to expand
+    assert ved["decode_forward_tokens_per_user"] == n_prefixes < 100
+
+
+def test_plot_is_written_and_needs_the_metric(tmp_path):
+    records = [{"decoder": d, "width": w, "decode_forward_tokens_per_user": t, "HR@10": h}
+               for d, w, t, h in [("beam", 10, 20, 0.1), ("beam", 20, 40, 0.15),
+                                  ("ved", 10, 18, 0.12), ("ved", 20, 35, 0.16)]]
+    path = plot_budget_curve(records, tmp_path / "sub" / "curve.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in path.parent.iterdir()] == ["curve.png"]   # no temp file left
+    with pytest.raises(InputError, match="NDCG@10"):
+        plot_budget_curve(records, tmp_path / "x.png", metric="NDCG@10")
+
+
+def _fake_rl_run(tmp_path, with_generator=True):
+    """A tiny experiment: table data, SIDs in artifacts/, an RL run folder with its weights."""
+    n_users, n_items, per_user = 10, 30, 6
+    lines = ["user_id,item_id,timestamp"]
+    for u in range(n_users):
+        for t in range(per_user):                    # every item is used: 3u + t covers 0..32
+            lines.append(f"u{u},i{(3 * u + t) % n_items},{t}")
+    csv = tmp_path / "inter.csv"
+    csv.write_text("\n".join(lines) + "\n")
+    exp = tmp_path / "runs" / "toy"
+    run_dir = exp / "vstar" / "seed0"
+    run_dir.mkdir(parents=True)
+    cfg = load_config(None, ["data.format=table", f"data.path={csv}", "data.max_history=5",
+                             "model.n_layer=1", "model.n_head=2", "model.n_embd=32",
+                             "run.name=toy", f"run.out_dir={tmp_path / 'runs'}",
+                             "eval.ks=[1,5]", "eval.batch_size=4", "run.num_threads=1"])
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(to_container(cfg))))
+    codes = _catalogue(n_items=n_items)
+    sids = SemanticIds(codes, list(SIZES))
+    (exp / "artifacts").mkdir()
+    save_index_json(exp / "artifacts" / "sid.index.json", sids, [f"i{i}" for i in range(n_items)])
+    (exp / "artifacts" / "sid_report.json").write_text(json.dumps({"codebook_sizes": list(SIZES)}))
+    vocab = SidVocab(list(SIZES))
+    torch.manual_seed(0)
+    model = SidGenerator(GeneratorConfig(vocab_size=vocab.size, block_size=1 + 6 * 3, n_layer=1,
+                                         n_head=2, n_embd=32, dropout=0.0))
+    head = ValueHead(32, ValueHeadConfig(hidden=16))
+    tensors = {f"policy.{k}": v.clone().contiguous() for k, v in model.state_dict().items()}
+    tensors.update({f"value.{k}": v.clone().contiguous() for k, v in head.state_dict().items()})
+    save_file(tensors, str(run_dir / "rl_state.safetensors"), metadata={"step": "1"})
+    (run_dir / "rl_config.json").write_text(json.dumps(
+        {"value_head": {"hidden": 16, "dropout": 0.0, "init_std": 0.001},
+         "ved": {"init_beam": 2, "lam": 0.1, "beta": 1.0}}))
+    if with_generator:
+        save_checkpoint(run_dir / "generator.safetensors", model.state_dict(),
+                        {"generator_config": vars(model.cfg), "codebook_sizes": list(SIZES)})
+    return run_dir, model, head, vocab
+
+
+def test_load_rl_run_restores_generator_and_value_head(tmp_path):
+    run_dir, model, head, vocab = _fake_rl_run(tmp_path, with_generator=False)  # config.yaml size
+    loaded, loaded_head = load_rl_run(run_dir, vocab)
+    assert not loaded.training and not loaded_head.training
+    assert loaded.cfg.n_layer == 1 and loaded.cfg.block_size == 19
+    assert loaded_head.cfg.hidden == 16
+    x = torch.randn(3, 32)
+    assert torch.equal(loaded_head(x), head.eval()(x))
+    assert torch.equal(loaded.wte.weight, model.wte.weight)
+    with pytest.raises(InputError, match="vocabulary"):
+        load_rl_run(run_dir, SidVocab([4, 5, 4]))
+    with pytest.raises(InputError, match="no rl_state.safetensors"):
+        load_rl_run(tmp_path, vocab)
+
+
+def test_budget_command_writes_json_and_plot(tmp_path, capsys):
+    run_dir, *_ = _fake_rl_run(tmp_path)
+    out = tmp_path / "results"
+    assert main(["budget", str(run_dir), "--widths", "2", "4", "--max-users", "6",
+                 "--out-dir", str(out)]) == 0
+    stem = "budget_curve_toy_vstar_seed0_test"
+    payload = json.loads((out / f"{stem}.json").read_text())
+    assert (out / f"{stem}.png").read_bytes()[:4] == b"\x89PNG"
+    assert payload["n_users"] == 6 and payload["widths"] == [2, 4]
+    assert payload["ks"] == [1, 5, 10] and payload["ved"]["init_beam"] == 2
+    assert [(r["decoder"], r["width"]) for r in payload["records"]] == \
+        [("beam", 2), ("ved", 2), ("beam", 4), ("ved", 4)]
+    assert all(r["max_forward_tokens_per_user"] <= r["budget_per_user"]
+               for r in payload["records"])
+    assert str(out / f"{stem}.json") in capsys.readouterr().out
+    assert main(["budget", str(tmp_path), "--out-dir", str(out)]) == 2   # not a run folder
