@@ -39,13 +39,17 @@ def _load(args):
     return load_config(args.config, args.overrides)
 
 
-def _print_results(paths) -> None:
+def _print_results(paths) -> str:
+    """Print the mean +- std table (rich on a terminal, markdown otherwise); return the markdown."""
     from vstar.eval.compare import compare_runs, print_table, render_table
-    from vstar.io import atomic_write_text
 
     rows = compare_runs(paths)
-    print_table(rows)
-    return render_table(rows)
+    table = render_table(rows)
+    if sys.stdout.isatty():
+        print_table(rows)
+    else:
+        print(table)
+    return table
 
 
 def cmd_run(args) -> None:

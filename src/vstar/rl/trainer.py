@@ -275,11 +275,12 @@ class RLTrainer:
                 with open(log_file, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps(rec) + "\n")
             if self.step_idx % cfg.log_every == 0 or self.step_idx == cfg.steps:
+                value = f"{rec['loss_value']:.4f}" if "loss_value" in rec else "off"
                 log.info("rl step %d: reward %.4f +- %.4f, adv std %.3f, sibling groups %.2f, "
-                         "KL %.2e, value loss %.4f, unique items/G %.2f, target in group %.2f, "
+                         "KL %.2e, value loss %s, unique items/G %.2f, target in group %.2f, "
                          "decode tokens/user %.1f, %.2fs/step", rec["step"], rec["reward_mean"],
                          rec["reward_std"], rec["adv_std"], rec["sibling_groups_with_signal"],
-                         rec["kl"], rec.get("loss_value", float("nan")), rec["unique_items_per_G"],
+                         rec["kl"], value, rec["unique_items_per_G"],
                          rec["target_in_group"], rec["decode_forward_tokens_per_user"],
                          rec["step_seconds"])
             if run_dir is not None and cfg.checkpoint_every and self.step_idx % cfg.checkpoint_every == 0:
