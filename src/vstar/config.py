@@ -52,6 +52,7 @@ class RunConfig:
     methods: list[str] = field(default_factory=lambda: ["popularity", "sasrec", "sft"])
     num_threads: int = 2
     overwrite: bool = False
+    resume: bool = False          # RL: continue an interrupted run folder from rl_state.safetensors
     progress: bool = True
 
 

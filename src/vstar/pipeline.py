@@ -269,8 +269,13 @@ RUNNERS = {"popularity": run_popularity, "sasrec": run_sasrec, "sft": run_sft}
 def run_method(cfg: Any, prep: Prepared, method: str, seed: int) -> Path:
     torch.set_num_threads(cfg.run.num_threads)
     set_seed(seed)
-    with RunDir.create(experiment_dir(cfg), f"{method}/seed{seed}", to_container(cfg), seed,
-                       overwrite=cfg.run.overwrite, console=False) as run:
+    folder = experiment_dir(cfg) / method / f"seed{seed}"
+    if cfg.run.resume and (folder / "rl_state.safetensors").is_file():
+        run = RunDir.open(folder, console=False)      # RL picks up its saved state below
+    else:
+        run = RunDir.create(experiment_dir(cfg), f"{method}/seed{seed}", to_container(cfg), seed,
+                            overwrite=cfg.run.overwrite, console=False)
+    with run:
         run.logger.info("method %s, seed %d, dataset %s (%s)", method, seed, prep.data.name,
                         prep.splits.protocol)
         if method in RUNNERS:
