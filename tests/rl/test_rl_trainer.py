@@ -79,3 +79,15 @@ def test_checkpoint_resume_continues_exactly(tmp_path):
     c.train(progress=False)
     for (k, pa), pc in zip(a.policy.state_dict().items(), c.policy.state_dict().values()):
         assert torch.allclose(pa, pc, atol=1e-6), k
+
+
+def test_first_step_starts_on_policy_even_with_dropout():
+    vocab, trie, _, rows, emb = _toy()
+    torch.manual_seed(0)
+    model = SidGenerator(GeneratorConfig(vocab_size=vocab.size, block_size=64, n_layer=1, n_head=2,
+                                         n_embd=32, dropout=0.3))
+    trainer = RLTrainer(model, vocab, trie, rows, RLConfig(decoder="beam", n_candidates=4,
+                        users_per_step=6), max_history=5, item_emb=emb)
+    rec = trainer.step()
+    assert rec["kl"] < 1e-6                    # pi == pi_ref before the first update
+    assert abs(rec["grpo_ratio_mean"] - 1.0) < 1e-6

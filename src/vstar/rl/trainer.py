@@ -129,11 +129,14 @@ class RLTrainer:
             raise ValueError(f"rl.decoder must be one of {DECODERS}, got {cfg.decoder!r}")
         self.cfg, self.vocab, self.trie, self.rows = cfg, vocab, trie, rows
         self.max_history = max_history
-        self.policy = policy
+        # RL runs without dropout (eval mode, gradients still flow): the sampling policy pi_old,
+        # the updated pi and the frozen reference are then the same function before the update,
+        # so ratios start at 1 and the KL starts at 0.
+        self.policy = policy.eval()
         self.reference = copy.deepcopy(policy).eval()          # frozen SFT model for the KL term
         for p in self.reference.parameters():
             p.requires_grad_(False)
-        self.value_head = ValueHead(policy.hidden_size, cfg.value_head)
+        self.value_head = ValueHead(policy.hidden_size, cfg.value_head).eval()
         self.reward_fn = get_reward(reward_fn or cfg.reward)
         self.item_emb = None if item_emb is None else torch.as_tensor(item_emb, dtype=torch.float32)
         self.item_values = None if item_values is None else torch.as_tensor(item_values).float()
@@ -161,18 +164,14 @@ class RLTrainer:
         cfg, G = self.cfg, self.cfg.n_candidates
         tokens, mask = self.vocab.encode_histories([self.rows.histories[i] for i in idx],
                                                    self.trie.codes, max_items=self.max_history)
-        self.policy.eval()
         if cfg.decoder == "beam":
             res = beam_search(self.policy, self.vocab, self.trie, tokens, mask, G)
         elif cfg.decoder == "sample":
             res = constrained_sample(self.policy, self.vocab, self.trie, tokens, mask, G,
                                      cfg.temperature, cfg.top_k, generator=self.gen)
         else:
-            self.value_head.eval()
             res = value_guided_decode(self.policy, self.value_head, self.vocab, self.trie, tokens,
                                       mask, G, cfg.ved, generator=self.gen)
-        self.policy.train()
-        self.value_head.train()
         targets = torch.as_tensor(self.rows.targets[idx], dtype=torch.long)
         return RLBatch(tokens, mask, res.items, res.codes, res.items >= 0, targets,
                        self.trie.codes[targets], int(res.forward_tokens))
