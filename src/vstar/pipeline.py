@@ -137,22 +137,45 @@ def _evaluate(run: RunDir, cfg: Any, prep: Prepared, method: str, seed: int, spl
     return {"path": str(path), **metrics}
 
 
+def _evaluate_splits(cfg, prep: Prepared, run: RunDir, method: str, seed: int, rank,
+                     train_seconds: float, extra: dict, cost_extra: dict | None = None) -> dict:
+    """Rank every evaluation split with ``rank(rows, split) -> (ranked, cost)`` and write metrics."""
+    out = {}
+    for split in cfg.eval.splits:
+        ranked, cost = rank(getattr(prep.splits, split), split)
+        cost.update(train_seconds=train_seconds, **(cost_extra or {}))
+        out[split] = _evaluate(run, cfg, prep, method, seed, split, ranked, cost, extra)
+    return out
+
+
+def _timed_ranker(model, width: int):
+    """rank(rows, split) for a model with ``.rank(histories, k)`` (popularity, SASRec)."""
+    def rank(rows, split):
+        t0 = time.perf_counter()
+        ranked = model.rank(rows.histories, width)
+        wall = time.perf_counter() - t0
+        return ranked, {"wall_seconds": wall, "wall_seconds_per_user": wall / max(1, len(rows)),
+                        "invalid_rate": 0.0}
+    return rank
+
+
+def _beam_ranker(cfg, prep: Prepared, model, vocab: SidVocab, trie: SidTrie):
+    """rank(rows, split) for a SID generator: constrained beam search of width eval.beam_width."""
+    def rank(rows, split):
+        return rank_rows(model, vocab, trie, rows, cfg.eval.beam_width,
+                         batch_size=cfg.eval.batch_size, max_history=prep.splits.max_history,
+                         progress=cfg.run.progress, desc=f"beam search {split}")
+    return rank
+
+
 def run_popularity(cfg, prep: Prepared, run: RunDir, seed: int) -> dict:
     from vstar.baselines import PopularityRecommender
 
     t0 = time.perf_counter()
     model = PopularityRecommender().fit(prep.splits.train, prep.data.n_items)
-    fit_s = time.perf_counter() - t0
-    out = {}
-    for split in cfg.eval.splits:
-        rows = getattr(prep.splits, split)
-        t1 = time.perf_counter()
-        ranked = model.rank(rows.histories, cfg.eval.beam_width)
-        wall = time.perf_counter() - t1
-        cost = {"train_seconds": fit_s, "wall_seconds": wall,
-                "wall_seconds_per_user": wall / max(1, len(rows)), "invalid_rate": 0.0}
-        out[split] = _evaluate(run, cfg, prep, "popularity", seed, split, ranked, cost, {})
-    return out
+    return _evaluate_splits(cfg, prep, run, "popularity", seed,
+                            _timed_ranker(model, cfg.eval.beam_width),
+                            time.perf_counter() - t0, {})
 
 
 def run_sasrec(cfg, prep: Prepared, run: RunDir, seed: int) -> dict:
@@ -162,18 +185,9 @@ def run_sasrec(cfg, prep: Prepared, run: RunDir, seed: int) -> dict:
     t0 = time.perf_counter()
     model = train_sasrec(prep.splits, prep.data.n_items, scfg,
                          checkpoint_path=run / "sasrec.safetensors")
-    train_s = time.perf_counter() - t0
-    out = {}
-    for split in cfg.eval.splits:
-        rows = getattr(prep.splits, split)
-        t1 = time.perf_counter()
-        ranked = model.rank(rows.histories, cfg.eval.beam_width)
-        wall = time.perf_counter() - t1
-        cost = {"train_seconds": train_s, "wall_seconds": wall,
-                "wall_seconds_per_user": wall / max(1, len(rows)), "invalid_rate": 0.0}
-        out[split] = _evaluate(run, cfg, prep, "sasrec", seed, split, ranked, cost,
-                               {"n_parameters": sum(p.numel() for p in model.parameters())})
-    return out
+    return _evaluate_splits(cfg, prep, run, "sasrec", seed,
+                            _timed_ranker(model, cfg.eval.beam_width), time.perf_counter() - t0,
+                            {"n_parameters": sum(p.numel() for p in model.parameters())})
 
 
 def run_sft(cfg, prep: Prepared, run: RunDir, seed: int) -> dict:
@@ -189,18 +203,9 @@ def run_sft(cfg, prep: Prepared, run: RunDir, seed: int) -> dict:
     atomic_write_json(run / "sft_history.json", history)
     save_checkpoint(run / "generator.safetensors", model.state_dict(),
                     {"generator_config": vars(model.cfg), "codebook_sizes": vocab.codebook_sizes})
-    out = {}
-    for split in cfg.eval.splits:
-        rows = getattr(prep.splits, split)
-        ranked, cost = rank_rows(model, vocab, trie, rows, cfg.eval.beam_width,
-                                 batch_size=cfg.eval.batch_size,
-                                 max_history=prep.splits.max_history,
-                                 progress=cfg.run.progress, desc=f"beam search {split}")
-        cost["train_seconds"] = train_s
-        out[split] = _evaluate(run, cfg, prep, "sft", seed, split, ranked, cost,
-                               {"n_parameters": model.num_parameters(),
-                                "epochs": len(history), "sid_levels": vocab.n_levels})
-    return out
+    return _evaluate_splits(cfg, prep, run, "sft", seed, _beam_ranker(cfg, prep, model, vocab, trie),
+                            train_s, {"n_parameters": model.num_parameters(),
+                                      "epochs": len(history), "sid_levels": vocab.n_levels})
 
 
 def load_generator(path: Path, vocab: SidVocab) -> SidGenerator:
@@ -248,19 +253,11 @@ def run_rl(cfg, prep: Prepared, run: RunDir, seed: int, method: str) -> dict:
                ("reward_mean", "reward_std", "adv_std", "sibling_groups_with_signal",
                 "unique_items_per_G", "target_in_group", "decode_forward_tokens_per_user",
                 "step_seconds", "kl")} if hist else {}
-    out = {}
-    for split in cfg.eval.splits:
-        rows = getattr(prep.splits, split)
-        ranked, cost = rank_rows(policy, vocab, trie, rows, cfg.eval.beam_width,
-                                 batch_size=cfg.eval.batch_size,
-                                 max_history=prep.splits.max_history,
-                                 progress=cfg.run.progress, desc=f"beam search {split}")
-        cost["train_seconds"] = train_s
-        cost["seconds_per_rl_step"] = summary.get("step_seconds")
-        out[split] = _evaluate(run, cfg, prep, method, seed, split, ranked, cost,
-                               {"rl": {k: v for k, v in dataclasses.asdict(rcfg).items()
-                                       if not isinstance(v, dict)}, "rl_summary": summary})
-    return out
+    return _evaluate_splits(cfg, prep, run, method, seed,
+                            _beam_ranker(cfg, prep, policy, vocab, trie), train_s,
+                            {"rl": {k: v for k, v in dataclasses.asdict(rcfg).items()
+                                    if not isinstance(v, dict)}, "rl_summary": summary},
+                            {"seconds_per_rl_step": summary.get("step_seconds")})
 
 
 RUNNERS = {"popularity": run_popularity, "sasrec": run_sasrec, "sft": run_sft}
