@@ -39,11 +39,11 @@ def _load(args):
     return load_config(args.config, args.overrides)
 
 
-def _print_results(paths) -> str:
+def _print_results(paths, metrics=None) -> str:
     """Print the mean +- std table (rich on a terminal, markdown otherwise); return the markdown."""
-    from vstar.eval.compare import compare_runs, print_table, render_table
+    from vstar.eval.compare import DEFAULT_METRICS, compare_runs, print_table, render_table
 
-    rows = compare_runs(paths)
+    rows = compare_runs(paths, metrics or DEFAULT_METRICS)
     table = render_table(rows)
     if sys.stdout.isatty():
         print_table(rows)
@@ -114,7 +114,7 @@ def cmd_rl(args) -> None:
 
 
 def cmd_compare(args) -> None:
-    table = _print_results(args.runs)
+    table = _print_results(args.runs, args.metrics)
     if args.markdown:
         from vstar.io import atomic_write_text
 
@@ -173,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="mean +- std table over run folders")
     p.add_argument("runs", nargs="+", type=Path, help="run folders or folders containing them")
     p.add_argument("--markdown", type=Path, default=None, help="also write the table here")
+    p.add_argument("--metrics", nargs="+", default=None,
+                   help="columns: metric names (HR@10), invalid_rate, or dotted paths into "
+                        "metrics.json (cost.seconds_per_rl_step, extra.rl_summary.unique_items_per_G)")
     p.set_defaults(fn=cmd_compare)
     p = sub.add_parser("paired", help="paired bootstrap + Wilcoxon of two methods over users")
     p.add_argument("experiment", type=Path, help="experiment folder <out_dir>/<name>")

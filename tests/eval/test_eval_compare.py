@@ -75,3 +75,16 @@ def test_missing_inputs(tmp_path):
     (tmp_path / "bad" / "metrics.json").write_text('{"dataset": "d"}')
     with pytest.raises(InputError, match="bad"):
         compare_runs([tmp_path / "bad"])
+
+
+def test_dotted_paths_reach_cost_and_extra(tmp_path):
+    for seed, steps in ((0, 0.5), (1, 1.5)):
+        write_metrics(tmp_path / f"vstar/seed{seed}", dataset="d", protocol="p", method="vstar",
+                      seed=seed, split="test", metrics={"HR@10": 0.1}, invalid_rate=0.0,
+                      cost={"seconds_per_rl_step": steps},
+                      extra={"rl_summary": {"unique_items_per_G": 0.5 + seed / 4}})
+    (row,) = compare_runs([tmp_path], ["cost.seconds_per_rl_step",
+                                       "extra.rl_summary.unique_items_per_G", "extra.missing"])
+    assert row["mean"]["cost.seconds_per_rl_step"] == pytest.approx(1.0)
+    assert row["mean"]["extra.rl_summary.unique_items_per_G"] == pytest.approx(0.625)
+    assert row["count"]["extra.missing"] == 0

@@ -37,13 +37,18 @@ def find_metrics_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 def _lookup(record: dict, name: str) -> float | None:
-    """A metric by name: a key of "metrics", the top-level "invalid_rate", or "cost.<key>"."""
+    """A metric by name: a key of "metrics", "invalid_rate", or a dotted path ("cost.<key>",
+    "extra.rl_summary.<key>")."""
     if name in record["metrics"]:
         return record["metrics"][name]
     if name == "invalid_rate":
         return record["invalid_rate"]
-    if name.startswith("cost.") and name[5:] in record["cost"]:
-        value = record["cost"][name[5:]]
+    if "." in name:                      # a path into the record: cost.<key>, extra.rl_summary.<key>
+        value: Any = record
+        for part in name.split("."):
+            if not isinstance(value, dict) or part not in value:
+                return None
+            value = value[part]
         return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
     return None
 
