@@ -4,30 +4,9 @@ import torch
 
 from vstar.decode import SidTrie, beam_search, constrained_sample
 from vstar.decode.scoring import score_candidates
-from vstar.model import GeneratorConfig, SidGenerator, SidVocab
+from vstar.testing import tiny_setup
 
-
-def _catalogue(n_items=40, sizes=(4, 5, 3), seed=0):
-    rng = np.random.default_rng(seed)
-    all_codes = np.stack(np.meshgrid(*[np.arange(k) for k in sizes], indexing="ij"), -1).reshape(-1, len(sizes))
-    pick = rng.choice(len(all_codes), size=n_items, replace=False)
-    return all_codes[pick]
-
-
-def _setup(n_items=40, sizes=(4, 5, 3), seed=0):
-    torch.manual_seed(seed)
-    codes = _catalogue(n_items, sizes, seed)
-    vocab = SidVocab(list(sizes))
-    trie = SidTrie(codes, list(sizes))
-    model = SidGenerator(GeneratorConfig(vocab_size=vocab.size, block_size=64, n_layer=2, n_head=2,
-                                         n_embd=32, dropout=0.0)).eval()
-    # larger random weights so that the distribution is far from uniform
-    with torch.no_grad():
-        model.wte.weight.normal_(0, 1.0)
-    rng = np.random.default_rng(seed + 1)
-    histories = [rng.integers(0, n_items, size=rng.integers(1, 6)) for _ in range(5)]
-    tokens, mask = vocab.encode_histories(histories, torch.as_tensor(codes))
-    return codes, vocab, trie, model, tokens, mask
+_setup = tiny_setup
 
 
 def test_trie_allowed_masks_match_catalogue():

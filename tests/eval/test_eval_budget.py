@@ -3,7 +3,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
@@ -15,6 +14,7 @@ from vstar.errors import InputError
 from vstar.eval.budget import budget_curve, load_rl_run, plot_budget_curve
 from vstar.eval.runs import save_checkpoint
 from vstar.model import GeneratorConfig, SidGenerator, SidVocab
+from vstar.testing import CountingLM
 from vstar.rl.ved import VEDConfig
 from vstar.rl.value import ValueHead, ValueHeadConfig
 from vstar.sid import save_index_json
@@ -49,23 +49,6 @@ def _rows(n_items, n_users=12, seed=1):
     histories = [rng.integers(0, n_items, size=rng.integers(1, 6)) for _ in range(n_users)]
     return SplitRows(np.arange(n_users), histories, rng.integers(0, n_items, size=n_users))
 
-
-class CountingLM(nn.Module):
-    """Counts the tokens fed after the prefill (calls that carry a cache): the decode cost."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-        self.decode_tokens = 0
-
-    @property
-    def hidden_size(self):
-        return self.model.hidden_size
-
-    def forward(self, tokens, cache=None, pad_mask=None):
-        if cache is not None:
-            self.decode_tokens += tokens.numel()
-        return self.model(tokens, cache=cache, pad_mask=pad_mask)
 
 
 def test_both_decoders_stay_within_the_same_budget_per_width():

@@ -9,13 +9,6 @@ from vstar.model import GeneratorConfig, SidGenerator, SidVocab
 from vstar.rl.value import ValueHead, ValueHeadConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is much faster on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _model(vocab_size=14, d=16):

@@ -13,57 +13,20 @@ from vstar.decode.scoring import score_candidates
 from vstar.errors import InputError
 from vstar.model import GeneratorConfig, GeneratorOutput, KVCache, SidGenerator, SidVocab
 from vstar.model.vocab import BOS
+from vstar.testing import CountingLM, tiny_setup
 from vstar.rl.ved import EXPANSION, INIT, VEDConfig, make_ved_decoder, value_guided_decode
 from vstar.rl.value import ValueHead, ValueHeadConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is much faster on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
-def _setup(n_items=40, sizes=(4, 5, 3), n_users=5, seed=0, full=False):
-    rng = np.random.default_rng(seed)
-    all_codes = np.stack(np.meshgrid(*[np.arange(k) for k in sizes], indexing="ij"), -1)
-    all_codes = all_codes.reshape(-1, len(sizes))
-    codes = all_codes if full else all_codes[rng.choice(len(all_codes), n_items, replace=False)]
-    vocab = SidVocab(list(sizes))
-    trie = SidTrie(codes, list(sizes))
-    torch.manual_seed(seed)
-    model = SidGenerator(GeneratorConfig(vocab_size=vocab.size, block_size=64, n_layer=2, n_head=2,
-                                         n_embd=32, dropout=0.0)).eval()
-    with torch.no_grad():
-        model.wte.weight.normal_(0, 1.0)             # far from uniform
-    histories = [rng.integers(0, len(codes), size=rng.integers(1, 6)) for _ in range(n_users)]
-    tokens, mask = vocab.encode_histories(histories, torch.as_tensor(codes))
-    return codes, vocab, trie, model, tokens, mask
+_setup = tiny_setup
 
 
 def _head(d=32, seed=0):
     torch.manual_seed(seed)
     return ValueHead(d, ValueHeadConfig(hidden=16, init_std=0.5)).eval()
 
-
-class CountingLM(nn.Module):
-    """Wraps a model and counts the tokens fed after the prefill (calls that carry a cache)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-        self.decode_tokens = 0
-
-    @property
-    def hidden_size(self):
-        return self.model.hidden_size
-
-    def forward(self, tokens, cache=None, pad_mask=None):
-        if cache is not None:
-            self.decode_tokens += tokens.numel()
-        return self.model(tokens, cache=cache, pad_mask=pad_mask)
 
 
 def _ved(model, head, vocab, trie, tokens, mask, n, **cfg):

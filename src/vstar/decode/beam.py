@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import torch
 
 from vstar.decode.trie import SidTrie, constrained_log_probs
-from vstar.model.generator import KVCache
 from vstar.model.interface import SidLM
 from vstar.model.vocab import SidVocab
 

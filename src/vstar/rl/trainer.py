@@ -23,7 +23,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ from vstar.data.types import SplitRows
 from vstar.decode.beam import beam_search, constrained_sample
 from vstar.decode.scoring import score_candidates
 from vstar.decode.trie import SidTrie
-from vstar.io import atomic_path, atomic_write_json
+from vstar.io import atomic_path
 from vstar.model.generator import SidGenerator
 from vstar.model.vocab import SidVocab
 from vstar.rl.advantages import (PrefixEmbeddings, dense_value_rewards, grpo_advantages,

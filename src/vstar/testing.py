@@ -1,0 +1,58 @@
+"""Small fixtures for testing decoders and RL code against the generator interface.
+
+    codes, vocab, trie, model, tokens, mask = tiny_setup()   # random catalogue + random model
+    counted = CountingLM(model)                              # counts decode forward tokens
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from vstar.decode.trie import SidTrie
+from vstar.model.generator import GeneratorConfig, SidGenerator
+from vstar.model.vocab import SidVocab
+
+
+class CountingLM(nn.Module):
+    """Wraps a generator and counts the tokens fed after the prefill (calls that carry a cache):
+    the decode cost of METHOD Eq. 10, measured independently of the decoder's own accounting."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.decode_tokens = 0
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.hidden_size
+
+    def forward(self, tokens, cache=None, pad_mask=None):
+        if cache is not None:
+            self.decode_tokens += tokens.numel()
+        return self.model(tokens, cache=cache, pad_mask=pad_mask)
+
+
+def tiny_setup(n_items: int = 40, sizes=(4, 5, 3), n_users: int = 5, seed: int = 0,
+               full: bool = False):
+    """A random catalogue of distinct SIDs, a 2-layer random generator far from uniform, and
+    left-padded prompts of ``n_users`` random histories.
+
+    Returns (codes [N, L], vocab, trie, model, tokens [B, T], pad_mask [B, T]); ``full`` uses every
+    SID of the code grid as the catalogue.
+    """
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.arange(k) for k in sizes], indexing="ij"), -1)
+    grid = grid.reshape(-1, len(sizes))
+    codes = grid if full else grid[rng.choice(len(grid), n_items, replace=False)]
+    vocab = SidVocab(list(sizes))
+    trie = SidTrie(codes, list(sizes))
+    torch.manual_seed(seed)
+    model = SidGenerator(GeneratorConfig(vocab_size=vocab.size, block_size=64, n_layer=2, n_head=2,
+                                         n_embd=32, dropout=0.0)).eval()
+    with torch.no_grad():
+        model.wte.weight.normal_(0, 1.0)             # far from uniform
+    histories = [rng.integers(0, len(codes), size=rng.integers(1, 6)) for _ in range(n_users)]
+    tokens, mask = vocab.encode_histories(histories, torch.as_tensor(codes))
+    return codes, vocab, trie, model, tokens, mask
