@@ -249,10 +249,9 @@ def run_rl(cfg, prep: Prepared, run: RunDir, seed: int, method: str) -> dict:
     save_checkpoint(run / "generator.safetensors", policy.state_dict(),
                     {"generator_config": vars(policy.cfg), "codebook_sizes": vocab.codebook_sizes})
     hist = trainer.history
-    summary = {k: float(np.mean([h[k] for h in hist if k in h])) for k in
-               ("reward_mean", "reward_std", "adv_std", "sibling_groups_with_signal",
-                "unique_items_per_G", "target_in_group", "decode_forward_tokens_per_user",
-                "step_seconds", "kl")} if hist else {}
+    # the mean over steps of every logged curve (exploration, advantage spread, cost)
+    summary = {k: float(np.mean([h[k] for h in hist if k in h]))
+               for k in (hist[0] if hist else {}) if k not in ("step", "lr")}
     return _evaluate_splits(cfg, prep, run, method, seed,
                             _beam_ranker(cfg, prep, policy, vocab, trie), train_s,
                             {"rl": {k: v for k, v in dataclasses.asdict(rcfg).items()
