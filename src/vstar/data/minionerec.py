@@ -34,6 +34,7 @@ from vstar.data.loaders import item_text_from_fields, read_json
 from vstar.data.types import InteractionData, Splits, SplitRows
 from vstar.errors import InputError
 from vstar.io import atomic_write_json, atomic_write_text
+from vstar.sid.index_io import save_index_json, sid_token
 from vstar.sid.types import SemanticIds
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def parse_sid(sid: str | Sequence[str]) -> list[int]:
 
 def sid_tokens(codes: Sequence[int]) -> list[str]:
     """``[12, 200, 7]`` -> ``["<a_12>", "<b_200>", "<c_7>"]``."""
-    return [f"<{chr(ord('a') + level)}_{int(c)}>" for level, c in enumerate(codes)]
+    return [sid_token(level, c) for level, c in enumerate(codes)]
 
 
 def format_sid(codes: Sequence[int]) -> str:
@@ -121,8 +122,7 @@ def write_sid_index(path: str | Path, sids: SemanticIds, item_keys: Sequence[str
                     ) -> None:
     """Write ``{"<item>": ["<a_12>", ...]}`` (keys default to the item indices 0..N-1)."""
     keys = [str(i) for i in range(sids.n_items)] if item_keys is None else list(item_keys)
-    atomic_write_json(path, {k: sid_tokens(c) for k, c in zip(keys, sids.codes.tolist())},
-                      indent=None)
+    save_index_json(path, sids, keys)
 
 
 # ----------------------------------------------------------------------------- reading
