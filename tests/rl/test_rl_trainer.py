@@ -91,3 +91,13 @@ def test_first_step_starts_on_policy_even_with_dropout():
     rec = trainer.step()
     assert rec["kl"] < 1e-6                    # pi == pi_ref before the first update
     assert abs(rec["grpo_ratio_mean"] - 1.0) < 1e-6
+
+
+def test_value_head_trains_on_id_only_data_with_code_overlap():
+    vocab, trie, model, rows, _ = _toy()
+    cfg = RLConfig(decoder="ved", n_candidates=8, steps=3, users_per_step=8, value_lr=1e-2,
+                   ved=VEDConfig(init_beam=2))
+    trainer = RLTrainer(model, vocab, trie, rows, cfg, max_history=5, item_emb=None)
+    losses = [trainer.step()["loss_value"] for _ in range(3)]
+    assert trainer.prefix_emb is None and all(np.isfinite(losses))
+    assert losses[-1] < losses[0]
