@@ -97,7 +97,10 @@ def prepare_sids(cfg: Any, data: InteractionData, artifacts: Path):
 
 
 def training_popularity(splits: Splits, n_items: int) -> np.ndarray:
-    """Interactions per item seen in training rows (targets plus the first row's history)."""
+    """How often each item is a training target: the popularity behind the long-tail metric.
+
+    (The popularity baseline also counts each user's first history items; see
+    ``vstar.baselines.popularity``.)"""
     counts = np.zeros(n_items, dtype=np.int64)
     np.add.at(counts, splits.train.targets, 1)
     return counts
