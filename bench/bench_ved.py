@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from vstar.decode import SidTrie, beam_search
-from vstar.io import atomic_write_json
+from vstar.core.io import atomic_write_json
 from vstar.model import GeneratorConfig, SidGenerator, SidVocab
-from vstar.rl.ved import VEDConfig, value_guided_decode
-from vstar.rl.value import ValueHead, ValueHeadConfig
+from vstar.decode.ved import VEDConfig, value_guided_decode
+from vstar.model.value import ValueHead, ValueHeadConfig
 
 
 def _catalogue(n_items: int, sizes: list[int], rng: np.random.Generator) -> np.ndarray:

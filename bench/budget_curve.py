@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from vstar.cli import main
+from vstar.experiments.cli import main
 
 if __name__ == "__main__":
     argv = sys.argv[1:]

@@ -11,13 +11,14 @@ import torch
 import torch.nn as nn
 
 from vstar.decode.trie import SidTrie
-from vstar.model.generator import GeneratorConfig, SidGenerator
+from vstar.model.config import ModelConfig
+from vstar.model.generator import SidGenerator
 from vstar.model.vocab import SidVocab
 
 
 class CountingLM(nn.Module):
     """Wraps a generator and counts the tokens fed after the prefill (calls that carry a cache):
-    the decode cost of METHOD Eq. 10, measured independently of the decoder's own accounting."""
+    the decode cost of docs/method.md Eq. 10, measured independently of the decoder's own accounting."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -49,8 +50,8 @@ def tiny_setup(n_items: int = 40, sizes=(4, 5, 3), n_users: int = 5, seed: int =
     vocab = SidVocab(list(sizes))
     trie = SidTrie(codes, list(sizes))
     torch.manual_seed(seed)
-    model = SidGenerator(GeneratorConfig(vocab_size=vocab.size, block_size=64, n_layer=2, n_head=2,
-                                         n_embd=32, dropout=0.0)).eval()
+    model = SidGenerator(ModelConfig(n_layer=2, n_head=2, n_embd=32, dropout=0.0),
+                         vocab_size=vocab.size, block_size=64).eval()
     with torch.no_grad():
         model.wte.weight.normal_(0, 1.0)             # far from uniform
     histories = [rng.integers(0, len(codes), size=rng.integers(1, 6)) for _ in range(n_users)]

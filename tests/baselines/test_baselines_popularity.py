@@ -5,7 +5,7 @@ import pytest
 
 from vstar.baselines import PopularityRecommender
 from vstar.data.types import SplitRows
-from vstar.errors import InputError
+from vstar.core.errors import InputError
 
 
 def _rows(rows: list[tuple[int, list[int], int]]) -> SplitRows:

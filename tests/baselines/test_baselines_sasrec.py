@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from vstar.baselines import SASRec, SASRecConfig, load_sasrec, save_sasrec, train_sasrec
 from vstar.data.types import SplitRows, Splits
-from vstar.errors import InputError
+from vstar.core.errors import InputError
 from vstar.eval.metrics import hit_rate, ndcg, target_ranks
 
 N_ITEMS = 30

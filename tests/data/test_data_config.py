@@ -8,7 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from vstar.data import DataConfig, load_dataset, make_splits
-from vstar.errors import InputError
+from vstar.core.errors import InputError
 
 
 def test_config_from_yaml_overrides(tmp_path):

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from vstar.data import item_text_from_fields, load_lcrec, load_recbole, load_table
-from vstar.errors import InputError
+from vstar.core.errors import InputError
 
 
 # ----------------------------------------------------------------------------- LC-Rec

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from vstar.data import InteractionData, leave_one_out, time_split
-from vstar.errors import InputError
+from vstar.core.errors import InputError
 
 
 def _data(seqs, times=None):

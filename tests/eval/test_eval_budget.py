@@ -6,17 +6,17 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
-from vstar.cli import main
-from vstar.config import load_config, to_container
+from vstar.experiments.cli import main
+from vstar.experiments.config import load_config, to_container
 from vstar.data.types import SplitRows
 from vstar.decode import SidTrie
-from vstar.errors import InputError
+from vstar.core.errors import InputError
 from vstar.eval.budget import budget_curve, load_rl_run, plot_budget_curve
 from vstar.eval.runs import save_checkpoint
-from vstar.model import GeneratorConfig, SidGenerator, SidVocab
+from vstar.model import ModelConfig, SidGenerator, SidVocab
 from vstar.testing import CountingLM
-from vstar.rl.ved import VEDConfig
-from vstar.rl.value import ValueHead, ValueHeadConfig
+from vstar.decode.ved import VEDConfig
+from vstar.model.value import ValueHead, ValueHeadConfig
 from vstar.sid import save_index_json
 from vstar.sid.types import SemanticIds
 
@@ -32,8 +32,7 @@ def _catalogue(n_items=40, sizes=SIZES, seed=0):
 
 def _model(vocab, block_size=64, seed=0):
     torch.manual_seed(seed)
-    model = SidGenerator(GeneratorConfig(vocab_size=vocab.size, block_size=block_size, n_layer=2,
-                                         n_head=2, n_embd=32, dropout=0.0)).eval()
+    model = SidGenerator(ModelConfig(n_layer=2, n_head=2, n_embd=32, dropout=0.0), vocab_size=vocab.size, block_size=block_size).eval()
     with torch.no_grad():
         model.wte.weight.normal_(0, 1.0)             # far from uniform
     return model
@@ -132,8 +131,7 @@ def _fake_rl_run(tmp_path, with_generator=True):
     (exp / "artifacts" / "sid_report.json").write_text(json.dumps({"codebook_sizes": list(SIZES)}))
     vocab = SidVocab(list(SIZES))
     torch.manual_seed(0)
-    model = SidGenerator(GeneratorConfig(vocab_size=vocab.size, block_size=1 + 6 * 3, n_layer=1,
-                                         n_head=2, n_embd=32, dropout=0.0))
+    model = SidGenerator(ModelConfig(n_layer=1, n_head=2, n_embd=32, dropout=0.0), vocab_size=vocab.size, block_size=1 + 6 * 3)
     head = ValueHead(32, ValueHeadConfig(hidden=16))
     tensors = {f"policy.{k}": v.clone().contiguous() for k, v in model.state_dict().items()}
     tensors.update({f"value.{k}": v.clone().contiguous() for k, v in head.state_dict().items()})

@@ -3,7 +3,7 @@
 import pytest
 from rich.console import Console
 
-from vstar.errors import InputError
+from vstar.core.errors import InputError
 from vstar.eval.compare import compare_runs, print_table, render_table
 from vstar.eval.runs import write_metrics
 

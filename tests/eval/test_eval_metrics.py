@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from vstar.errors import InputError
+from vstar.core.errors import InputError
 from vstar.eval.metrics import (
     coverage_at_k,
     evaluate_ranking,

@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from vstar.cli import main
-from vstar.errors import InputError
+from vstar.experiments.cli import main
+from vstar.core.errors import InputError
 from vstar.eval.paired import paired_comparison, parse_metric, render_paired
 
 

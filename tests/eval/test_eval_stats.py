@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from vstar.errors import InputError
+from vstar.core.errors import InputError
 from vstar.eval.stats import mean_std, paired_bootstrap, paired_wilcoxon
 
 

@@ -1,13 +1,12 @@
 import torch
 
-from vstar.model import GeneratorConfig, SidGenerator, SidVocab
+from vstar.model import ModelConfig, SidGenerator, SidVocab
 from vstar.model.vocab import BOS, PAD
 
 
 def _model():
     torch.manual_seed(0)
-    return SidGenerator(GeneratorConfig(vocab_size=40, block_size=32, n_layer=2, n_head=2,
-                                        n_embd=32, dropout=0.0)).eval()
+    return SidGenerator(ModelConfig(n_layer=2, n_head=2, n_embd=32, dropout=0.0), vocab_size=40, block_size=32).eval()
 
 
 def test_kv_cache_decoding_equals_full_forward():

@@ -5,7 +5,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import vstar.sid.embed as embed
-from vstar.errors import InputError
+from vstar.core.errors import InputError
 from vstar.sid import SidConfig, build_sids, save_index_json
 from vstar.sid.types import SemanticIds
 

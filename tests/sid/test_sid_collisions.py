@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from vstar.errors import InputError
+from vstar.core.errors import InputError
 from vstar.sid.collisions import resolve_collisions, sid_report
 from vstar.sid.types import SemanticIds
 

@@ -5,7 +5,7 @@ import pytest
 from safetensors.numpy import save_file
 
 import vstar.sid.embed as embed
-from vstar.errors import InputError
+from vstar.core.errors import InputError
 from vstar.sid.embed import embed_texts, embed_texts_cached, load_vectors
 
 

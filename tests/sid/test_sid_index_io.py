@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vstar.errors import InputError
+from vstar.core.errors import InputError
 from vstar.sid.collisions import resolve_collisions
 from vstar.sid.index_io import load_index_json, save_index_json
 from vstar.sid.types import SemanticIds

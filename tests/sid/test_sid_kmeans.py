@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from vstar.errors import InputError
+from vstar.core.errors import InputError
 from vstar.sid.kmeans import balanced_assign, fit_residual_kmeans, residual_kmeans
 
 

@@ -31,8 +31,5 @@ class SASRecConfig:
     eval_every: int = 1           # evaluate on the validation rows every this many epochs
     eval_k: int = 10              # early-stopping metric is NDCG@eval_k
     eval_batch_size: int = 512    # rows per batch when ranking the full catalogue
-    # run
-    seed: int = 0
+    # run (the seed comes from run.seeds, the torch threads from run.num_threads)
     device: str = "cpu"
-    num_threads: int = 1          # torch intra-op threads, capped at 2: on a shared, busy CPU
-                                  # 2 threads can run 10x slower than 1 (OpenMP spin-waits)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from vstar.data.types import SplitRows
-from vstar.errors import InputError
+from vstar.core.errors import InputError
 
 
 class PopularityRecommender:

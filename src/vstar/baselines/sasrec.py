@@ -10,37 +10,38 @@ One readable file, nanoGPT-style: attention, feed-forward, block, model, trainin
   item embeddings), over the **whole catalogue**.
 - Loss: cross-entropy over all items (full softmax, no sampled negatives).
 
-Training objective. We train on the split's training rows, one (history, target) per row, with
-the loss on the last position only. The data stage emits one row per prefix of each user's
-training sequence (PROTOCOL.md: "training uses every prefix"), so every training interaction is
-a target exactly once, read with its own most recent ``max_len`` items as context: the same
-targets as the classic all-positions loss over each user's sequence, without the truncation of
-long sequences to their last ``max_len`` items.
+Training objective (docs/protocol.md "Baselines"). The training rows are cut into token windows
+by ``vstar.data.windows.build_windows`` (the same windows as the SID generator's SFT): with
+``windows="chunks"`` (default) each user's training sequence is read once, in windows of
+``max_len`` + 1 items, and the loss is taken at **every position** whose next item is a training
+target (SASRec's own recipe); ``windows="rows"`` gives every row exactly its own history, with the
+loss at its last position. Either way every training interaction is a target exactly once.
+
+Early stopping reads ``validate(model) -> {"NDCG@k": ...}``, passed by the caller (the pipeline
+ranks the validation rows with ``model.rank`` and scores them with ``vstar.eval.metrics``).
+Checkpoints are ``sasrec`` checkpoints of ``vstar.core.checkpoint``.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
-import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from vstar.baselines.config import SASRecConfig
+from vstar.core import checkpoint
+from vstar.core.errors import InputError
+from vstar.core.repro import set_seed
 from vstar.data.types import Splits
-from vstar.errors import InputError
-from vstar.eval.metrics import hit_rate, ndcg, target_ranks
-from vstar.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -218,21 +219,16 @@ def _trim_padding(tokens: torch.Tensor) -> torch.Tensor:
 # training
 # ---------------------------------------------------------------------------------------------
 
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (CPU and CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def train_sasrec(splits: Splits, n_items: int, cfg: SASRecConfig | None = None,
+def train_sasrec(splits: Splits, n_items: int, cfg: SASRecConfig | None = None, seed: int = 0,
+                 validate: Callable[[SASRec], dict] | None = None,
                  checkpoint_path: str | Path | None = None,
                  log: logging.Logger = logger) -> SASRec:
-    """Train SASRec on ``splits.train``; early-stop on validation NDCG@``eval_k``.
+    """Train SASRec on ``splits.train``; early-stop on ``validate(model)["NDCG@<eval_k>"]``.
 
-    Returns the model in eval mode holding the best validation state (also saved as safetensors
-    to ``checkpoint_path`` if given). ``model.fit_log`` lists every evaluation
-    (epoch, train loss, valid NDCG/HR, seconds).
+    ``validate`` is called every ``cfg.eval_every`` epochs and returns metrics by name (at least
+    ``NDCG@<eval_k>``); without it the model of the last epoch is kept. Returns the model in eval
+    mode holding the best validation state (also saved to ``checkpoint_path`` if given).
+    ``model.fit_log`` lists every evaluation (epoch, train loss, valid metrics, seconds).
     """
     cfg = cfg if cfg is not None else SASRecConfig()
     for name in ("max_epochs", "eval_every", "patience", "batch_size", "eval_k", "max_len"):
@@ -244,14 +240,13 @@ def train_sasrec(splits: Splits, n_items: int, cfg: SASRecConfig | None = None,
         t = np.asarray(rows.targets)
         if t.min() < 0 or t.max() >= n_items:
             raise InputError(f"{name} targets must lie in 0..{n_items - 1}", field=f"{name}.targets")
-    torch.set_num_threads(max(1, min(int(cfg.num_threads), 2)))
-    seed_everything(cfg.seed)
+    set_seed(seed)
     device = torch.device(cfg.device)
 
     model = SASRec(cfg, n_items).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     tokens, targets = encode_windows(splits.train, cfg.max_len, cfg.windows)  # [N, max_len] x2
-    shuffle = torch.Generator().manual_seed(cfg.seed)
+    shuffle = torch.Generator().manual_seed(seed)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("SASRec: %d params, %d train rows in %d windows, %d valid rows, %d items",
              n_params, len(splits.train), len(tokens), len(splits.valid), n_items)
@@ -274,13 +269,16 @@ def train_sasrec(splits: Splits, n_items: int, cfg: SASRecConfig | None = None,
             optimizer.step()
             total += loss.item() * int(sup.sum())
             n_seen += int(sup.sum())
-        if epoch % cfg.eval_every and epoch != cfg.max_epochs:
+        if validate is None or (epoch % cfg.eval_every and epoch != cfg.max_epochs):
             continue
-        ranked = model.rank(splits.valid.histories, cfg.eval_k, cfg.eval_batch_size)  # [Rv, k]
-        ranks = target_ranks(ranked, splits.valid.targets)
-        score = ndcg(ranks, cfg.eval_k)
-        entry = {"epoch": epoch, "train_loss": total / n_seen, f"valid_NDCG@{cfg.eval_k}": score,
-                 f"valid_HR@{cfg.eval_k}": hit_rate(ranks, cfg.eval_k),
+        metrics = validate(model)
+        key = f"NDCG@{cfg.eval_k}"
+        if key not in metrics:
+            raise InputError(f"validation returned {sorted(metrics)}, not {key!r}",
+                             field="sasrec.eval_k")
+        score = metrics[key]
+        entry = {"epoch": epoch, "train_loss": total / n_seen,
+                 **{f"valid_{k}": v for k, v in metrics.items()},
                  "seconds": time.perf_counter() - t0}
         model.fit_log.append(entry)
         bar.set_postfix(loss=f"{entry['train_loss']:.4f}", ndcg=f"{score:.4f}")
@@ -295,7 +293,8 @@ def train_sasrec(splits: Splits, n_items: int, cfg: SASRecConfig | None = None,
                 break
     bar.close()
 
-    model.load_state_dict(best_state)
+    if best_state is not None:
+        model.load_state_dict(best_state)
     model.eval()
     log.info("SASRec best valid NDCG@%d %.4f at epoch %d (%.1f s)",
              cfg.eval_k, best_score, best_epoch, time.perf_counter() - t0)
@@ -316,31 +315,23 @@ def _config_dict(cfg: Any) -> dict:
 
 
 def save_sasrec(model: SASRec, path: str | Path) -> None:
-    """Write the weights atomically as safetensors; the config and n_items go in the metadata."""
-    state = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
-    metadata = {"model": "SASRec", "n_items": str(model.n_items),
-                "config": json.dumps(_config_dict(model.cfg))}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=metadata)
+    """Write a ``sasrec`` checkpoint: weights, config and n_items."""
+    checkpoint.save_sasrec(path, model.state_dict(), n_items=model.n_items,
+                           config=_config_dict(model.cfg))
 
 
 def load_sasrec(path: str | Path, cfg: SASRecConfig, n_items: int) -> SASRec:
     """Rebuild a SASRec from ``cfg`` and ``n_items`` and load the weights saved at ``path``."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("SASRec checkpoint not found", file=str(path))
-    try:
-        state = load_file(str(path), device="cpu")
-    except Exception as err:  # safetensors raises its own error types for corrupt headers
-        raise InputError(f"not a readable safetensors file ({err})", file=str(path)) from err
+    state, saved_items, _ = checkpoint.load_sasrec(path)
     model = SASRec(cfg, n_items)
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     found = {name: tuple(t.shape) for name, t in state.items()}
-    if expected != found:
+    if expected != found or saved_items != n_items:
         diff = sorted(n for n in expected.keys() | found.keys() if expected.get(n) != found.get(n))
-        raise InputError(f"checkpoint does not match SASRecConfig/n_items={n_items}: tensors {diff[:4]} "
-                         f"differ (expected {[expected.get(n) for n in diff[:4]]}, "
-                         f"found {[found.get(n) for n in diff[:4]]})", file=str(path))
+        raise InputError(f"checkpoint does not match SASRecConfig/n_items={n_items} (saved "
+                         f"n_items={saved_items}): tensors {diff[:4]} differ (expected "
+                         f"{[expected.get(n) for n in diff[:4]]}, found "
+                         f"{[found.get(n) for n in diff[:4]]})", file=str(path))
     model.load_state_dict(state)
     model.to(torch.device(cfg.device))
     model.eval()

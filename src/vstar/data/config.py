@@ -13,7 +13,7 @@ from vstar.data.minionerec import load_minionerec
 from vstar.data.movielens import load_movielens_100k
 from vstar.data.splits import leave_one_out, time_split
 from vstar.data.types import InteractionData, Splits
-from vstar.errors import InputError
+from vstar.core.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def load_dataset(cfg: DataConfig | Any) -> InteractionData:
                           value_cols=list(cfg.value_cols),
                           name=cfg.name or Path(cfg.path).stem)
     elif fmt == "minionerec":
-        data, _ = load_minionerec(cfg.path, cfg.name or None)
+        data = load_minionerec(cfg.path, cfg.name or None)
     else:
         raise InputError(f"unknown data format {fmt!r}; expected one of {FORMATS}",
                          field="data.format")

@@ -25,7 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vstar.data.types import InteractionData
-from vstar.errors import InputError
+from vstar.core.errors import InputError
+from vstar.core.io import read_json
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +38,6 @@ MAX_CATEGORIES_CHARS = 200
 # ----------------------------------------------------------------------------- JSON
 
 
-class _DuplicateKey(Exception):
-    def __init__(self, key: str):
-        self.key = key
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKey(key)
-        out[key] = value
-    return out
-
-
 def _key_line(text: str, key: str, occurrence: int = 0) -> int | None:
     """1-based line of the ``occurrence``-th ``"key":`` in ``text`` (best effort)."""
     pattern = re.compile(re.escape(json.dumps(key, ensure_ascii=False)) + r"\s*:")
@@ -59,32 +46,6 @@ def _key_line(text: str, key: str, occurrence: int = 0) -> int | None:
         return None
     return text.count("\n", 0, matches[occurrence].start()) + 1
 
-
-def _duplicate_key_line(text: str, key: str) -> int | None:
-    """Line of the second of two occurrences of ``key`` inside the same object (best effort)."""
-    pattern = re.compile(re.escape(json.dumps(key, ensure_ascii=False)) + r"\s*:")
-    starts = [m.start() for m in pattern.finditer(text)]
-    for a, b in zip(starts, starts[1:]):
-        between = text[a:b]
-        if "{" not in between and "}" not in between:
-            return text.count("\n", 0, b) + 1
-    return None
-
-
-def read_json(path: str | Path) -> tuple[Any, str]:
-    """Parse a JSON file, rejecting duplicate object keys. Returns (object, raw text)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("file not found", file=str(path))
-    text = path.read_text(encoding="utf-8")
-    try:
-        return json.loads(text, object_pairs_hook=_no_duplicate_keys), text
-    except json.JSONDecodeError as e:
-        raise InputError(f"invalid JSON: {e.msg} (column {e.colno})", file=str(path),
-                         line=e.lineno) from None
-    except _DuplicateKey as e:
-        raise InputError(f"duplicate key {e.key!r} in a JSON object; each key must appear once",
-                         file=str(path), line=_duplicate_key_line(text, e.key)) from None
 
 
 # ----------------------------------------------------------------------------- item text

@@ -1,41 +1,39 @@
-"""MiniOneRec interoperability: read their split CSVs / SID index and write ours in their format.
+"""MiniOneRec datasets: read their split CSVs, info.txt and item.json into InteractionData.
 
 Their files, for a dataset ``<name>`` (e.g. ``Industrial_and_Scientific``), laid out flat in one
-folder as in ``../shared/data/minionerec-industrial/``:
+folder:
 
 - ``<name>_{train,valid,test}.csv``: columns ``user_id, history_item_title, item_title,
   history_item_id, item_id, history_item_sid, item_sid``; list cells are Python literals
-  (``"[3466, 2697]"``, ``"['<a_223><b_80><c_165>', ...]"``), parsed with ``ast.literal_eval``.
-- ``<name>.index.json``: ``{"<item index>": ["<a_12>", "<b_200>", "<c_7>"]}`` (as LC-Rec).
-- ``<name>.info.txt``: one line per item, ``SID \\t title \\t item index``.
+  (``"[3466, 2697]"``, ``"['<a_223><b_80><c_165>', ...]"``), parsed with ``ast.literal_eval``
+  (literals only: a cell never runs code).
+- ``<name>.index.json``: ``{"<item index>": ["<a_12>", "<b_200>", "<c_7>"]}``: its keys, in file
+  order, are the catalogue.
+- ``<name>.info.txt``: one line per item, ``SID \t title \t item index``.
 - ``<name>.item.json`` (optional): ``{"<item index>": {"title", "description", ...}}``.
 
-(MiniOneRec's own scripts keep these in ``data/Amazon/{train,valid,test,info,index}/``; move the
-files there to train with their code.)
+(MiniOneRec's own scripts keep these in ``data/Amazon/{train,valid,test,info,index}/``.)
 
-A SID string is the concatenation of one token per level, ``<a_12><b_200><c_7>``: the letter is
-the level (a = first), the number the code at that level.
+The data stage only checks that each CSV SID string equals the index's tokens joined; the SIDs
+themselves are parsed by the SID stage (``vstar.sid.minionerec.read_minionerec_sids``, or
+``sid.method=index_json`` with ``sid.index_path=<folder>/<name>.index.json``). Writing a dataset
+with its SIDs in this format is ``vstar.sid.minionerec.write_minionerec``.
 """
 
 from __future__ import annotations
 
 import ast
 import csv
-import io
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
 
 import numpy as np
 
-from vstar.data.loaders import item_text_from_fields, read_json
-from vstar.data.types import InteractionData, Splits, SplitRows
-from vstar.errors import InputError
-from vstar.io import atomic_write_json, atomic_write_text
-from vstar.sid.index_io import save_index_json, sid_token
-from vstar.sid.types import SemanticIds
+from vstar.core.errors import InputError
+from vstar.core.io import read_json
+from vstar.data.loaders import item_text_from_fields
+from vstar.data.types import InteractionData
 
 log = logging.getLogger(__name__)
 
@@ -43,89 +41,17 @@ MINIONEREC_COLUMNS = ("user_id", "history_item_title", "item_title", "history_it
                       "item_id", "history_item_sid", "item_sid")
 SPLIT_NAMES = ("train", "valid", "test")
 
-_TOKEN = re.compile(r"<([a-z])_(\d+)>")
-_SID = re.compile(r"(?:<[a-z]_\d+>)+")
 
-
-# ----------------------------------------------------------------------------- SID strings
-
-
-def parse_sid(sid: str | Sequence[str]) -> list[int]:
-    """``"<a_12><b_200><c_7>"`` (or its token list) -> ``[12, 200, 7]``.
-
-    Raises ``ValueError`` unless the levels are a, b, c, ... in order.
-    """
-    text = sid if isinstance(sid, str) else "".join(sid)
-    if not _SID.fullmatch(text):
-        raise ValueError(f"{text!r} is not a SID string like '<a_12><b_200><c_7>'")
-    codes = []
-    for level, (letter, code) in enumerate(_TOKEN.findall(text)):
-        if ord(letter) - ord("a") != level:
-            raise ValueError(f"{text!r}: token {level + 1} has level letter {letter!r}, "
-                             f"expected {chr(ord('a') + level)!r}")
-        codes.append(int(code))
-    return codes
-
-
-def sid_tokens(codes: Sequence[int]) -> list[str]:
-    """``[12, 200, 7]`` -> ``["<a_12>", "<b_200>", "<c_7>"]``."""
-    return [sid_token(level, c) for level, c in enumerate(codes)]
-
-
-def format_sid(codes: Sequence[int]) -> str:
-    """``[12, 200, 7]`` -> ``"<a_12><b_200><c_7>"``."""
-    return "".join(sid_tokens(codes))
-
-
-def semantic_ids_from_strings(sids: Sequence[str | Sequence[str]],
-                              codebook_size: int | None = None, *, file: str | None = None,
-                              keys: Sequence[str] | None = None) -> SemanticIds:
-    """One SID per item (string or token list, all with the same number of levels).
-
-    ``codebook_sizes``: ``codebook_size`` for every level if given; otherwise inferred per level
-    as the smallest power of two >= max code + 1 (SID files do not store it; tokenizers use
-    power-of-two codebooks such as 256, and a level whose top codes went unused by chance still
-    gets the right size).
-    """
-    rows = []
-    for i, sid in enumerate(sids):
-        try:
-            rows.append(parse_sid(sid))
-        except ValueError as e:
-            raise InputError(str(e), file=file, field=keys[i] if keys else str(i)) from None
-        if len(rows[-1]) != len(rows[0]):
-            raise InputError(f"SID {sid!r} has {len(rows[-1])} levels, the first item has "
-                             f"{len(rows[0])}", file=file, field=keys[i] if keys else str(i))
-    codes = np.asarray(rows, dtype=np.int64).reshape(len(rows), -1)  # [n_items, n_levels]
-    if codebook_size is not None:
-        if codes.size and codes.max() >= codebook_size:
-            raise InputError(f"code {codes.max()} >= codebook_size {codebook_size}", file=file)
-        sizes = [int(codebook_size)] * codes.shape[1]
-    else:
-        # smallest power of two > max code, e.g. 251 -> 256, 255 -> 256, 256 -> 512
-        sizes = [1 << int(m).bit_length() for m in codes.max(axis=0)] if codes.size else []
-    return SemanticIds(codes=codes, codebook_sizes=sizes)
-
-
-def read_sid_index(path: str | Path, codebook_size: int | None = None
-                   ) -> tuple[list[str], SemanticIds]:
-    """``{"<item>": ["<a_12>", "<b_200>", ...]}`` -> (item keys in file order, SemanticIds)."""
-    index, _ = read_json(path)
+def catalogue_sids(index_file: str | Path) -> tuple[list[str], list[str]]:
+    """(item keys in file order, each item's SID string = its tokens joined) of an index.json."""
+    index, _ = read_json(index_file)
     if not isinstance(index, dict):
-        raise InputError('expected a JSON object {"<item>": ["<a_12>", ...]}', file=str(path))
-    keys = list(index)
-    return keys, semantic_ids_from_strings([index[k] for k in keys], codebook_size,
-                                           file=str(path), keys=keys)
-
-
-def write_sid_index(path: str | Path, sids: SemanticIds, item_keys: Sequence[str] | None = None
-                    ) -> None:
-    """Write ``{"<item>": ["<a_12>", ...]}`` (keys default to the item indices 0..N-1)."""
-    keys = [str(i) for i in range(sids.n_items)] if item_keys is None else list(item_keys)
-    save_index_json(path, sids, keys)
-
-
-# ----------------------------------------------------------------------------- reading
+        raise InputError('expected a JSON object {"<item>": ["<a_12>", ...]}', file=str(index_file))
+    for key, tokens in index.items():
+        if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
+            raise InputError(f"expected a non-empty list of SID tokens, got {tokens!r}",
+                             file=str(index_file), field=key)
+    return list(index), ["".join(tokens) for tokens in index.values()]
 
 
 @dataclass
@@ -236,7 +162,7 @@ def _merge_window(seq: list[int], window: list[int]) -> None:
             return
 
 
-def _find_name(folder: Path) -> str:
+def find_name(folder: Path) -> str:
     found = sorted(folder.glob("*.index.json"))
     if len(found) != 1:
         raise InputError(f"cannot tell the dataset name: expected exactly one *.index.json, found "
@@ -244,9 +170,8 @@ def _find_name(folder: Path) -> str:
     return found[0].name[: -len(".index.json")]
 
 
-def load_minionerec(folder: str | Path, name: str | None = None,
-                    codebook_size: int | None = None) -> tuple[InteractionData, SemanticIds]:
-    """A MiniOneRec folder -> (InteractionData rebuilt from its CSVs, SemanticIds of its index).
+def load_minionerec(folder: str | Path, name: str | None = None) -> InteractionData:
+    """A MiniOneRec folder -> InteractionData rebuilt from its CSVs (their SIDs: ``vstar.sid``).
 
     The catalogue is ``<name>.index.json`` in key order; ``item_ids`` are its keys, or the
     ``external_id`` fields of ``<name>.item.json`` when ``write_minionerec`` wrote it. Each user's
@@ -258,11 +183,10 @@ def load_minionerec(folder: str | Path, name: str | None = None,
     or of the CSVs. A CSV SID that differs from the index's SID for that item is an error.
     """
     folder = Path(folder)
-    name = name or _find_name(folder)
+    name = name or find_name(folder)
     index_file = folder / f"{name}.index.json"
-    keys, sids = read_sid_index(index_file, codebook_size)
+    keys, sid_str = catalogue_sids(index_file)
     key_to_idx = {k: i for i, k in enumerate(keys)}
-    sid_str = [format_sid(c) for c in sids.codes.tolist()]
 
     csv_files = [folder / f"{name}_{s}.csv" for s in SPLIT_NAMES]
     csv_files = [p for p in csv_files if p.is_file()]
@@ -311,68 +235,4 @@ def load_minionerec(folder: str | Path, name: str | None = None,
                            timestamps=None, item_text=item_text)
     log.info("loaded MiniOneRec %s: %d users, %d items, %d interactions rebuilt from %s", name,
              data.n_users, data.n_items, data.n_interactions, [p.name for p in csv_files])
-    return data, sids
-
-
-# ----------------------------------------------------------------------------- writing
-
-
-def _clean(title: str) -> str:
-    """Titles go into tab-separated ``info.txt``: no tabs or newlines inside."""
-    return " ".join(str(title).split())
-
-
-def _csv_text(rows: SplitRows, data: InteractionData, titles: list[str], sid_str: list[str]
-              ) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(MINIONEREC_COLUMNS)
-    for u, hist, target in zip(rows.users.tolist(), rows.histories, rows.targets.tolist()):
-        hist = [int(i) for i in hist]
-        writer.writerow([
-            data.user_ids[u],
-            str([titles[i] for i in hist]),   # Python list literal, as pandas writes lists
-            titles[target],
-            str(hist),
-            target,
-            str([sid_str[i] for i in hist]),
-            sid_str[target],
-        ])
-    return buf.getvalue()
-
-
-def write_minionerec(out_dir: str | Path, data: InteractionData, splits: Splits,
-                     sids: SemanticIds, name: str | None = None,
-                     titles: Sequence[str] | None = None) -> dict[str, Path]:
-    """Write a dataset, its splits and its SIDs in MiniOneRec's format (see the module doc).
-
-    Items are written as their vstar indices 0..N-1 (MiniOneRec's item ids are such indices);
-    ``titles`` default to ``data.item_text`` (else the external item id); ``item.json`` also
-    keeps each item's external id (``external_id``) so ``load_minionerec`` restores it. Writes
-    ``<name>_{train,valid,test}.csv``, ``<name>.index.json``, ``<name>.info.txt`` and
-    ``<name>.item.json`` atomically; returns their paths by kind.
-    """
-    if sids.n_items != data.n_items:
-        raise InputError(f"{sids.n_items} SIDs for {data.n_items} items", field="sids")
-    out_dir = Path(out_dir)
-    name = name or data.name
-    if titles is None:
-        titles = data.item_text if data.item_text is not None else data.item_ids
-    titles = [_clean(t) for t in titles]
-    if len(titles) != data.n_items:
-        raise InputError(f"{len(titles)} titles for {data.n_items} items", field="titles")
-    sid_str = [format_sid(c) for c in sids.codes.tolist()]
-    paths: dict[str, Path] = {}
-    for split in SPLIT_NAMES:
-        paths[split] = out_dir / f"{name}_{split}.csv"
-        atomic_write_text(paths[split], _csv_text(getattr(splits, split), data, titles, sid_str))
-    paths["index"] = out_dir / f"{name}.index.json"
-    write_sid_index(paths["index"], sids)
-    paths["info"] = out_dir / f"{name}.info.txt"
-    atomic_write_text(paths["info"], "".join(f"{s}\t{t}\t{i}\n"
-                                             for i, (s, t) in enumerate(zip(sid_str, titles))))
-    paths["item"] = out_dir / f"{name}.item.json"
-    item_meta: dict[str, Any] = {str(i): {"title": t, "external_id": data.item_ids[i]}
-                                 for i, t in enumerate(titles)}
-    atomic_write_json(paths["item"], item_meta)
-    return paths
+    return data

@@ -1,4 +1,4 @@
-"""Train / validation / test rows, exactly as ``docs/PROTOCOL.md`` defines them.
+"""Train / validation / test rows, exactly as ``docs/protocol.md`` ("Splits") defines them.
 
 A row is (user, history, target): the model sees ``history`` (oldest first, at most
 ``max_history`` items, never empty) and must rank ``target`` first.
@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from vstar.data.types import InteractionData, SplitRows, Splits
-from vstar.errors import InputError
+from vstar.core.errors import InputError
 
 log = logging.getLogger(__name__)
 

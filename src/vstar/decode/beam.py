@@ -1,7 +1,11 @@
 """Trie-constrained decoding with a KV cache: beam search and sampling, batched over users.
 
-Cost is counted in decode forward tokens (METHOD Eq. 10): every token fed to the backbone after the
-prefill of the users' histories. Beam search of width W over L levels feeds (L-1)*W per user.
+Cost is counted in decode forward tokens (docs/method.md Eq. 10): every token fed to the backbone
+after the prefill of the users' histories. Beam search of width W over L levels feeds (L-1)*W per
+user.
+
+``expand_beams`` is the one beam step (top-W extensions of W prefixes by summed log-prob): beam
+search uses it at every level, VED for its initial beam tree.
 """
 
 from __future__ import annotations
@@ -17,15 +21,30 @@ from vstar.model.vocab import SidVocab
 
 @dataclass
 class DecodeResult:
+    """What every decoder returns (VED's ``VEDResult`` adds its search tree)."""
+
     items: torch.Tensor        # [B, W] catalogue item indices, best first; -1 = empty slot
     codes: torch.Tensor        # [B, W, L] SID codes of those items (-1 for empty slots)
-    scores: torch.Tensor       # [B, W] sum of constrained log-probs (-inf for empty slots)
+    scores: torch.Tensor       # [B, W] ranking scores (sum of constrained log-probs for beam
+                               # search and sampling; -inf for empty slots)
     forward_tokens: int        # decode forward tokens for the whole batch (prefill excluded)
-    n_invalid: int = 0         # generated SIDs that are not catalogue items (must stay 0)
+    tokens_per_user: torch.Tensor  # [B] decode forward tokens each user cost
+    n_invalid: int             # generated SIDs that are not catalogue items (must stay 0)
 
-    @property
-    def forward_tokens_per_user(self) -> float:
-        return self.forward_tokens / max(1, self.items.shape[0])
+
+def expand_beams(prefix_scores: torch.Tensor, next_log_probs: torch.Tensor, width: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One beam step: the best ``width`` one-code extensions of P prefixes per user.
+
+    prefix_scores [B, P] (log pi(prefix | x), -inf for prefixes not in the beam);
+    next_log_probs [B, P, K] (constrained log pi(code | prefix), -inf where not allowed).
+    Returns (scores [B, w], parent [B, w] in 0..P-1, code [B, w] in 0..K-1), w = min(width, P*K),
+    best first; extensions of dead prefixes have score -inf.
+    """
+    B, P, K = next_log_probs.shape
+    total = (prefix_scores[:, :, None] + next_log_probs).reshape(B, P * K)
+    scores, flat = total.topk(min(width, P * K), dim=1)
+    return scores, flat // K, flat % K
 
 
 def prefill(model: SidLM, tokens: torch.Tensor, pad_mask: torch.Tensor):
@@ -69,10 +88,7 @@ def beam_search(model: SidLM, vocab: SidVocab, trie: SidTrie, tokens: torch.Tens
         step_logits = out.logits[:, -1, vocab.level_slice(level)]        # [B*W, K]
         allowed = trie.allowed(level, nodes.reshape(-1)) & alive.reshape(-1, 1)
         lp = constrained_log_probs(step_logits, allowed).reshape(B, W, -1)  # [B, W, K]
-        K = lp.shape[-1]
-        total = (scores[:, :, None] + lp).reshape(B, W * K)
-        scores, flat = total.topk(W, dim=1)                               # [B, W]
-        parent, code = flat // K, flat % K
+        scores, parent, code = expand_beams(scores, lp, W)                # [B, W] each
         alive = torch.isfinite(scores)
         codes = torch.cat([codes.gather(1, parent[:, :, None].expand(-1, -1, level)),
                            code[:, :, None]], dim=2)                      # [B, W, level+1]
@@ -83,46 +99,5 @@ def beam_search(model: SidLM, vocab: SidVocab, trie: SidTrie, tokens: torch.Tens
     items = torch.where(alive, nodes, -1)
     codes = torch.where(alive[:, :, None], codes, -1)
     n_invalid = int(((items < 0) & alive).sum())
-    return DecodeResult(items, codes, scores, forward_tokens, n_invalid)
-
-
-@torch.no_grad()
-def constrained_sample(model: SidLM, vocab: SidVocab, trie: SidTrie, tokens: torch.Tensor,
-                       pad_mask: torch.Tensor, n_samples: int, temperature: float = 1.0,
-                       top_k: int = 0, generator: torch.Generator | None = None) -> DecodeResult:
-    """``n_samples`` SIDs per user drawn from the trie-constrained policy (with replacement).
-
-    temperature scales logits before the trie mask; top_k > 0 keeps the k most probable valid codes.
-    Scores are the untempered constrained log-probs of the drawn items. Order: as drawn.
-    """
-    L = vocab.n_levels
-    B = tokens.shape[0]
-    dev = tokens.device
-    S = int(n_samples)
-    logits, _, cache = prefill(model, tokens, pad_mask)
-    cache = cache.index_select(torch.arange(B, device=dev).repeat_interleave(S))
-    logits = logits.repeat_interleave(S, dim=0)                           # [B*S, V]
-    nodes = torch.zeros(B * S, dtype=torch.long, device=dev)
-    scores = torch.zeros(B * S, device=dev)
-    codes = []
-    forward_tokens = 0
-    for level in range(L):
-        if level > 0:
-            out = model(vocab.token_of(level - 1, codes[-1])[:, None], cache=cache)
-            cache, logits = out.cache, out.logits[:, -1]
-            forward_tokens += B * S
-        allowed = trie.allowed(level, nodes)
-        lvl_logits = logits[:, vocab.level_slice(level)]
-        lp = constrained_log_probs(lvl_logits, allowed)                   # [B*S, K]
-        sample_lp = constrained_log_probs(lvl_logits / max(temperature, 1e-6), allowed)
-        if top_k and top_k < sample_lp.shape[1]:
-            kth = sample_lp.topk(top_k, dim=1).values[:, -1:]
-            sample_lp = sample_lp.masked_fill(sample_lp < kth, float("-inf"))
-        code = torch.multinomial(sample_lp.exp(), 1, generator=generator).squeeze(1)
-        scores = scores + lp.gather(1, code[:, None]).squeeze(1)
-        nodes = trie.step(level, nodes, code)
-        codes.append(code)
-    codes_t = torch.stack(codes, dim=1).reshape(B, S, L)
-    items = nodes.reshape(B, S)
-    return DecodeResult(items, codes_t, scores.reshape(B, S), forward_tokens,
-                        int((items < 0).sum()))
+    per_user = torch.full((B,), (L - 1) * W, dtype=torch.long, device=dev)  # every beam is fed
+    return DecodeResult(items, codes, scores, forward_tokens, per_user, n_invalid)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vstar.decode.trie import SidTrie, constrained_log_probs
+from vstar.decode.trie import SidTrie, constrained_entropy, constrained_log_probs
 from vstar.model.interface import SidLM
 from vstar.model.vocab import SidVocab
 
@@ -51,8 +51,7 @@ def score_candidates(model: SidLM, vocab: SidVocab, trie: SidTrie, tokens: torch
         allowed = trie.allowed(level, nodes.clamp(min=0))
         lp = constrained_log_probs(level_logits[level][:, vocab.level_slice(level)], allowed)
         chosen = lp.gather(1, flat_codes[:, level:level + 1]).squeeze(1)
-        p = lp.exp()
-        entropies.append(-(p * lp.masked_fill(~allowed, 0.0)).sum(-1))
+        entropies.append(constrained_entropy(lp, allowed))
         log_probs.append(chosen)
         nodes = trie.step(level, nodes.clamp(min=0), flat_codes[:, level])
     logp = torch.stack(log_probs, 1).reshape(B, G, L)

@@ -82,3 +82,11 @@ def constrained_log_probs(logits: torch.Tensor, allowed: torch.Tensor) -> torch.
     masked = logits.float().masked_fill(~allowed, float("-inf"))
     out = torch.log_softmax(masked, dim=-1)
     return torch.nan_to_num(out, nan=float("-inf"), neginf=float("-inf"))
+
+
+def constrained_entropy(log_probs: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Entropy of the trie-constrained next-code distribution: ``-sum_allowed p log p``.
+
+    log_probs [..., K] from ``constrained_log_probs``, allowed bool [..., K] -> [...].
+    """
+    return -(log_probs.exp() * log_probs.masked_fill(~allowed, 0.0)).sum(-1)

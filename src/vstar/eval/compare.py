@@ -12,8 +12,9 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from vstar.errors import InputError
-from vstar.eval.runs import read_metrics
+from vstar.core.errors import InputError
+from vstar.core.layout import METRICS_FILE
+from vstar.eval.records import read_metrics
 from vstar.eval.stats import mean_std
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ def find_metrics_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
         if p.is_file():
             found.add(p.resolve())
         elif p.is_dir():
-            found.update(f.resolve() for f in p.rglob("metrics.json") if f.is_file())
+            found.update(f.resolve() for f in p.rglob(METRICS_FILE) if f.is_file())
         else:
             raise InputError("run folder or metrics file not found", file=str(p))
     return sorted(found)

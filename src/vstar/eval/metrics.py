@@ -1,4 +1,4 @@
-"""Full-catalogue ranking metrics for one-target-per-row evaluation (see docs PROTOCOL.md).
+"""Full-catalogue ranking metrics for one-target-per-row evaluation (docs/protocol.md "Metrics").
 
 Every function takes a ranked list of item indices per row:
 
@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vstar.errors import InputError
+from vstar.core.errors import InputError
 
 DEFAULT_KS = (1, 3, 5, 10, 20)
 LONG_TAIL_FRACTION = 0.8  # the least popular 80% of the catalogue is the "long tail"

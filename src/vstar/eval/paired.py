@@ -1,10 +1,11 @@
-"""Paired comparison of two methods of one experiment, user by user (PROTOCOL "Statistics").
+"""Paired comparison of two methods of one experiment, user by user (docs/protocol.md "Statistics").
 
     res = paired_comparison("runs/scientific", "vstar", "sft", metric="NDCG@10")
     print(render_paired(res))
 
 Both methods were evaluated on the same split rows in the same order (every run folder of one
-config writes ``ranks_<split>.npy``: the 1-based rank of each row's target, 0 = not in the list).
+config writes its ranks file, ``vstar.core.layout.RunLayout.ranks``: the 1-based rank of each
+row's target, 0 = not in the list).
 For each seed the ranks become per-row NDCG@K or HR@K; each row's value is averaged over the seeds
 (so a user counts once, with less seed noise), and the two methods' per-row vectors go through the
 paired bootstrap and the Wilcoxon signed-rank test of ``vstar.eval.stats``. The per-seed mean
@@ -20,14 +21,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vstar.errors import InputError
+from vstar.core.errors import InputError
+from vstar.core.layout import ExperimentLayout
 from vstar.eval.metrics import hit_at_k_per_row, ndcg_at_k_per_row
 from vstar.eval.stats import paired_bootstrap, paired_wilcoxon
 
 PER_ROW_METRICS = {"NDCG": ndcg_at_k_per_row, "HR": hit_at_k_per_row,
                    "Recall": hit_at_k_per_row}   # one target per row: Recall@K = HR@K
 _METRIC_RE = re.compile(r"^(NDCG|HR|Recall)@(\d+)$")
-_SEED_RE = re.compile(r"^seed(\d+)$")
 
 
 def parse_metric(metric: str) -> tuple[str, int]:
@@ -39,17 +40,10 @@ def parse_metric(metric: str) -> tuple[str, int]:
     return m.group(1), int(m.group(2))
 
 
-def _seed_folders(method_dir: Path, split: str) -> dict[int, Path]:
-    """seed -> run folder, for every ``seed<k>/`` below ``method_dir`` holding the split's ranks."""
-    if not method_dir.is_dir():
-        raise InputError("method folder not found (expected <experiment>/<method>/seed<k>/)",
-                         file=str(method_dir))
-    out = {}
-    for sub in sorted(method_dir.iterdir()):
-        m = _SEED_RE.match(sub.name)
-        if m and sub.is_dir() and (sub / f"ranks_{split}.npy").is_file():
-            out[int(m.group(1))] = sub
-    return out
+def _seed_folders(experiment: ExperimentLayout, method: str, split: str) -> dict[int, Path]:
+    """seed -> ranks file, for every seed folder of ``method`` that holds the split's ranks."""
+    return {seed: run.ranks(split) for seed, run in experiment.seed_runs(method).items()
+            if run.ranks(split).is_file()}
 
 
 def _load_ranks(path: Path) -> np.ndarray:
@@ -71,7 +65,7 @@ def paired_comparison(experiment_dir: str | os.PathLike, method_a: str, method_b
                       confidence: float = 0.95) -> dict[str, Any]:
     """Paired test of ``method_a`` vs ``method_b`` on ``metric`` over the split's rows.
 
-    Reads ``<experiment_dir>/<method>/seed<k>/ranks_<split>.npy`` for every seed found for either
+    Reads the ranks file of ``split`` (``RunLayout.ranks``) of every seed found for either
     method (or only ``seeds`` if given); a seed present for one method but not the other, or
     rank files of different lengths, is an InputError naming the folder. Per-row values are
     averaged over the seeds, then compared with ``paired_bootstrap`` (``n_resamples``, ``seed``)
@@ -84,26 +78,27 @@ def paired_comparison(experiment_dir: str | os.PathLike, method_a: str, method_b
     """
     name, k = parse_metric(metric)
     per_row = PER_ROW_METRICS[name]
-    root = Path(experiment_dir)
-    folders = {m: _seed_folders(root / m, split) for m in (method_a, method_b)}
+    experiment = ExperimentLayout(Path(experiment_dir))
+    root = experiment.root
+    folders = {m: _seed_folders(experiment, m, split) for m in (method_a, method_b)}
     wanted = sorted(set(folders[method_a]) | set(folders[method_b])) if seeds is None \
         else sorted({int(s) for s in seeds})
     if not wanted:
-        raise InputError(f"no ranks_{split}.npy in any seed folder of {method_a!r} or "
+        raise InputError(f"no {split} ranks in any seed folder of {method_a!r} or "
                          f"{method_b!r}", file=str(root))
     for m in (method_a, method_b):
         for s in wanted:
             if s not in folders[m]:
-                raise InputError(f"seed {s} has no ranks_{split}.npy for method {m!r} (the paired "
+                raise InputError(f"seed {s} has no {split} ranks for method {m!r} (the paired "
                                  f"test needs every seed for both methods)",
-                                 file=str(root / m / f"seed{s}"))
+                                 file=str(experiment.run(m, s).ranks(split)))
 
     values: dict[str, list[np.ndarray]] = {method_a: [], method_b: []}   # per method: [S] x [R]
     files: dict[str, list[str]] = {method_a: [], method_b: []}
     n_rows, first_file = None, None
     for m in (method_a, method_b):
         for s in wanted:
-            path = folders[m][s] / f"ranks_{split}.npy"
+            path = folders[m][s]
             ranks = _load_ranks(path)                                   # [R]
             if n_rows is None:
                 n_rows, first_file = ranks.size, path

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vstar.errors import InputError
+from vstar.core.errors import InputError
 from vstar.eval.metrics import _to_numpy
 
 

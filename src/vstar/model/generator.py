@@ -7,26 +7,28 @@ Everything downstream (beam search, VED, RL) talks to it through one call::
 ``hidden`` is the last layer's (post-norm) state the value head reads; ``cache`` holds keys and
 values so that decoding feeds one token per step. A Hugging Face causal LM with added SID tokens can
 take this model's place by implementing the same call (see ``SidLM`` in ``interface.py``).
+
+    model = SidGenerator(ModelConfig(), vocab_size=vocab.size, block_size=1 + 21 * vocab.n_levels)
+    save_generator(path, model, vocab)          # a ``generator`` checkpoint (vstar.core.checkpoint)
+    model = load_generator(path, vocab)         # checks the SID codebooks match
 """
 
 from __future__ import annotations
 
 import math
+import dataclasses
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-@dataclass
-class GeneratorConfig:
-    vocab_size: int = 0         # set from the SID vocabulary
-    block_size: int = 128       # longest token sequence (BOS + (max_history + 1) * L)
-    n_layer: int = 2
-    n_head: int = 4
-    n_embd: int = 128
-    dropout: float = 0.1
+from vstar.core import checkpoint
+from vstar.core.errors import InputError
+from vstar.model.config import ModelConfig
+from vstar.model.vocab import SidVocab
 
 
 @dataclass
@@ -65,7 +67,7 @@ class GeneratorOutput:
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: GeneratorConfig):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
         assert cfg.n_embd % cfg.n_head == 0
         self.n_head = cfg.n_head
@@ -88,7 +90,7 @@ class CausalSelfAttention(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: GeneratorConfig):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.ln_1 = nn.LayerNorm(cfg.n_embd)
         self.attn = CausalSelfAttention(cfg)
@@ -106,16 +108,21 @@ class Block(nn.Module):
 class SidGenerator(nn.Module):
     """Decoder-only transformer over SID tokens; weights of the output layer tied to the input."""
 
-    def __init__(self, cfg: GeneratorConfig):
+    def __init__(self, cfg: ModelConfig, vocab_size: int, block_size: int):
+        """``vocab_size``: ``SidVocab.size``; ``block_size``: the longest token sequence,
+        BOS + (max_history + 1) * L."""
         super().__init__()
-        assert cfg.vocab_size > 0, "GeneratorConfig.vocab_size must be set from the SID vocabulary"
+        if vocab_size <= 0 or block_size <= 0:
+            raise ValueError(f"vocab_size and block_size must be positive, got {vocab_size}, "
+                             f"{block_size}")
         self.cfg = cfg
-        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.vocab_size, self.block_size = int(vocab_size), int(block_size)
+        self.wte = nn.Embedding(vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(block_size, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.ln_f = nn.LayerNorm(cfg.n_embd)
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head = nn.Linear(cfg.n_embd, vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2 scaled init of residual projections
@@ -151,9 +158,9 @@ class SidGenerator(nn.Module):
             pos = cache.next_pos[:, None] + (pad_mask.long().cumsum(1) - 1).clamp(min=0)
             full_mask = torch.cat([cache.mask, pad_mask], dim=1)           # [B, T_past + T]
             past_len = cache.length
-        if int(pos.max()) >= self.cfg.block_size:
+        if int(pos.max()) >= self.block_size:
             raise ValueError(f"sequence position {int(pos.max())} exceeds block_size "
-                             f"{self.cfg.block_size}; raise model.block_size or shorten histories")
+                             f"{self.block_size}; shorten histories (data.max_history)")
         # query i (absolute past_len + i) sees real keys j <= past_len + i, and always itself
         # (so that left-padding queries never see an empty row).
         q_idx = torch.arange(T, device=dev)[:, None] + past_len
@@ -178,3 +185,27 @@ class SidGenerator(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def save_generator(path: str | os.PathLike, model: SidGenerator, vocab: SidVocab) -> Path:
+    """Write a ``generator`` checkpoint: weights, size and the SID codebooks it was trained on."""
+    return checkpoint.save_generator(path, model.state_dict(),
+                                     model_config=dataclasses.asdict(model.cfg),
+                                     vocab_size=model.vocab_size, block_size=model.block_size,
+                                     codebook_sizes=vocab.codebook_sizes)
+
+
+def load_generator(path: str | os.PathLike, vocab: SidVocab) -> SidGenerator:
+    """The generator saved at ``path``, in eval mode; InputError if its SID codebooks are not
+    ``vocab``'s (a checkpoint trained on other SIDs would decode the wrong items)."""
+    ckpt = checkpoint.load_generator(path)
+    if list(ckpt.codebook_sizes) != vocab.codebook_sizes:
+        raise InputError(f"checkpoint SID codebooks {ckpt.codebook_sizes} differ from the "
+                         f"current SIDs {vocab.codebook_sizes}", file=str(path))
+    try:
+        model = SidGenerator(ModelConfig(**ckpt.model_config), ckpt.vocab_size, ckpt.block_size)
+        model.load_state_dict(ckpt.state_dict)
+    except (TypeError, RuntimeError) as err:
+        raise InputError(f"weights do not fit the saved model config ({err})",
+                         file=str(path)) from None
+    return model.eval()

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from vstar.errors import InputError
+from vstar.core.errors import InputError
 from vstar.sid.collisions import resolve_collisions, sid_report
 from vstar.sid.config import SidConfig
 from vstar.sid.embed import MODEL_NAME, embed_texts_cached, load_vectors

@@ -19,7 +19,7 @@ import warnings
 
 import numpy as np
 
-from vstar.errors import InputError
+from vstar.core.errors import InputError
 from vstar.sid.config import COLLISION_METHODS
 from vstar.sid.kmeans import residuals_at_level, squared_distances
 from vstar.sid.types import SemanticIds

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from vstar.errors import InputError
+from vstar.core.errors import InputError
 
 METHODS = ("rkmeans", "balanced_kmeans", "rqvae", "index_json")
 COLLISION_METHODS = ("extra_level", "reassign", "none")
@@ -33,7 +33,8 @@ class SidConfig:
     # "extra_level" (TIGER: append the rank within the colliding group), "reassign" (move
     # colliding items to a free last-level code under the same prefix) or "none"
     collisions: str = "extra_level"
-    seed: int = 0
+    seed: int = 0                       # the tokenizer's seed: SIDs are built once per experiment
+                                        # and shared by every run.seeds entry, so not run.seeds
     embed_batch_size: int = 64          # texts per sentence-encoder batch
     # residual k-means (faiss)
     kmeans_niter: int = 25              # Lloyd iterations per level
@@ -47,7 +48,6 @@ class SidConfig:
     rqvae_latent_dim: int = 32          # dimension of the quantised latent z
     rqvae_beta: float = 0.25            # commitment-loss weight
     rqvae_dropout: float = 0.0
-    num_threads: int = 1                # torch threads for RQ-VAE (1 is fastest on busy shared CPUs)
 
     def validate(self) -> None:
         """Raise InputError naming the first field that does not make sense."""

@@ -14,12 +14,12 @@ from typing import Sequence
 
 import numpy as np
 
-from vstar.errors import InputError
-from vstar.io import atomic_path
+from vstar.core.errors import InputError
+from vstar.core.checkpoint import EMBEDDINGS_KEY, load_embeddings, save_embeddings
+from vstar.core.layout import CacheLayout
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 EMBED_DIM = 384
-SAFETENSORS_KEY = "embeddings"
 
 
 @functools.lru_cache(maxsize=1)
@@ -66,24 +66,26 @@ def texts_cache_key(texts: Sequence[str]) -> str:
 
 def embed_texts_cached(texts: Sequence[str], cache_dir: str | os.PathLike | None,
                        batch_size: int = 64, show_progress: bool = True) -> np.ndarray:
-    """``embed_texts`` with a safetensors cache in ``cache_dir`` keyed by the texts and model name.
+    """``embed_texts`` with a cache below ``cache_dir`` (the run's cache folder, see
+    ``vstar.core.layout.CacheLayout``) keyed by the texts and model name.
 
-    ``cache_dir=None`` disables the cache. A cache file is written atomically, so an interrupted
-    run never leaves a half-written file behind.
+    ``cache_dir=None`` disables the cache. The cache file is an ``embeddings`` checkpoint
+    (``vstar.core.checkpoint``), written atomically; one that cannot be read, or was made by
+    another model or for other texts, is recomputed and replaced.
     """
     texts = list(texts)
     if cache_dir is None:
         return embed_texts(texts, batch_size, show_progress)
-    from safetensors.numpy import load_file, save_file
-
-    path = Path(cache_dir) / f"text-emb-{texts_cache_key(texts)[:32]}.safetensors"
+    path = CacheLayout(Path(cache_dir)).text_embeddings(texts_cache_key(texts))
     if path.is_file():
-        emb = load_file(str(path)).get(SAFETENSORS_KEY)
-        if emb is not None and emb.shape == (len(texts), EMBED_DIM):
-            return emb.astype(np.float32, copy=False)
+        try:
+            emb, model = load_embeddings(path)
+            if model == MODEL_NAME and emb.shape == (len(texts), EMBED_DIM):
+                return emb.astype(np.float32, copy=False)
+        except InputError:
+            pass                                   # stale or foreign file: recompute below
     emb = embed_texts(texts, batch_size, show_progress)
-    with atomic_path(path) as tmp:
-        save_file({SAFETENSORS_KEY: emb}, str(tmp), metadata={"model": MODEL_NAME})
+    save_embeddings(path, emb, model=MODEL_NAME)
     return emb
 
 
@@ -110,10 +112,10 @@ def load_vectors(path: str | os.PathLike, n_items: int | None = None) -> np.ndar
             tensors = load_file(str(path))
         except Exception as e:  # safetensors raises its own error types for corrupt headers
             raise InputError(f"could not read safetensors ({e})", file=str(path)) from e
-        if SAFETENSORS_KEY not in tensors:
-            raise InputError(f"expected a tensor named {SAFETENSORS_KEY!r}, found {sorted(tensors)}",
-                             file=str(path), field=SAFETENSORS_KEY)
-        vec = tensors[SAFETENSORS_KEY]
+        if EMBEDDINGS_KEY not in tensors:
+            raise InputError(f"expected a tensor named {EMBEDDINGS_KEY!r}, found {sorted(tensors)}",
+                             file=str(path), field=EMBEDDINGS_KEY)
+        vec = tensors[EMBEDDINGS_KEY]
     else:
         raise InputError(f"expected a .npy or .safetensors file, got {suffix or 'no extension'!r}",
                          file=str(path))

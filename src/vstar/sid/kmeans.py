@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from tqdm.auto import tqdm
 
-from vstar.errors import InputError
+from vstar.core.errors import InputError
 from vstar.sid.types import SemanticIds
 
 

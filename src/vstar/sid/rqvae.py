@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from vstar.errors import InputError
+from vstar.core.errors import InputError
 from vstar.sid.config import SidConfig
 from vstar.sid.kmeans import fit_residual_kmeans
 from vstar.sid.types import SemanticIds
@@ -121,37 +121,32 @@ def fit_rqvae(emb: np.ndarray, cfg: SidConfig, show_progress: bool = True) -> tu
     sizes = [int(k) for k in cfg.codebook_sizes]
     x = torch.from_numpy(np.ascontiguousarray(emb))                         # [N, in_dim]
     n = len(x)
-    prev_threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(cfg.num_threads)))
     t0 = time.time()
     history: list[float] = []
-    try:
-        with torch.random.fork_rng(devices=[]):  # seeded; the caller's global RNG is untouched
-            torch.manual_seed(cfg.seed)
-            gen = torch.Generator().manual_seed(cfg.seed)
-            model = RQVAE(x.shape[1], list(cfg.rqvae_hidden), cfg.rqvae_latent_dim, sizes,
-                          cfg.rqvae_beta, cfg.rqvae_dropout)
-            opt = torch.optim.AdamW(model.parameters(), lr=cfg.rqvae_lr,
-                                    weight_decay=cfg.rqvae_weight_decay)
-            bs = min(cfg.rqvae_batch_size, n)
-            first = torch.randperm(n, generator=gen)[:bs]
-            model.init_codebooks(x[first], cfg.seed)
-            recon = rq = torch.tensor(0.0)
-            for _ in tqdm(range(cfg.rqvae_epochs), desc="RQ-VAE", disable=not show_progress):
-                perm = torch.randperm(n, generator=gen)
-                epoch_loss = 0.0
-                for i in range(0, n, bs):
-                    xb = x[perm[i:i + bs]]                                  # [B, in_dim]
-                    x_hat, _, rq = model(xb)
-                    recon = F.mse_loss(x_hat, xb)
-                    loss = recon + rq
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    epoch_loss += loss.item() * len(xb)
-                history.append(epoch_loss / n)
-    finally:
-        torch.set_num_threads(prev_threads)
+    with torch.random.fork_rng(devices=[]):  # seeded; the caller's global RNG is untouched
+        torch.manual_seed(cfg.seed)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        model = RQVAE(x.shape[1], list(cfg.rqvae_hidden), cfg.rqvae_latent_dim, sizes,
+                      cfg.rqvae_beta, cfg.rqvae_dropout)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.rqvae_lr,
+                                weight_decay=cfg.rqvae_weight_decay)
+        bs = min(cfg.rqvae_batch_size, n)
+        first = torch.randperm(n, generator=gen)[:bs]
+        model.init_codebooks(x[first], cfg.seed)
+        recon = rq = torch.tensor(0.0)
+        for _ in tqdm(range(cfg.rqvae_epochs), desc="RQ-VAE", disable=not show_progress):
+            perm = torch.randperm(n, generator=gen)
+            epoch_loss = 0.0
+            for i in range(0, n, bs):
+                xb = x[perm[i:i + bs]]                                  # [B, in_dim]
+                x_hat, _, rq = model(xb)
+                recon = F.mse_loss(x_hat, xb)
+                loss = recon + rq
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                epoch_loss += loss.item() * len(xb)
+            history.append(epoch_loss / n)
     stats = {
         "epochs": cfg.rqvae_epochs,
         "steps": cfg.rqvae_epochs * ((n + bs - 1) // bs),

@@ -1,0 +1,241 @@
+"""Every checkpoint vstar writes or reads: safetensors files, one writer and one reader per kind.
+
+A checkpoint is a safetensors file (weights only: loading one never runs code) whose metadata
+says what it holds: ``vstar_kind`` (one of ``KINDS``) and ``vstar_format``, plus the kind's own
+fields, each stored JSON-encoded. Readers check the kind, so an RL state passed where a generator
+is expected is a clear error naming the file, not a shape mismatch three calls later.
+
+    kind          writer / reader                    holds
+    generator     save_generator / load_generator    the SID generator's weights, its size
+                                                     (model config, vocabulary, block size) and
+                                                     the SID codebook sizes it was trained on
+    rl_state      save_rl_state / load_rl_state      policy + value head weights, optimiser
+                                                     moments, step, RNG states, LR schedule,
+                                                     the RL config (enough to resume bit-exactly)
+    sasrec        save_sasrec / load_sasrec          SASRec weights, its config and n_items
+    embeddings    save_embeddings / load_embeddings  a float32 [N, D] matrix of item embeddings
+
+This is the only module that spells tensor keys or metadata fields of a checkpoint. Functions take
+and return plain tensors and dicts, so no model class is imported here (the model stage builds its
+modules from what ``load_generator`` returns).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from vstar.core.errors import InputError
+from vstar.core.io import atomic_path, to_jsonable
+
+FORMAT_VERSION = 1
+KINDS = ("generator", "rl_state", "sasrec", "embeddings")
+
+_KIND, _FORMAT = "vstar_kind", "vstar_format"
+# rl_state sections: tensors are stored as "<section>.<key>"
+_POLICY, _VALUE, _OPT = "policy.", "value.", "opt."
+_SAMPLER_RNG = "sampler_rng"
+EMBEDDINGS_KEY = "embeddings"   # also the tensor name of user-supplied vector files
+
+
+# ---------------------------------------------------------------------------------------------
+# the container: tensors + JSON metadata + kind
+# ---------------------------------------------------------------------------------------------
+
+def _write(path: str | os.PathLike, kind: str, tensors: Mapping[str, Any],
+           meta: Mapping[str, Any]) -> Path:
+    """Tensors (moved to CPU, contiguous; shared storage copied) + metadata, atomically."""
+    import torch
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    out: dict[str, torch.Tensor] = {}
+    seen: set[tuple[int, int]] = set()
+    for key, value in tensors.items():
+        if not isinstance(value, torch.Tensor):
+            raise InputError(f"expected a tensor, got {type(value).__name__}", field=key)
+        t = value.detach().cpu().contiguous()
+        ptr = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+        if t.numel() and ptr in seen:          # tied weights: safetensors refuses shared storage
+            t = t.clone()
+        seen.add(ptr)
+        out[str(key)] = t
+    record = {_KIND: kind, _FORMAT: FORMAT_VERSION, **meta}
+    encoded = {str(k): json.dumps(to_jsonable(v, f"metadata.{k}")) for k, v in record.items()}
+    with atomic_path(path) as tmp:
+        save_file(out, str(tmp), metadata=encoded)
+    return path
+
+
+def _read(path: str | os.PathLike, kind: str, device: str = "cpu") -> tuple[dict, dict]:
+    """(tensors, metadata) of a checkpoint of ``kind``; InputError naming the file otherwise."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{kind} checkpoint not found", file=str(path))
+    try:
+        with safe_open(str(path), framework="pt", device=device) as fh:
+            raw_meta = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except (SafetensorError, OSError) as err:
+        raise InputError(f"not a readable safetensors file ({err})", file=str(path)) from None
+    meta = {}
+    for key, text in raw_meta.items():
+        try:
+            meta[key] = json.loads(text)
+        except json.JSONDecodeError:
+            raise InputError(f"metadata value is not JSON: {text[:80]!r}", file=str(path),
+                             field=key) from None
+    found = meta.get(_KIND)
+    if found != kind:
+        what = f"a {found!r} checkpoint" if found else "not a vstar checkpoint (no vstar_kind)"
+        raise InputError(f"expected a {kind!r} checkpoint, found {what}", file=str(path),
+                         field=_KIND)
+    if meta.get(_FORMAT) != FORMAT_VERSION:
+        raise InputError(f"checkpoint format {meta.get(_FORMAT)!r}, this vstar reads "
+                         f"{FORMAT_VERSION}", file=str(path), field=_FORMAT)
+    return tensors, meta
+
+
+def _require(meta: dict, keys: tuple[str, ...], path: str | os.PathLike, kind: str) -> None:
+    for key in keys:
+        if key not in meta:
+            raise InputError(f"{kind} checkpoint lacks the metadata field {key!r}",
+                             file=str(path), field=key)
+
+
+def checkpoint_kind(path: str | os.PathLike) -> str | None:
+    """The ``vstar_kind`` of a safetensors file (None when it has none or cannot be read)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get(_KIND)
+    except (SafetensorError, OSError):
+        return None
+    try:
+        return json.loads(raw) if raw is not None else None
+    except json.JSONDecodeError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# generator
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class GeneratorCheckpoint:
+    state_dict: dict
+    model_config: dict          # the model section (n_layer, n_head, n_embd, dropout)
+    vocab_size: int
+    block_size: int
+    codebook_sizes: list[int]
+
+
+def save_generator(path: str | os.PathLike, state_dict: Mapping[str, Any], *,
+                   model_config: Mapping[str, Any], vocab_size: int, block_size: int,
+                   codebook_sizes: list[int]) -> Path:
+    return _write(path, "generator", state_dict,
+                  {"model_config": dict(model_config), "vocab_size": int(vocab_size),
+                   "block_size": int(block_size),
+                   "codebook_sizes": [int(k) for k in codebook_sizes]})
+
+
+def load_generator(path: str | os.PathLike) -> GeneratorCheckpoint:
+    tensors, meta = _read(path, "generator")
+    _require(meta, ("model_config", "vocab_size", "block_size", "codebook_sizes"), path,
+             "generator")
+    return GeneratorCheckpoint(tensors, meta["model_config"], int(meta["vocab_size"]),
+                               int(meta["block_size"]), list(meta["codebook_sizes"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# RL state (resume)
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class RLState:
+    policy: dict                # generator state_dict
+    value_head: dict            # value head state_dict
+    optimizer_state: dict       # {param id: {name: tensor}} (torch optimiser "state")
+    sampler_rng: Any            # torch.Generator state (uint8 tensor)
+    step: int
+    numpy_rng: dict             # numpy bit_generator.state
+    lr_schedule: dict           # LR scheduler state_dict
+    config: dict                # the RL config the state was trained with
+
+
+def save_rl_state(path: str | os.PathLike, *, policy: Mapping[str, Any],
+                  value_head: Mapping[str, Any], optimizer_state: Mapping[int, Mapping[str, Any]],
+                  sampler_rng: Any, step: int, numpy_rng: Mapping[str, Any],
+                  lr_schedule: Mapping[str, Any], config: Mapping[str, Any]) -> Path:
+    import torch
+
+    tensors: dict[str, Any] = {f"{_POLICY}{k}": v.detach().clone() for k, v in policy.items()}
+    tensors.update({f"{_VALUE}{k}": v.detach().clone() for k, v in value_head.items()})
+    for pid, state in optimizer_state.items():
+        for name, v in state.items():
+            tensors[f"{_OPT}{pid}.{name}"] = torch.as_tensor(v).detach().clone()
+    tensors[_SAMPLER_RNG] = sampler_rng
+    return _write(path, "rl_state", tensors,
+                  {"step": int(step), "numpy_rng": dict(numpy_rng),
+                   "lr_schedule": dict(lr_schedule), "config": dict(config)})
+
+
+def load_rl_state(path: str | os.PathLike) -> RLState:
+    tensors, meta = _read(path, "rl_state")
+    _require(meta, ("step", "numpy_rng", "lr_schedule", "config"), path, "rl_state")
+    policy = {k[len(_POLICY):]: v for k, v in tensors.items() if k.startswith(_POLICY)}
+    value = {k[len(_VALUE):]: v for k, v in tensors.items() if k.startswith(_VALUE)}
+    opt: dict[int, dict] = {}
+    for key, v in tensors.items():
+        if key.startswith(_OPT):
+            pid, name = key[len(_OPT):].split(".", 1)
+            opt.setdefault(int(pid), {})[name] = v
+    if not policy or not value or _SAMPLER_RNG not in tensors:
+        raise InputError("an RL state needs policy, value-head and sampler tensors",
+                         file=str(path))
+    return RLState(policy, value, opt, tensors[_SAMPLER_RNG], int(meta["step"]),
+                   meta["numpy_rng"], meta["lr_schedule"], meta["config"])
+
+
+# ---------------------------------------------------------------------------------------------
+# SASRec
+# ---------------------------------------------------------------------------------------------
+
+def save_sasrec(path: str | os.PathLike, state_dict: Mapping[str, Any], *, n_items: int,
+                config: Mapping[str, Any]) -> Path:
+    return _write(path, "sasrec", state_dict, {"n_items": int(n_items), "config": dict(config)})
+
+
+def load_sasrec(path: str | os.PathLike) -> tuple[dict, int, dict]:
+    """(state_dict, n_items, config) of a SASRec checkpoint."""
+    tensors, meta = _read(path, "sasrec")
+    _require(meta, ("n_items", "config"), path, "sasrec")
+    return tensors, int(meta["n_items"]), meta["config"]
+
+
+# ---------------------------------------------------------------------------------------------
+# item embeddings (the text-embedding cache)
+# ---------------------------------------------------------------------------------------------
+
+def save_embeddings(path: str | os.PathLike, emb: Any, *, model: str) -> Path:
+    """A float32 numpy matrix [N, D] and the name of the model that produced it."""
+    import numpy as np
+    import torch
+
+    return _write(path, "embeddings",
+                  {EMBEDDINGS_KEY: torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32))},
+                  {"model": str(model)})
+
+
+def load_embeddings(path: str | os.PathLike) -> tuple[Any, str]:
+    """(float32 numpy [N, D], model name)."""
+    tensors, meta = _read(path, "embeddings")
+    if EMBEDDINGS_KEY not in tensors:
+        raise InputError(f"expected a tensor named {EMBEDDINGS_KEY!r}", file=str(path))
+    return tensors[EMBEDDINGS_KEY].numpy(), str(meta.get("model", ""))

@@ -1,0 +1,105 @@
+"""File I/O every stage shares.
+
+- Atomic writes: an output is either complete or absent, never half-written.
+- Strict JSON reading: a duplicate key in an object is an error naming its line (``json.load``
+  would silently keep the last one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from vstar.core.errors import InputError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``.
+
+    Write to the yielded path with any library (safetensors, pyarrow, matplotlib...).
+    If the block raises, the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str):
+        self.key = key
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _duplicate_key_line(text: str, key: str) -> int | None:
+    """Line of the second of two occurrences of ``key`` inside the same object (best effort)."""
+    pattern = re.compile(re.escape(json.dumps(key, ensure_ascii=False)) + r"\s*:")
+    starts = [m.start() for m in pattern.finditer(text)]
+    for a, b in zip(starts, starts[1:]):
+        between = text[a:b]
+        if "{" not in between and "}" not in between:
+            return text.count("\n", 0, b) + 1
+    return None
+
+
+def read_json(path: str | os.PathLike) -> tuple[Any, str]:
+    """Parse a JSON file, rejecting duplicate object keys. Returns (object, raw text)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found", file=str(path))
+    text = path.read_text(encoding="utf-8")
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys), text
+    except json.JSONDecodeError as e:
+        raise InputError(f"invalid JSON: {e.msg} (column {e.colno})", file=str(path),
+                         line=e.lineno) from None
+    except _DuplicateKey as e:
+        raise InputError(f"duplicate key {e.key!r} in a JSON object; each key must appear once",
+                         file=str(path), line=_duplicate_key_line(text, e.key)) from None
+
+
+def to_jsonable(value: Any, field: str) -> Any:
+    """numpy / torch scalars -> python; non-finite floats -> None (JSON has no NaN)."""
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v, f"{field}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v, field) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0 and hasattr(value, "dtype"):
+        value = value.item()  # numpy / torch scalar
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    raise InputError(f"value of type {type(value).__name__} cannot be written as JSON",
+                     field=field)

@@ -1,0 +1,204 @@
+"""Every path inside an experiment folder (and the cache folder), spelled once.
+
+    <run.out_dir>/<run.name>/                 ExperimentLayout
+        artifacts/sid.index.json              the SIDs every method of the experiment shares
+        artifacts/sid_report.json             collisions, codebook use, seconds
+        artifacts/sid_key.json                the data + SID config they were built from
+        stage_seconds.json, results.md
+        <method>/seed<k>/                     RunLayout: one (method, seed) run
+            config.yaml versions.json seed.txt log.txt
+            metrics.json                      the test split; other splits in <split>/metrics.json
+            ranks_<split>.npy                 1-based rank of each row's target (0: not listed)
+            generator.safetensors             SFT / RL generator
+            sasrec.safetensors
+            rl_state.safetensors rl_config.json rl_log.jsonl
+            sft_history.json
+
+    <run.cache_dir>/                          CacheLayout
+        embeddings/text-emb-<key>.safetensors
+        ml-100k/                              MovieLens-100K, unpacked from its PyPI wheel
+
+Nothing else in vstar joins a file name onto a run or experiment folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vstar.core.errors import InputError
+
+METRICS_FILE = "metrics.json"
+_SEED_RE = re.compile(r"^seed(\d+)$")
+
+
+def seed_folder_name(seed: int) -> str:
+    return f"seed{int(seed)}"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The files of one (method, seed) run folder ``<experiment>/<method>/seed<k>``."""
+
+    path: Path
+
+    def __truediv__(self, other: str) -> Path:
+        return self.path / other
+
+    # provenance (written by vstar.experiments.rundir.RunDir)
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def versions(self) -> Path:
+        return self.path / "versions.json"
+
+    @property
+    def seed_file(self) -> Path:
+        return self.path / "seed.txt"
+
+    @property
+    def log(self) -> Path:
+        return self.path / "log.txt"
+
+    # results
+    def metrics_dir(self, split: str) -> Path:
+        return self.path if split == "test" else self.path / split
+
+    def metrics(self, split: str = "test") -> Path:
+        return self.metrics_dir(split) / METRICS_FILE
+
+    def ranks(self, split: str) -> Path:
+        return self.path / f"ranks_{split}.npy"
+
+    # checkpoints and training logs
+    @property
+    def generator(self) -> Path:
+        return self.path / "generator.safetensors"
+
+    @property
+    def sasrec(self) -> Path:
+        return self.path / "sasrec.safetensors"
+
+    @property
+    def rl_state(self) -> Path:
+        return self.path / "rl_state.safetensors"
+
+    @property
+    def rl_config(self) -> Path:
+        return self.path / "rl_config.json"
+
+    @property
+    def rl_log(self) -> Path:
+        return self.path / "rl_log.jsonl"
+
+    @property
+    def sft_history(self) -> Path:
+        return self.path / "sft_history.json"
+
+    # where it sits
+    @property
+    def method(self) -> str:
+        return self.path.parent.name
+
+    @property
+    def seed(self) -> int | None:
+        m = _SEED_RE.match(self.path.name)
+        return int(m.group(1)) if m else None
+
+    @property
+    def experiment(self) -> "ExperimentLayout":
+        return ExperimentLayout(self.path.resolve().parents[1])
+
+    @classmethod
+    def of(cls, run_dir: str | os.PathLike) -> "RunLayout":
+        """The layout of an existing run folder; InputError unless it looks like one."""
+        path = Path(run_dir)
+        if not path.is_dir() or _SEED_RE.match(path.resolve().name) is None:
+            raise InputError("expected a run folder <experiment>/<method>/seed<k>",
+                             file=str(path))
+        return cls(path)
+
+
+@dataclass(frozen=True)
+class ExperimentLayout:
+    """The folder ``<run.out_dir>/<run.name>`` of one config: shared artifacts + run folders."""
+
+    root: Path
+
+    @classmethod
+    def of_config(cls, cfg: Any) -> "ExperimentLayout":
+        return cls(Path(cfg.run.out_dir) / cfg.run.name)
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def sid_index(self) -> Path:
+        return self.artifacts / "sid.index.json"
+
+    @property
+    def sid_report(self) -> Path:
+        return self.artifacts / "sid_report.json"
+
+    @property
+    def sid_key(self) -> Path:
+        return self.artifacts / "sid_key.json"
+
+    @property
+    def stage_seconds(self) -> Path:
+        return self.root / "stage_seconds.json"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results.md"
+
+    def method_dir(self, method: str) -> Path:
+        return self.root / method
+
+    def run_name(self, method: str, seed: int) -> str:
+        """The run folder relative to the experiment root."""
+        return f"{method}/{seed_folder_name(seed)}"
+
+    def run(self, method: str, seed: int) -> RunLayout:
+        return RunLayout(self.root / self.run_name(method, seed))
+
+    def seed_runs(self, method: str) -> dict[int, RunLayout]:
+        """seed -> run layout for every ``seed<k>/`` folder of ``method`` (sorted by seed)."""
+        folder = self.method_dir(method)
+        if not folder.is_dir():
+            raise InputError("method folder not found (expected <experiment>/<method>/seed<k>/)",
+                             file=str(folder))
+        out = {}
+        for sub in folder.iterdir():
+            m = _SEED_RE.match(sub.name)
+            if m and sub.is_dir():
+                out[int(m.group(1))] = RunLayout(sub)
+        return dict(sorted(out.items()))
+
+
+@dataclass(frozen=True)
+class CacheLayout:
+    """``run.cache_dir``: downloads and embeddings reused across experiments."""
+
+    root: Path
+
+    @property
+    def embeddings(self) -> Path:
+        return self.root / "embeddings"
+
+    def text_embeddings(self, key: str) -> Path:
+        return self.embeddings / f"text-emb-{key[:32]}.safetensors"
+
+    @property
+    def movielens_100k(self) -> Path:
+        return self.root / "ml-100k"

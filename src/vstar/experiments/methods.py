@@ -1,0 +1,193 @@
+"""The built-in methods: each a runner registered under its name (``vstar.experiments.registry``).
+
+    popularity         most popular training items                      (baseline)
+    sasrec             SASRec, full-softmax cross-entropy                (baseline)
+    sft                the SID generator, next-item SFT                  (sft)
+    rl                 RL from the SFT generator with the config's rl section as is
+    grpo_beam          beam-search groups + GRPO (the MiniOneRec recipe)
+    grpo_beam_sibling  ... + Sibling-GRPO
+    grpo_ved           VED groups + GRPO (value head trained with TD)
+    vstar              VED + Sibling-GRPO: full V-STAR
+
+Every runner trains (or fits) one seed in ``ctx.run`` and evaluates through ``ctx.evaluate``:
+full-catalogue ranking of the evaluation splits (constrained beam search of width
+``eval.beam_width`` for generators), so every row of a table is measured the same way.
+An RL recipe is a runner (``run_rl``) plus a preset of ``rl.*`` overrides. VED without the value
+loss would decode with an untrained value (the authors' released-code bug), so the VED rows keep
+the TD loss on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from vstar.baselines import PopularityRecommender, train_sasrec
+from vstar.core.errors import InputError
+from vstar.core.io import atomic_write_json
+from vstar.data.types import SplitRows
+from vstar.decode.rank import rank_rows
+from vstar.decode.trie import SidTrie
+from vstar.eval.metrics import hit_rate, ndcg, target_ranks
+from vstar.experiments.pipeline import MethodContext, Ranker
+from vstar.experiments.registry import Method, register
+from vstar.model.generator import SidGenerator, load_generator, save_generator
+from vstar.model.vocab import SidVocab
+from vstar.train.rl import RLTrainer
+from vstar.train.sft import train_sft
+
+log = logging.getLogger("vstar.pipeline")
+
+
+# ---------------------------------------------------------------------------------------------
+# shared pieces
+# ---------------------------------------------------------------------------------------------
+
+def timed_ranker(model: Any, width: int) -> Ranker:
+    """rank(rows, split) for a model with ``.rank(histories, k)`` (popularity, SASRec)."""
+    def rank(rows: SplitRows, split: str):
+        t0 = time.perf_counter()
+        ranked = model.rank(rows.histories, width)
+        wall = time.perf_counter() - t0
+        return ranked, {"wall_seconds": wall, "wall_seconds_per_user": wall / max(1, len(rows)),
+                        "invalid_rate": 0.0}
+    return rank
+
+
+def beam_ranker(ctx: MethodContext, model: SidGenerator, vocab: SidVocab, trie: SidTrie) -> Ranker:
+    """rank(rows, split) for a SID generator: constrained beam search of width eval.beam_width."""
+    cfg = ctx.cfg
+
+    def rank(rows: SplitRows, split: str):
+        return rank_rows(model, vocab, trie, rows, cfg.eval.beam_width,
+                         batch_size=cfg.eval.batch_size, max_history=ctx.prep.splits.max_history,
+                         progress=cfg.run.progress, desc=f"beam search {split}")
+    return rank
+
+
+def ranking_metrics(ranked: np.ndarray, targets: np.ndarray, k: int) -> dict:
+    """NDCG@k and HR@k of a ranking (the early-stopping scores of SFT and SASRec)."""
+    ranks = target_ranks(ranked, targets)
+    return {f"NDCG@{k}": ndcg(ranks, k), f"HR@{k}": hit_rate(ranks, k)}
+
+
+def sid_tables(ctx: MethodContext) -> tuple[SidVocab, SidTrie]:
+    sids = ctx.prep.sids
+    return SidVocab(sids.codebook_sizes), SidTrie(sids.codes, sids.codebook_sizes)
+
+
+def build_generator(cfg: Any, vocab: SidVocab, max_history: int) -> SidGenerator:
+    """A fresh generator of size ``cfg.model`` for these SIDs and histories."""
+    return SidGenerator(cfg.model, vocab_size=vocab.size,
+                        block_size=1 + (max_history + 1) * vocab.n_levels)
+
+
+# ---------------------------------------------------------------------------------------------
+# runners
+# ---------------------------------------------------------------------------------------------
+
+def run_popularity(ctx: MethodContext) -> dict:
+    t0 = time.perf_counter()
+    model = PopularityRecommender().fit(ctx.prep.splits.train, ctx.prep.data.n_items)
+    return ctx.evaluate(timed_ranker(model, ctx.cfg.eval.beam_width), time.perf_counter() - t0, {})
+
+
+def run_sasrec(ctx: MethodContext) -> dict:
+    cfg, splits = ctx.cfg, ctx.prep.splits
+    scfg = dataclasses.replace(cfg.sasrec, max_len=splits.max_history)
+
+    def validate(model) -> dict:
+        ranked = model.rank(splits.valid.histories, scfg.eval_k, scfg.eval_batch_size)
+        return ranking_metrics(ranked, splits.valid.targets, scfg.eval_k)
+
+    t0 = time.perf_counter()
+    model = train_sasrec(splits, ctx.prep.data.n_items, scfg, seed=ctx.seed, validate=validate,
+                         checkpoint_path=ctx.run.layout.sasrec)
+    return ctx.evaluate(timed_ranker(model, cfg.eval.beam_width), time.perf_counter() - t0,
+                        {"n_parameters": sum(p.numel() for p in model.parameters())})
+
+
+def run_sft(ctx: MethodContext) -> dict:
+    cfg, splits = ctx.cfg, ctx.prep.splits
+    vocab, trie = sid_tables(ctx)
+    model = build_generator(cfg, vocab, splits.max_history)
+    log.info("generator: %d parameters, vocabulary %d, %d SID levels", model.num_parameters(),
+             vocab.size, vocab.n_levels)
+
+    def validate(model: SidGenerator, rows: SplitRows) -> dict:
+        ranked, _ = rank_rows(model, vocab, trie, rows, cfg.sft.val_beam,
+                              max_history=splits.max_history)
+        return ranking_metrics(ranked, rows.targets, 10)
+
+    t0 = time.perf_counter()
+    model, history = train_sft(model, vocab, trie, splits, cfg.sft, seed=ctx.seed,
+                               validate=validate, progress=cfg.run.progress)
+    train_s = time.perf_counter() - t0
+    atomic_write_json(ctx.run.layout.sft_history, history)
+    save_generator(ctx.run.layout.generator, model, vocab)
+    return ctx.evaluate(beam_ranker(ctx, model, vocab, trie), train_s,
+                        {"n_parameters": model.num_parameters(), "epochs": len(history),
+                         "sid_levels": vocab.n_levels})
+
+
+def run_rl(ctx: MethodContext) -> dict:
+    """RL from the same seed's SFT generator with ``rl.*`` + the method's preset, then the same
+    beam-search evaluation."""
+    cfg, prep, layout = ctx.cfg, ctx.prep, ctx.run.layout
+    sft_ckpt = ctx.experiment.run("sft", ctx.seed).generator
+    if not sft_ckpt.is_file():
+        raise InputError(f"RL starts from the SFT generator of seed {ctx.seed}: run method 'sft' "
+                         "first (put it before the RL methods in run.methods)", file=str(sft_ckpt))
+    vocab, trie = sid_tables(ctx)
+    policy = load_generator(sft_ckpt, vocab)
+    rcfg = dataclasses.replace(cfg.rl, **ctx.method.preset)
+    atomic_write_json(layout.rl_config, dataclasses.asdict(rcfg))
+    values = None
+    if cfg.data.value_cols and cfg.data.value_cols[0] in prep.data.item_features:
+        values = prep.data.item_features[cfg.data.value_cols[0]]
+    trainer = RLTrainer(policy, vocab, trie, prep.splits.train, rcfg, prep.splits.max_history,
+                        seed=ctx.seed, item_emb=prep.item_emb, item_values=values)
+    if layout.rl_state.is_file():
+        trainer.load(layout.rl_state)
+        log.info("resumed RL from %s at step %d", layout.rl_state, trainer.step_idx)
+    t0 = time.perf_counter()
+    trainer.train(layout.rl_log, layout.rl_state, progress=cfg.run.progress)
+    train_s = time.perf_counter() - t0
+    trainer.save(layout.rl_state)
+    save_generator(layout.generator, policy, vocab)
+    hist = trainer.history
+    # the mean over steps of every logged curve (exploration, advantage spread, cost)
+    summary = {k: float(np.mean([h[k] for h in hist if k in h]))
+               for k in (hist[0] if hist else {}) if k not in ("step", "lr")}
+    return ctx.evaluate(beam_ranker(ctx, policy, vocab, trie), train_s,
+                        {"rl": {k: v for k, v in dataclasses.asdict(rcfg).items()
+                                if not isinstance(v, dict)}, "rl_summary": summary},
+                        {"seconds_per_rl_step": summary.get("step_seconds")})
+
+
+# ---------------------------------------------------------------------------------------------
+# the registry entries (docs/method.md section 8: the paper's ablation rows)
+# ---------------------------------------------------------------------------------------------
+
+register(Method("popularity", run_popularity, kind="baseline",
+                help="most popular training items"))
+register(Method("sasrec", run_sasrec, kind="baseline",
+                help="SASRec with full-softmax cross-entropy over all items"))
+register(Method("sft", run_sft, kind="sft", help="the SID generator after next-item SFT"))
+register(Method("rl", run_rl, kind="rl", help="RL with the config's rl section as is"))
+register(Method("grpo_beam", run_rl, kind="rl",
+                preset={"decoder": "beam", "sibling": False, "value_loss": False},
+                help="beam-search groups + GRPO (MiniOneRec recipe)"))
+register(Method("grpo_beam_sibling", run_rl, kind="rl",
+                preset={"decoder": "beam", "sibling": True, "value_loss": False},
+                help="beam-search groups + GRPO + Sibling-GRPO"))
+register(Method("grpo_ved", run_rl, kind="rl",
+                preset={"decoder": "ved", "sibling": False, "value_loss": True},
+                help="VED groups + GRPO, value head trained with TD"))
+register(Method("vstar", run_rl, kind="rl",
+                preset={"decoder": "ved", "sibling": True, "value_loss": True},
+                help="full V-STAR: VED groups + GRPO + Sibling-GRPO"))

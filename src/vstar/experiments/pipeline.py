@@ -1,0 +1,209 @@
+"""The whole pipeline, stage by stage: data -> semantic IDs -> methods -> evaluation -> table.
+
+    cfg = load_config("configs/demo_ml100k.yaml")
+    run_pipeline(cfg)                 # every (seed, method) of cfg.run, one run folder each
+
+Each stage is a function the CLI calls; none of them parses the command line. Artefacts shared by
+all runs of one config (SIDs, their report) live in the experiment's ``artifacts/``; every
+(method, seed) gets its own run folder (``vstar.core.layout``). What a method does is its runner
+in the method registry (``vstar.experiments.methods``); this module only prepares what they share
+and evaluates what they return, the same way for every method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from vstar.core.io import atomic_path, atomic_write_json
+from vstar.core.layout import ExperimentLayout
+from vstar.core.repro import set_seed
+from vstar.data import load_dataset, make_splits
+from vstar.data.types import InteractionData, SplitRows, Splits
+from vstar.eval.metrics import evaluate_ranking, target_ranks
+from vstar.eval.records import write_metrics
+from vstar.experiments.registry import Method, get_method
+from vstar.experiments.rundir import RunDir
+from vstar.sid import build_sids, item_vectors, load_index_json, save_index_json
+from vstar.sid.types import SemanticIds
+
+log = logging.getLogger("vstar.pipeline")
+
+# rank(rows, split) -> (ranked item indices [R, W], cost dict)
+Ranker = Callable[[SplitRows, str], tuple[np.ndarray, dict]]
+
+
+@dataclass
+class Prepared:
+    """Everything the methods share: the data, its splits, the SIDs and item embeddings."""
+
+    data: InteractionData
+    splits: Splits
+    sids: SemanticIds
+    sid_report: dict
+    item_emb: np.ndarray | None
+    popularity: np.ndarray          # training interactions per item (long-tail metric)
+    stage_seconds: dict = field(default_factory=dict)
+
+
+@dataclass
+class MethodContext:
+    """What a method's runner gets: the config, the shared data, its run folder and seed."""
+
+    cfg: Any
+    prep: Prepared
+    run: RunDir
+    seed: int
+    method: Method
+
+    @property
+    def experiment(self) -> ExperimentLayout:
+        return ExperimentLayout.of_config(self.cfg)
+
+    def evaluate(self, rank: Ranker, train_seconds: float, extra: dict,
+                 cost_extra: dict | None = None) -> dict:
+        """Rank every split of ``cfg.eval.splits`` with ``rank`` and write its metrics."""
+        return evaluate_splits(self, rank, train_seconds, extra, cost_extra)
+
+
+
+def prepare_data(cfg: Any) -> tuple[InteractionData, Splits, float]:
+    t0 = time.perf_counter()
+    data = load_dataset(cfg.data)
+    splits = make_splits(data, cfg.data)
+    seconds = time.perf_counter() - t0
+    log.info("data %s: %d users, %d items, %d interactions; %s rows train/valid/test = %d/%d/%d "
+             "(%.1fs)", data.name, data.n_users, data.n_items, data.n_interactions,
+             splits.protocol, len(splits.train), len(splits.valid), len(splits.test), seconds)
+    return data, splits, seconds
+
+
+def prepare_sids(cfg: Any, data: InteractionData, experiment: ExperimentLayout):
+    """Build the SIDs, or reuse the experiment's if they were built from the same data and SID
+    config (so that RL and evaluation see exactly the SIDs the SFT checkpoint used)."""
+    key = {"data": dataclasses.asdict(cfg.data), "sid": dataclasses.asdict(cfg.sid),
+           "n_items": data.n_items}
+    cache = Path(cfg.run.cache_dir)
+    t0 = time.perf_counter()
+    if experiment.sid_key.is_file() and experiment.sid_index.is_file() \
+            and experiment.sid_report.is_file() \
+            and json.loads(experiment.sid_key.read_text()) == json.loads(json.dumps(key)):
+        report = json.loads(experiment.sid_report.read_text())
+        sids = load_index_json(experiment.sid_index, data.item_ids, report["codebook_sizes"])
+        emb, _ = item_vectors(cfg.sid, data.item_text, data.n_items, cache, show_progress=False)
+        log.info("SIDs reused from %s", experiment.sid_index)
+        return sids, report, emb, time.perf_counter() - t0
+    sids, report, emb = build_sids(cfg.sid, data.item_text, data.n_items, data.item_ids,
+                                   cache_dir=cache)
+    seconds = time.perf_counter() - t0
+    report = dict(report, seconds=seconds)
+    save_index_json(experiment.sid_index, sids, data.item_ids)
+    atomic_write_json(experiment.sid_report, report)
+    atomic_write_json(experiment.sid_key, key)
+    log.info("SIDs (%s, %s): collision rate %.4f -> %.4f, levels %s, codebook use %s (%.1fs)",
+             cfg.sid.method, cfg.sid.collisions, report["collision_rate_before"],
+             report["collision_rate_after"], sids.codebook_sizes,
+             report.get("codebook_usage"), seconds)
+    return sids, report, emb, seconds
+
+
+def training_popularity(splits: Splits, n_items: int) -> np.ndarray:
+    """How often each item is a training target: the popularity behind the long-tail metric.
+
+    (The popularity baseline also counts each user's first history items; see
+    ``vstar.baselines.popularity``.)"""
+    counts = np.zeros(n_items, dtype=np.int64)
+    np.add.at(counts, splits.train.targets, 1)
+    return counts
+
+
+def prepare(cfg: Any) -> Prepared:
+    experiment = ExperimentLayout.of_config(cfg)
+    experiment.artifacts.mkdir(parents=True, exist_ok=True)
+    data, splits, t_data = prepare_data(cfg)
+    sids, report, emb, t_sid = prepare_sids(cfg, data, experiment)
+    return Prepared(data, splits, sids, report, emb, training_popularity(splits, data.n_items),
+                    {"data": t_data, "sid": t_sid})
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation: the same for every method
+# ---------------------------------------------------------------------------------------------
+
+def evaluate_split(ctx: MethodContext, split: str, ranked: np.ndarray, cost: dict,
+                   extra: dict) -> dict:
+    """Metrics of one split's ranking -> ranks file + metrics.json of the run; returns them."""
+    cfg, prep, layout = ctx.cfg, ctx.prep, ctx.run.layout
+    rows = getattr(prep.splits, split)
+    metrics = evaluate_ranking(ranked, rows.targets, n_items=prep.data.n_items, ks=list(cfg.eval.ks),
+                               item_emb=prep.item_emb, popularity=prep.popularity)
+    with atomic_path(layout.ranks(split)) as tmp:   # per-row target ranks for paired tests
+        with open(tmp, "wb") as fh:
+            np.save(fh, target_ranks(ranked, rows.targets))
+    path = write_metrics(layout.metrics_dir(split), dataset=prep.data.name,
+                         protocol=prep.splits.protocol, method=ctx.method.name, seed=ctx.seed,
+                         split=split, metrics=metrics,
+                         invalid_rate=float(cost.get("invalid_rate", 0.0)), cost=cost,
+                         extra=extra)
+    log.info("%s seed %d %s: %s", ctx.method.name, ctx.seed, split,
+             ", ".join(f"{k} {metrics[k]:.4f}" for k in ("HR@1", "HR@5", "HR@10", "NDCG@10")
+                       if k in metrics))
+    return {"path": str(path), **metrics}
+
+
+def evaluate_splits(ctx: MethodContext, rank: Ranker, train_seconds: float, extra: dict,
+                    cost_extra: dict | None = None) -> dict:
+    """Rank every evaluation split with ``rank(rows, split) -> (ranked, cost)``; write metrics."""
+    out = {}
+    for split in ctx.cfg.eval.splits:
+        ranked, cost = rank(getattr(ctx.prep.splits, split), split)
+        cost.update(train_seconds=train_seconds, **(cost_extra or {}))
+        out[split] = evaluate_split(ctx, split, ranked, cost, extra)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# running methods
+# ---------------------------------------------------------------------------------------------
+
+def run_method(cfg: Any, prep: Prepared, method: str, seed: int) -> Path:
+    """One (method, seed): a fresh run folder (or the interrupted one with ``run.resume``), then
+    the method's runner from the registry."""
+    spec = get_method(method)
+    torch.set_num_threads(cfg.run.num_threads)
+    set_seed(seed)
+    experiment = ExperimentLayout.of_config(cfg)
+    layout = experiment.run(method, seed)
+    if cfg.run.resume and layout.rl_state.is_file():
+        run = RunDir.open(layout.path, console=False)      # RL picks up its saved state
+    else:
+        run = RunDir.create(experiment.root, experiment.run_name(method, seed),
+                            dataclasses.asdict(cfg), seed, overwrite=cfg.run.overwrite,
+                            console=False)
+    with run:
+        run.logger.info("method %s, seed %d, dataset %s (%s)", method, seed, prep.data.name,
+                        prep.splits.protocol)
+        spec.runner(MethodContext(cfg, prep, run, seed, spec))
+        return run.path
+
+
+def run_pipeline(cfg: Any) -> list[Path]:
+    """All methods x seeds of one config; returns the run folders."""
+    torch.set_num_threads(cfg.run.num_threads)
+    prep = prepare(cfg)
+    runs = []
+    for seed in cfg.run.seeds:
+        for method in cfg.run.methods:
+            t0 = time.perf_counter()
+            runs.append(run_method(cfg, prep, method, seed))
+            prep.stage_seconds[f"{method}/seed{seed}"] = time.perf_counter() - t0
+    atomic_write_json(ExperimentLayout.of_config(cfg).stage_seconds, prep.stage_seconds)
+    return runs

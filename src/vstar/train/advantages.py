@@ -1,0 +1,352 @@
+"""Advantages and value targets for one RL step (docs/method.md sections 4 and 5). No model in here.
+
+Conventions: a batch of B users, each with a group of G candidates in the decoder's order
+(position 0 = best), each candidate a SID of L codes.
+
+- ``cand_codes``  int64 [B, G, L]; rows of invalid candidates are ignored (may hold anything).
+- ``rewards``     float [B, G]; entries of invalid candidates are ignored.
+- ``valid``       bool  [B, G].
+
+Groups are always formed **per user** (docs/method.md section 5, Decision): two users never share a group,
+even when their candidates have identical codes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vstar.core.errors import InputError
+from vstar.train.rewards import prefix_match
+
+
+def _check_group(cand_codes: torch.Tensor | None, rewards: torch.Tensor | None,
+                 valid: torch.Tensor) -> None:
+    if valid.dtype != torch.bool or valid.dim() != 2:
+        raise InputError(f"expected a bool tensor [B, G], got {valid.dtype} "
+                         f"{tuple(valid.shape)}", field="valid")
+    if rewards is not None and rewards.shape != valid.shape:
+        raise InputError(f"expected shape {tuple(valid.shape)}, got {tuple(rewards.shape)}",
+                         field="rewards")
+    if cand_codes is not None and (cand_codes.dim() != 3
+                                   or cand_codes.shape[:2] != valid.shape):
+        raise InputError(f"expected shape [{valid.shape[0]}, {valid.shape[1]}, L], "
+                         f"got {tuple(cand_codes.shape)}", field="cand_codes")
+
+
+# --------------------------------------------------------------------------- GRPO
+
+
+def grpo_advantages(rewards: torch.Tensor, valid: torch.Tensor,
+                    eps: float = 1e-4) -> torch.Tensor:
+    """Sequence-level GRPO advantage per user: ``(R - mean_C R) / (std_C R + eps)``. ``[B, G]``.
+
+    Mean and std run over the user's valid candidates C(x); std is the population std (divide by
+    |C(x)|, not |C(x)| - 1). Invalid candidates get 0, and so does every candidate of a user whose
+    rewards are all equal.
+    """
+    _check_group(None, rewards, valid)
+    w = valid.to(rewards.dtype)                               # [B, G]
+    r = torch.where(valid, rewards, torch.zeros_like(rewards))
+    n = w.sum(1, keepdim=True).clamp_min(1.0)                 # [B, 1], |C(x)|
+    mean = (r * w).sum(1, keepdim=True) / n                   # [B, 1]
+    std = (((r - mean) ** 2 * w).sum(1, keepdim=True) / n).sqrt()
+    adv = (r - mean) / (std + eps)
+    return torch.where(valid, adv, torch.zeros_like(adv))
+
+
+# --------------------------------------------------------------------------- Sibling-GRPO
+
+
+@dataclass
+class SiblingAdvantages:
+    """Sibling advantages of every candidate at every level (Eq. 15-18).
+
+    ``adv[b, g, l-1]`` = A(h, v) of the node (h, v) candidate g of user b passes through at depth l
+    (0 where its parent h has fewer than 2 distinct children, and for invalid candidates).
+    ``mask[b, g, l-1]`` is True for one representative candidate per distinct node (h, v) whose
+    parent branches (|S(h)| >= 2): the first such candidate in decoder order, so that Eq. 19 counts
+    each branching decision once. ``n_groups_with_signal[b]`` = number of parents h (all depths)
+    with |S(h)| >= 2.
+    """
+
+    adv: torch.Tensor                   # float [B, G, L]
+    mask: torch.Tensor                  # bool  [B, G, L]
+    n_groups_with_signal: torch.Tensor  # int64 [B]
+
+
+def sibling_advantages(cand_codes: torch.Tensor, rewards: torch.Tensor, valid: torch.Tensor,
+                       eps: float = 1e-4) -> SiblingAdvantages:
+    """Sibling-GRPO advantages (Eq. 15-18), per user, vectorised over users and candidates.
+
+    For each depth l = 1..L and parent prefix h (the first l-1 codes):
+    G(h) = the user's valid candidates starting with h (Eq. 15); S(h) = their distinct l-th codes
+    (Eq. 16); Rbar(h, v) = mean reward of the candidates in G(h) whose l-th code is v (Eq. 17);
+    A(h, v) = (Rbar(h, v) - mean_v' Rbar(h, v')) / (std_v' Rbar(h, v') + eps), each distinct
+    sibling v' in S(h) counted once, population std (Eq. 18). Parents with |S(h)| < 2 give no
+    signal (advantage 0, mask False). Nodes are found with ``torch.unique`` on (user, prefix)
+    rows, one pass per level.
+    """
+    _check_group(cand_codes, rewards, valid)
+    B, G, L = cand_codes.shape
+    device = cand_codes.device
+    rewards = rewards.detach()
+    adv = torch.zeros(B, G, L, dtype=rewards.dtype, device=device)
+    mask = torch.zeros(B, G, L, dtype=torch.bool, device=device)
+    n_groups_with_signal = torch.zeros(B, dtype=torch.long, device=device)
+
+    live = valid.reshape(-1).nonzero().squeeze(1)             # [M], flat index b*G + g
+    if live.numel() == 0:
+        return SiblingAdvantages(adv, mask, n_groups_with_signal)
+    user = live // G                                          # [M]
+    pos = live % G                                            # [M], decoder position
+    codes = cand_codes.reshape(B * G, L)[live].long()         # [M, L]
+    r = rewards.reshape(B * G)[live]                          # [M]
+    adv_flat, mask_flat = adv.view(B * G, L), mask.view(B * G, L)
+
+    for l in range(1, L + 1):
+        # Eq. 15: parent h = (user, first l-1 codes); node (h, v) = (user, first l codes)
+        parent_rows, parent = torch.unique(torch.cat([user[:, None], codes[:, : l - 1]], 1),
+                                           dim=0, return_inverse=True)     # parent: [M]
+        node_rows, node = torch.unique(torch.cat([user[:, None], codes[:, :l]], 1),
+                                       dim=0, return_inverse=True)         # node: [M]
+        n_parents, n_nodes = parent_rows.shape[0], node_rows.shape[0]
+
+        # Eq. 17: node score = mean reward of the candidates through (h, v)
+        ones = torch.ones_like(r)
+        node_count = torch.zeros(n_nodes, dtype=r.dtype, device=device).index_add_(0, node, ones)
+        node_score = torch.zeros(n_nodes, dtype=r.dtype, device=device).index_add_(0, node, r)
+        node_score = node_score / node_count                  # [n_nodes], Rbar(h, v)
+
+        # Eq. 16: each node counted once among its parent's distinct children S(h)
+        node_parent = torch.zeros(n_nodes, dtype=torch.long, device=device)
+        node_parent.scatter_(0, node, parent)                 # [n_nodes]
+        n_children = torch.zeros(n_parents, dtype=r.dtype, device=device)
+        n_children.index_add_(0, node_parent, torch.ones_like(node_score))   # |S(h)|
+        sib_mean = torch.zeros_like(n_children).index_add_(0, node_parent, node_score)
+        sib_mean = sib_mean / n_children                      # [n_parents]
+        dev = node_score - sib_mean[node_parent]              # [n_nodes]
+        sib_std = (torch.zeros_like(n_children).index_add_(0, node_parent, dev ** 2)
+                   / n_children).sqrt()                       # population std over siblings
+
+        # Eq. 18: sibling advantage; no signal where the parent has a single child
+        branching = n_children[node_parent] >= 2              # [n_nodes]
+        node_adv = torch.where(branching, dev / (sib_std[node_parent] + eps),
+                               torch.zeros_like(dev))
+
+        # one representative per node: its first candidate in decoder order
+        first_pos = torch.full((n_nodes,), G, dtype=torch.long, device=device)
+        first_pos.scatter_reduce_(0, node, pos, reduce="amin")
+        representative = pos == first_pos[node]               # [M]
+
+        adv_flat[live, l - 1] = node_adv[node]
+        mask_flat[live, l - 1] = representative & branching[node]
+        parent_user = parent_rows[:, 0]                       # [n_parents]
+        n_groups_with_signal += torch.bincount(parent_user[n_children >= 2], minlength=B)
+
+    return SiblingAdvantages(adv, mask, n_groups_with_signal)
+
+
+# --------------------------------------------------------------------------- value learning
+
+
+def default_level_weights(n_levels: int) -> list[float]:
+    """Per-level dense-reward weights w_l (docs/method.md section 4).
+
+    L=3: the paper's (0.3, 0.5, 1.0). Other L: linearly spaced from 0.3 to 1.0 (L=1: (1.0,)),
+    so the deepest, most specific level always weighs 1.0 and the first 0.3, as in the paper.
+    """
+    if n_levels < 1:
+        raise InputError(f"expected at least one SID level, got {n_levels}", field="level_weights")
+    if n_levels == 3:
+        return [0.3, 0.5, 1.0]
+    if n_levels == 1:
+        return [1.0]
+    return [round(float(w), 10) for w in np.linspace(0.3, 1.0, n_levels)]
+
+
+def _prefix_keys(prefix: torch.Tensor, radix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixed-radix int64 key of each prefix ``[..., l]`` and whether it fits the radix ``[l]``."""
+    inside = ((prefix >= 0) & (prefix < radix)).all(-1)      # [...]
+    key = torch.zeros(prefix.shape[:-1], dtype=torch.long, device=prefix.device)
+    for i in range(prefix.shape[-1]):
+        key = key * radix[i] + prefix[..., i].clamp(0, int(radix[i]) - 1)
+    return key, inside
+
+
+class PrefixEmbeddings:
+    """e(y<=l): an embedding for every SID prefix of the catalogue (docs/method.md section 4).
+
+    Built once from the catalogue's ``codes`` [N, L] and ``item_emb`` [N, D]; calling it on a
+    batch of candidate SIDs ``[..., L]`` returns ``[..., L, D]``, the embedding of the prefix
+    y<=l of each candidate at each depth l = 1..L.
+
+    mode ``"bucket_mean"`` (default, the paper's description): the mean embedding of the catalogue
+    items under the prefix. mode ``"single_item"`` (the authors' released code): the candidate's
+    own item embedding at every depth (the item whose full SID the candidate is; the mean over the
+    colliding items if SIDs collide). A prefix that is not in the catalogue gets the zero vector
+    (cosine 0 with anything). Lookup is vectorised: prefixes become int64 mixed-radix keys and are
+    found by ``torch.searchsorted`` in a sorted table per depth.
+    """
+
+    def __init__(self, codes: torch.Tensor | np.ndarray, item_emb: torch.Tensor,
+                 mode: str = "bucket_mean"):
+        if mode not in ("bucket_mean", "single_item"):
+            raise InputError(f"expected 'bucket_mean' or 'single_item', got {mode!r}", field="mode")
+        codes = torch.as_tensor(codes, dtype=torch.long, device=item_emb.device)
+        if codes.dim() != 2 or item_emb.dim() != 2 or codes.shape[0] != item_emb.shape[0]:
+            raise InputError(f"expected codes [N, L] and item_emb [N, D] with the same N, got "
+                             f"{tuple(codes.shape)} and {tuple(item_emb.shape)}", field="codes")
+        if codes.numel() == 0 or bool((codes < 0).any()):
+            raise InputError("expected a non-empty catalogue with codes >= 0", field="codes")
+        self.mode = mode
+        self.item_emb = item_emb                              # [N, D]
+        self.n_levels = codes.shape[1]
+        self.radix = codes.max(0).values + 1                  # [L], codes per level seen
+        if float(torch.log2(self.radix.double()).sum()) >= 62:
+            raise InputError("SID prefixes too large for int64 keys", field="codes")
+        self.keys: list[torch.Tensor] = []                    # [L] x sorted [P_l] int64
+        self.means: list[torch.Tensor] = []                   # [L] x [P_l, D]
+        emb = item_emb.float()
+        for l in range(1, self.n_levels + 1):
+            key, _ = _prefix_keys(codes[:, :l], self.radix[:l])
+            uniq, inverse = torch.unique(key, return_inverse=True)   # sorted
+            sums = torch.zeros(len(uniq), emb.shape[1], device=emb.device)
+            sums.index_add_(0, inverse, emb)                  # [P_l, D]
+            count = torch.bincount(inverse, minlength=len(uniq)).clamp_min(1)
+            self.keys.append(uniq)
+            self.means.append(sums / count.unsqueeze(1).to(sums.dtype))
+
+    def to(self, device: torch.device | str) -> "PrefixEmbeddings":
+        """Move the tables to ``device`` (in place); returns self."""
+        self.item_emb, self.radix = self.item_emb.to(device), self.radix.to(device)
+        self.keys = [k.to(device) for k in self.keys]
+        self.means = [m.to(device) for m in self.means]
+        return self
+
+    def __call__(self, prefix_codes: torch.Tensor) -> torch.Tensor:
+        """Embeddings of the prefixes y<=1 .. y<=L of each SID: ``[..., L]`` -> ``[..., L, D]``."""
+        if prefix_codes.shape[-1] != self.n_levels:
+            raise InputError(f"expected {self.n_levels} codes per SID, got "
+                             f"{prefix_codes.shape[-1]}", field="cand_codes")
+        prefix_codes = prefix_codes.long().to(self.radix.device)
+        out = []
+        for l in range(1, self.n_levels + 1):
+            depth = self.n_levels if self.mode == "single_item" else l
+            key, inside = _prefix_keys(prefix_codes[..., :depth], self.radix[:depth])
+            table = self.keys[depth - 1]
+            at = torch.searchsorted(table, key).clamp_max(len(table) - 1)
+            found = inside & (table[at] == key)               # [...]
+            e = self.means[depth - 1][at]                     # [..., D]
+            out.append(torch.where(found.unsqueeze(-1), e, torch.zeros_like(e)))
+        return torch.stack(out, dim=-2)                       # [..., L, D]
+
+
+def code_overlap_similarity(cand_codes: torch.Tensor, target_codes: torch.Tensor) -> torch.Tensor:
+    """Stand-in for cos(e(y<=l), e(y*)) on ID-only datasets (no item text). ``[B, G, L]``.
+
+    cos_l := (length of the common prefix of y<=l and y*<=l) / l, i.e. the fraction of the first l
+    codes that lie on the target's path in the SID trie. Codes after the first mismatch do not
+    count (a code under a different parent names a different region for hierarchical tokenizers).
+    """
+    same = prefix_match(cand_codes, target_codes)                           # [B, G, L]
+    depth = torch.arange(1, cand_codes.shape[-1] + 1, device=cand_codes.device)
+    return same.cumsum(-1).float() / depth                    # [B, G, L]
+
+
+def dense_value_rewards(cand_codes: torch.Tensor, target_codes: torch.Tensor,
+                        target_items: torch.Tensor, valid: torch.Tensor, *,
+                        level_weights: Sequence[float] | None = None,
+                        prefix_emb: PrefixEmbeddings | Callable[[torch.Tensor], torch.Tensor]
+                        | torch.Tensor | None = None,
+                        item_emb: torch.Tensor | None = None) -> torch.Tensor:
+    """Dense per-level reward r_l used only to train the value head (docs/method.md section 4). [B, G, L].
+
+    r_l = w_l if the candidate's prefix y<=l equals the target's prefix y*<=l,
+    else  -w_l * (1 - cos(e(y<=l), e(y*))), with e(y*) = the target item's embedding.
+
+    ``level_weights``: w_1..w_L (default :func:`default_level_weights`). ``prefix_emb``: a
+    :class:`PrefixEmbeddings`, any callable ``cand_codes [B, G, L] -> [B, G, L, D]``, or the
+    tensor ``[B, G, L, D]`` itself. ``item_emb`` [N, D] gives e(y*) (taken from ``prefix_emb``
+    when it is a :class:`PrefixEmbeddings`). Without ``prefix_emb`` (ID-only data) the cosine is
+    :func:`code_overlap_similarity`. Invalid candidates get 0 at every level.
+    """
+    _check_group(cand_codes, None, valid)
+    B, G, L = cand_codes.shape
+    if tuple(target_codes.shape) != (B, L):
+        raise InputError(f"expected shape [{B}, {L}], got {tuple(target_codes.shape)}",
+                         field="target_codes")
+    weights = default_level_weights(L) if level_weights is None else list(level_weights)
+    if len(weights) != L:
+        raise InputError(f"expected {L} weights (one per SID level), got {len(weights)}",
+                         field="level_weights")
+
+    if prefix_emb is None:
+        if item_emb is not None:
+            raise InputError("item_emb needs prefix_emb too: pass "
+                             "PrefixEmbeddings(catalogue_codes, item_emb)", field="prefix_emb")
+        cos = code_overlap_similarity(cand_codes, target_codes)            # [B, G, L]
+    else:
+        e_prefix = prefix_emb if isinstance(prefix_emb, torch.Tensor) else prefix_emb(cand_codes)
+        if item_emb is None and isinstance(prefix_emb, PrefixEmbeddings):
+            item_emb = prefix_emb.item_emb
+        if item_emb is None:
+            raise InputError("the target embedding e(y*) needs item_emb [N, D]", field="item_emb")
+        if tuple(e_prefix.shape[:3]) != (B, G, L):
+            raise InputError(f"expected prefix embeddings [{B}, {G}, {L}, D], got "
+                             f"{tuple(e_prefix.shape)}", field="prefix_emb")
+        e_target = item_emb.float()[target_items.to(item_emb.device)].to(e_prefix.device)
+        cos = (F.normalize(e_prefix.float(), dim=-1)
+               * F.normalize(e_target, dim=-1)[:, None, None, :]).sum(-1)   # [B, G, L]
+
+    w = torch.tensor(weights, dtype=torch.float32, device=cand_codes.device)    # [L]
+    on_path = prefix_match(cand_codes, target_codes).bool()           # y<=l == y*<=l
+    cos = cos.to(w.device)
+    r = torch.where(on_path, w.expand_as(cos), -w * (1.0 - cos))   # docs/method.md section 4
+    return torch.where(valid.unsqueeze(-1), r, torch.zeros_like(r))
+
+
+def td_targets(values: torch.Tensor, dense_rewards: torch.Tensor,
+               gamma: float = 0.99) -> torch.Tensor:
+    """Temporal-difference targets ``r_l + gamma * sg(V(s_{l+1}))``, l = 1..L. ``[B, G, L]``.
+
+    Which state each value sits on: ``values[..., l-1]`` = V(s_l), read at the hidden state of the
+    LAST token of s_l = (history, y<l), i.e. the state before code l is chosen (s_1 = the history
+    only, read at its last token). The reward r_l (``dense_rewards[..., l-1]``) is earned by the
+    choice of code l, which moves s_l to s_{l+1}. s_{L+1} (the complete item) is terminal:
+    V(s_{L+1}) := 0, so target_L = r_L. ``values`` may also be ``[B, G, L+1]`` (a value read after
+    the last code too); that last entry is ignored, as the state is terminal. The targets carry no
+    gradient (stop-gradient).
+    """
+    L = dense_rewards.shape[-1]
+    if values.shape[:-1] != dense_rewards.shape[:-1] or values.shape[-1] not in (L, L + 1):
+        raise InputError(f"expected values [..., {L}] or [..., {L + 1}] matching dense rewards "
+                         f"{tuple(dense_rewards.shape)}, got {tuple(values.shape)}", field="values")
+    v = values[..., :L].detach()                               # [B, G, L], V(s_1..s_L)
+    v_next = torch.cat([v[..., 1:], torch.zeros_like(v[..., :1])], -1)  # V(s_2..s_L), V(s_{L+1})=0
+    return dense_rewards + gamma * v_next
+
+
+def value_loss(values: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared TD error ``(V(s_l) - target_l)^2`` over the masked entries. Scalar.
+
+    ``values`` [B, G, L] (or [B, G, L+1], the last entry ignored), ``targets`` [B, G, L] (from
+    :func:`td_targets`, treated as constants), ``mask`` bool [B, G] (valid candidates) or
+    [B, G, L]. Returns 0 (still attached to ``values``) when nothing is masked in.
+    """
+    L = targets.shape[-1]
+    v = values[..., :L]
+    if v.shape != targets.shape:
+        raise InputError(f"expected values matching targets {tuple(targets.shape)}, got "
+                         f"{tuple(values.shape)}", field="values")
+    if mask.dim() == targets.dim() - 1:
+        mask = mask.unsqueeze(-1).expand_as(targets)
+    if mask.shape != targets.shape:
+        raise InputError(f"expected mask [B, G] or {tuple(targets.shape)}, got "
+                         f"{tuple(mask.shape)}", field="mask")
+    err = torch.where(mask, v - targets.detach(), torch.zeros_like(v))   # TD error, 0 off-mask
+    return (err ** 2).sum() / mask.sum().clamp_min(1)

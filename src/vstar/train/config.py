@@ -1,0 +1,73 @@
+"""Typed settings of the training stage (torch-free, OmegaConf-compatible: plain fields, defaults).
+
+The seed of a run is not a field here: the pipeline passes ``run.seeds`` entries to the trainers.
+Named RL recipes (the paper's ablation rows) are entries of the method registry
+(``vstar.experiments.methods``), each a set of overrides of ``RLConfig``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vstar.decode.config import VEDConfig
+from vstar.model.config import ValueHeadConfig
+
+RL_DECODERS = ("beam", "sample", "ved")
+
+
+@dataclass
+class SFTConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    batch_size: int = 128
+    max_epochs: int = 40
+    patience: int = 4              # evaluations without a better validation score before stopping
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    val_metric: str = "NDCG@10"    # early-stopping criterion on the validation split
+    val_beam: int = 20
+    val_max_users: int = 2000      # validation rows scored per evaluation (a fixed seeded subset)
+    eval_every: int = 1            # epochs between validation evaluations
+    windows: str = "chunks"        # "chunks" (one pass per user sequence) or "rows" (exact)
+
+
+@dataclass
+class RLConfig:
+    # --- ablation switches (docs/method.md section 8) ---
+    decoder: str = "ved"              # candidate decoder: one of RL_DECODERS
+    sibling: bool = True              # add Sibling-GRPO's loss
+    value_loss: bool = True           # train the value head with the TD loss
+    n_candidates: int = 16            # G
+    # --- optimisation ---
+    steps: int = 100
+    users_per_step: int = 64
+    updates_per_batch: int = 1        # > 1 reuses a batch with PPO clipping
+    lr: float = 1e-4
+    value_lr: float = 1e-3            # the (freshly initialised) value head learns faster
+    weight_decay: float = 0.0
+    warmup_steps: int = 5
+    schedule: str = "cosine"          # "cosine" | "constant" (after warmup)
+    grad_clip: float = 1.0
+    clip_eps: float = 0.2
+    kl_beta: float = 1e-3
+    w_sib: float = 1.0
+    w_value: float = 1.0
+    adv_eps: float = 1e-4
+    # --- rewards and value targets ---
+    reward: str = "rule_plus_rank_penalty"
+    gamma: float = 0.99
+    level_weights: list[float] | None = None   # None: (0.3, 0.5, 1.0) for L=3 (see advantages.py)
+    prefix_emb: str = "bucket_mean"            # "bucket_mean" | "single_item"
+    value_warmup_steps: int = 0       # steps training only the value head before RL starts
+    # Decision: the TD loss trains the value head on the backbone's hidden states without moving
+    # the backbone (hidden.detach()). With gradients into the backbone, a tiny generator's policy
+    # got worse on our toy check (tests/train/test_rl_trainer.py); set True to let them flow.
+    value_grad_to_backbone: bool = False
+    # --- decoders ---
+    temperature: float = 1.0          # decoder "sample"
+    top_k: int = 0
+    ved: VEDConfig = field(default_factory=VEDConfig)
+    value_head: ValueHeadConfig = field(default_factory=ValueHeadConfig)
+    # --- bookkeeping ---
+    checkpoint_every: int = 50
+    log_every: int = 10

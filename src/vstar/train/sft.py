@@ -1,0 +1,134 @@
+"""Supervised fine-tuning of the generator: next-item SID cross-entropy on every training target.
+
+Each training row (history, target) is one supervised next item. Rows of a user that are prefixes of
+a longer row share one token window, so a user's sequence is read once and every item in it that is
+a training target contributes its L code tokens to the loss. The loss at level l is a softmax over
+that level's codes only (the decoder never looks outside them).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from vstar.core.errors import InputError
+from vstar.data.types import Splits, SplitRows
+from vstar.data.windows import build_windows
+from vstar.decode.trie import SidTrie
+from vstar.model.generator import SidGenerator
+from vstar.model.vocab import BOS, PAD, SidVocab
+from vstar.train.config import SFTConfig
+
+Validate = Callable[[SidGenerator, SplitRows], dict]   # (model, validation rows) -> metrics
+
+log = logging.getLogger(__name__)
+
+
+def encode_windows(windows, flags, item_codes: torch.Tensor, vocab: SidVocab):
+    """Right-padded token windows [N, T], next-token targets [N, T] (-100 where unsupervised)
+    and the SID level of each target [N, T]."""
+    L = vocab.n_levels
+    T = 1 + L * max(len(w) for w in windows)
+    tokens = torch.full((len(windows), T), PAD, dtype=torch.long)
+    targets = torch.full((len(windows), T), -100, dtype=torch.long)
+    levels = torch.zeros((len(windows), T), dtype=torch.long)
+    for n, (w, f) in enumerate(zip(windows, flags)):
+        toks = vocab.code_tokens(item_codes[torch.as_tensor(w)]).reshape(-1)   # [len*L]
+        tokens[n, 0] = BOS
+        tokens[n, 1:1 + len(toks)] = toks
+        sup = np.repeat(f, L)                                                   # [len*L]
+        pos = np.nonzero(sup)[0]                    # token j is predicted at position j
+        targets[n, pos] = toks[pos]
+        levels[n, pos] = torch.as_tensor(pos % L)
+    return tokens, targets, levels
+
+
+def sft_loss(model: SidGenerator, vocab: SidVocab, tokens, targets, levels) -> torch.Tensor:
+    """Mean cross-entropy of the supervised code tokens, softmax over each token's level."""
+    pad_mask = tokens != PAD
+    logits = model(tokens, pad_mask=pad_mask).logits                          # [B, T, V]
+    sel = targets >= 0
+    lg, tg, lv = logits[sel], targets[sel], levels[sel]                        # [M, V], [M], [M]
+    level_of_token = torch.full((vocab.size,), -1, dtype=torch.long, device=lg.device)
+    for l in range(vocab.n_levels):
+        level_of_token[vocab.level_slice(l)] = l
+    lg = lg.masked_fill(level_of_token[None, :] != lv[:, None], float("-inf"))
+    return F.cross_entropy(lg, tg)
+
+
+def train_sft(model: SidGenerator, vocab: SidVocab, trie: SidTrie, splits: Splits,
+              cfg: SFTConfig, seed: int = 0, validate: Validate | None = None,
+              progress: bool = True) -> tuple[SidGenerator, list[dict]]:
+    """Train with AdamW + warmup/cosine LR; keep the best validation state (early stopping).
+
+    Every ``cfg.eval_every`` epochs, ``validate(model, rows)`` scores a fixed seeded subset of
+    ``cfg.val_max_users`` validation rows and must return ``cfg.val_metric`` (the pipeline passes
+    beam-search ranking of width ``cfg.val_beam``, ``vstar.experiments.pipeline``). Without
+    ``validate`` the model of the last epoch is kept. Returns the model and the per-epoch history
+    (train loss, validation metrics, seconds).
+    """
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    windows, flags = build_windows(splits.train, splits.max_history, cfg.windows)
+    tokens, targets, levels = encode_windows(windows, flags, trie.codes, vocab)
+    log.info("SFT: %d training rows in %d windows, %d supervised tokens", len(splits.train),
+             len(windows), int((targets >= 0).sum()))
+    val = splits.valid
+    if len(val) > cfg.val_max_users:
+        val = val.subset(np.sort(rng.choice(len(val), cfg.val_max_users, replace=False)))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(windows) / cfg.batch_size)
+    total = steps_per_epoch * cfg.max_epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps)
+                                              * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    best, best_state, bad, history = -1.0, None, 0, []
+    for epoch in range(cfg.max_epochs):
+        model.train()
+        t0 = time.perf_counter()
+        perm = torch.as_tensor(rng.permutation(len(windows)))
+        losses = []
+        for s in tqdm(range(steps_per_epoch), desc=f"sft epoch {epoch}", disable=not progress,
+                      leave=False):
+            idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+            tk, tg, lv = tokens[idx], targets[idx], levels[idx]
+            keep = int((tk != PAD).sum(1).max())          # trim right padding of this batch
+            loss = sft_loss(model, vocab, tk[:, :keep], tg[:, :keep], lv[:, :keep])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+        record = {"epoch": epoch, "train_loss": float(np.mean(losses)),
+                  "train_seconds": time.perf_counter() - t0}
+        if validate is not None and ((epoch + 1) % cfg.eval_every == 0
+                                     or epoch == cfg.max_epochs - 1):
+            record.update(validate(model, val))
+            if cfg.val_metric not in record:
+                raise InputError(f"validation returned {sorted(record)}, not {cfg.val_metric!r}",
+                                 field="sft.val_metric")
+            score = record[cfg.val_metric]
+            if score > best:
+                best, bad = score, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                bad += 1
+        history.append(record)
+        log.info("SFT epoch %d: loss %.4f, valid %s %.4f (best %.4f), %.1fs", epoch,
+                 record["train_loss"], cfg.val_metric, record.get(cfg.val_metric, float("nan")),
+                 best, record["train_seconds"])
+        if bad >= cfg.patience:
+            log.info("SFT: early stop after epoch %d (no gain for %d evaluations)", epoch, bad)
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return model, history
