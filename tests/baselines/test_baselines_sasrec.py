@@ -9,6 +9,7 @@ from vstar.baselines import SASRec, SASRecConfig, load_sasrec, save_sasrec, trai
 from vstar.data.types import SplitRows, Splits
 from vstar.core.errors import InputError
 from vstar.eval.metrics import hit_rate, ndcg, target_ranks
+from vstar.experiments.methods import ranking_metrics
 
 N_ITEMS = 30
 
@@ -32,14 +33,22 @@ def _successor_splits(n_users: int = 60, length: int = 8, seed: int = 0) -> Spli
 
 def _cfg(**kw) -> SASRecConfig:
     base = dict(hidden=32, layers=1, heads=2, dropout=0.0, lr=1e-2, batch_size=64,
-                max_epochs=25, patience=3, seed=0)
+                max_epochs=25, patience=3)
     return SASRecConfig(**{**base, **kw})
+
+
+def _train(splits, cfg, seed=0, **kw):
+    """train_sasrec with the pipeline's early stopping: NDCG@10 of the validation rows."""
+    def validate(model):
+        ranked = model.rank(splits.valid.histories, cfg.eval_k, cfg.eval_batch_size)
+        return ranking_metrics(ranked, splits.valid.targets, cfg.eval_k)
+    return train_sasrec(splits, N_ITEMS, cfg, seed=seed, validate=validate, **kw)
 
 
 @pytest.fixture(scope="module")
 def trained():
     splits = _successor_splits()
-    return splits, train_sasrec(splits, N_ITEMS, _cfg())
+    return splits, _train(splits, _cfg())
 
 
 def test_learns_successor_pattern(trained):
@@ -72,7 +81,7 @@ def test_checkpoint_round_trip_gives_identical_rankings(trained, tmp_path):
 def test_train_writes_checkpoint_of_best_state(tmp_path):
     splits = _successor_splits(n_users=20)
     path = tmp_path / "ckpt" / "best.safetensors"
-    model = train_sasrec(splits, N_ITEMS, _cfg(max_epochs=2), checkpoint_path=path)
+    model = _train(splits, _cfg(max_epochs=2), checkpoint_path=path)
     loaded = load_sasrec(path, _cfg(max_epochs=2), N_ITEMS)
     assert np.array_equal(loaded.rank(splits.valid.histories, 10), model.rank(splits.valid.histories, 10))
     assert [p.name for p in path.parent.iterdir()] == ["best.safetensors"]  # no temp file left
@@ -80,9 +89,9 @@ def test_train_writes_checkpoint_of_best_state(tmp_path):
 
 def test_seeded_runs_repeat_and_seeds_differ():
     splits = _successor_splits(n_users=20)
-    a = train_sasrec(splits, N_ITEMS, _cfg(max_epochs=2, seed=1))
-    b = train_sasrec(splits, N_ITEMS, _cfg(max_epochs=2, seed=1))
-    c = train_sasrec(splits, N_ITEMS, _cfg(max_epochs=2, seed=2))
+    a = _train(splits, _cfg(max_epochs=2), seed=1)
+    b = _train(splits, _cfg(max_epochs=2), seed=1)
+    c = _train(splits, _cfg(max_epochs=2), seed=2)
     assert [e["train_loss"] for e in a.fit_log] == [e["train_loss"] for e in b.fit_log]
     for name, t in a.state_dict().items():
         assert torch.equal(t, b.state_dict()[name]), name

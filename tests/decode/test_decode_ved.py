@@ -55,16 +55,16 @@ def test_budget_is_never_exceeded_and_forward_tokens_are_counted_exactly(budget,
     counter = CountingLM(model)
     res = _ved(counter, _head(), vocab, trie, tokens, mask, 6, budget=budget, init_beam=init_beam,
                expansions_per_round=3)
-    assert (res.forward_tokens_per_user <= budget).all()
-    assert res.forward_tokens == counter.decode_tokens == int(res.forward_tokens_per_user.sum())
+    assert (res.tokens_per_user <= budget).all()
+    assert res.forward_tokens == counter.decode_tokens == int(res.tokens_per_user.sum())
     assert (res.budget == budget).all()
     # every node of depth >= 1 cost exactly one token
     tree = res.tree
-    assert ((tree.depth >= 1).sum(1) == res.forward_tokens_per_user).all()
+    assert ((tree.depth >= 1).sum(1) == res.tokens_per_user).all()
     assert (tree.evaluated.sum(1) == tree.n_nodes).all()
     # a user stops early only when its tree has nothing left to expand (4 + 20 internal nodes max)
     n_internal = trie.n_nodes(1) + trie.n_nodes(2)
-    assert ((res.forward_tokens_per_user == budget) | (res.forward_tokens_per_user == n_internal)).all()
+    assert ((res.tokens_per_user == budget) | (res.tokens_per_user == n_internal)).all()
     _check_items(res, trie)
 
 
@@ -72,7 +72,7 @@ def test_expansions_beyond_the_initial_tree_happen_and_are_counted():
     codes, vocab, trie, model, tokens, mask = _setup()
     res = _ved(model, _head(), vocab, trie, tokens, mask, 8, init_beam=2)   # budget 16, init 4
     assert res.init_beam == 2
-    assert (res.forward_tokens_per_user == 16).all()
+    assert (res.tokens_per_user == 16).all()
     assert (res.n_expansions == 12).all()
     assert ((res.tree.origin == EXPANSION).sum(1) == res.n_expansions).all()
     assert ((res.tree.origin == INIT).sum(1) == 4).all()                # (L-1) * init_beam
@@ -87,15 +87,15 @@ def test_an_initial_beam_that_eats_the_budget_is_shrunk_so_that_expansion_happen
         res = value_guided_decode(model, _head(), vocab, trie, tokens, mask, 4,
                                   VEDConfig(init_beam=8))                # budget 8 <= 2 * 8
     assert res.init_beam == 2
-    assert (res.n_expansions == 4).all() and (res.forward_tokens_per_user == 8).all()
+    assert (res.n_expansions == 4).all() and (res.tokens_per_user == 8).all()
 
 
 def test_budget_multiplier_and_explicit_budget():
     codes, vocab, trie, model, tokens, mask = _setup()
     res = _ved(model, _head(), vocab, trie, tokens, mask, 4, init_beam=2, budget_multiplier=1.5)
-    assert (res.budget == 12).all() and (res.forward_tokens_per_user == 12).all()
+    assert (res.budget == 12).all() and (res.tokens_per_user == 12).all()
     res = _ved(model, _head(), vocab, trie, tokens, mask, 4, init_beam=2, budget=9)
-    assert (res.budget == 9).all() and (res.forward_tokens_per_user == 9).all()
+    assert (res.budget == 9).all() and (res.tokens_per_user == 9).all()
     with pytest.raises(InputError, match="budget"):
         _ved(model, _head(), vocab, trie, tokens, mask, 4, budget=1)     # cannot reach an item
 
@@ -202,7 +202,7 @@ def test_too_few_complete_items_are_padded_with_minus_one():
     assert sorted(res.items[0, :3].tolist()) == [0, 1, 2]
     assert res.items[0, 3:].tolist() == [-1, -1] and int(res.n_complete[0]) == 3
     assert torch.isinf(res.scores[0, 3:]).all() and (res.codes[0, 3:] == -1).all()
-    assert int(res.forward_tokens_per_user[0]) == 2          # the whole trie: 2 first codes
+    assert int(res.tokens_per_user[0]) == 2          # the whole trie: 2 first codes
 
 
 # ----------------------------------------------------------------------------- planted item
@@ -298,7 +298,7 @@ def test_ved_finds_a_planted_item_behind_a_low_probability_first_code_and_beam_d
     res = _ved(model, value_fn, vocab, trie, tokens, mask, n, init_beam=2, budget=budget,
                expansions_per_round=expansions_per_round)
     beam = beam_search(model, vocab, trie, tokens, mask, width=budget // 2)
-    assert (res.forward_tokens_per_user == budget).all()
+    assert (res.tokens_per_user == budget).all()
     assert beam.forward_tokens == budget * tokens.shape[0]
     for b in range(tokens.shape[0]):
         assert item in res.items[b].tolist()
@@ -362,7 +362,7 @@ def test_sampled_children_are_reproducible_and_valid():
         res = value_guided_decode(model, _head(), vocab, trie, tokens, mask, 6,
                                   VEDConfig(init_beam=2, child_choice="sample"), generator=g)
         _check_items(res, trie)
-        assert (res.forward_tokens_per_user <= 12).all()
+        assert (res.tokens_per_user <= 12).all()
         runs.append(res.items)
     assert torch.equal(runs[0], runs[1])
 
@@ -410,5 +410,5 @@ def test_enough_complete_items_are_reserved_when_each_prefix_holds_one_item():
     exp = res.tree.origin == EXPANSION
     assert ((res.tree.depth == 1) & exp).sum() > 0               # the root was widened ...
     assert (res.n_complete >= 12).all() and (res.items >= 0).all()  # ... yet no slot is empty
-    assert (res.forward_tokens_per_user == 16).all()
+    assert (res.tokens_per_user == 16).all()
     _check_items(res, trie)

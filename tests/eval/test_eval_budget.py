@@ -1,24 +1,13 @@
-import json
-
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
-from safetensors.torch import save_file
 
-from vstar.experiments.cli import main
-from vstar.experiments.config import load_config, to_container
-from vstar.data.types import SplitRows
-from vstar.decode import SidTrie
 from vstar.core.errors import InputError
-from vstar.eval.budget import budget_curve, load_rl_run, plot_budget_curve
-from vstar.eval.runs import save_checkpoint
-from vstar.model import ModelConfig, SidGenerator, SidVocab
+from vstar.data.types import SplitRows
+from vstar.decode import SidTrie, VEDConfig
+from vstar.eval.budget import budget_curve, plot_budget_curve
+from vstar.model import ModelConfig, SidGenerator, SidVocab, ValueHead, ValueHeadConfig
 from vstar.testing import CountingLM
-from vstar.decode.ved import VEDConfig
-from vstar.model.value import ValueHead, ValueHeadConfig
-from vstar.sid import save_index_json
-from vstar.sid.types import SemanticIds
 
 SIZES = (4, 5, 3)
 
@@ -105,74 +94,3 @@ def test_plot_is_written_and_needs_the_metric(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["curve.png"]   # no temp file left
     with pytest.raises(InputError, match="NDCG@10"):
         plot_budget_curve(records, tmp_path / "x.png", metric="NDCG@10")
-
-
-def _fake_rl_run(tmp_path, with_generator=True):
-    """A tiny experiment: table data, SIDs in artifacts/, an RL run folder with its weights."""
-    n_users, n_items, per_user = 10, 30, 6
-    lines = ["user_id,item_id,timestamp"]
-    for u in range(n_users):
-        for t in range(per_user):                    # every item is used: 3u + t covers 0..32
-            lines.append(f"u{u},i{(3 * u + t) % n_items},{t}")
-    csv = tmp_path / "inter.csv"
-    csv.write_text("\n".join(lines) + "\n")
-    exp = tmp_path / "runs" / "toy"
-    run_dir = exp / "vstar" / "seed0"
-    run_dir.mkdir(parents=True)
-    cfg = load_config(None, ["data.format=table", f"data.path={csv}", "data.max_history=5",
-                             "model.n_layer=1", "model.n_head=2", "model.n_embd=32",
-                             "run.name=toy", f"run.out_dir={tmp_path / 'runs'}",
-                             "eval.ks=[1,5]", "eval.batch_size=4", "run.num_threads=1"])
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(to_container(cfg))))
-    codes = _catalogue(n_items=n_items)
-    sids = SemanticIds(codes, list(SIZES))
-    (exp / "artifacts").mkdir()
-    save_index_json(exp / "artifacts" / "sid.index.json", sids, [f"i{i}" for i in range(n_items)])
-    (exp / "artifacts" / "sid_report.json").write_text(json.dumps({"codebook_sizes": list(SIZES)}))
-    vocab = SidVocab(list(SIZES))
-    torch.manual_seed(0)
-    model = SidGenerator(ModelConfig(n_layer=1, n_head=2, n_embd=32, dropout=0.0), vocab_size=vocab.size, block_size=1 + 6 * 3)
-    head = ValueHead(32, ValueHeadConfig(hidden=16))
-    tensors = {f"policy.{k}": v.clone().contiguous() for k, v in model.state_dict().items()}
-    tensors.update({f"value.{k}": v.clone().contiguous() for k, v in head.state_dict().items()})
-    save_file(tensors, str(run_dir / "rl_state.safetensors"), metadata={"step": "1"})
-    (run_dir / "rl_config.json").write_text(json.dumps(
-        {"value_head": {"hidden": 16, "dropout": 0.0, "init_std": 0.001},
-         "ved": {"init_beam": 2, "lam": 0.1, "beta": 1.0}}))
-    if with_generator:
-        save_checkpoint(run_dir / "generator.safetensors", model.state_dict(),
-                        {"generator_config": vars(model.cfg), "codebook_sizes": list(SIZES)})
-    return run_dir, model, head, vocab
-
-
-def test_load_rl_run_restores_generator_and_value_head(tmp_path):
-    run_dir, model, head, vocab = _fake_rl_run(tmp_path, with_generator=False)  # config.yaml size
-    loaded, loaded_head = load_rl_run(run_dir, vocab)
-    assert not loaded.training and not loaded_head.training
-    assert loaded.cfg.n_layer == 1 and loaded.cfg.block_size == 19
-    assert loaded_head.cfg.hidden == 16
-    x = torch.randn(3, 32)
-    assert torch.equal(loaded_head(x), head.eval()(x))
-    assert torch.equal(loaded.wte.weight, model.wte.weight)
-    with pytest.raises(InputError, match="vocabulary"):
-        load_rl_run(run_dir, SidVocab([4, 5, 4]))
-    with pytest.raises(InputError, match="no rl_state.safetensors"):
-        load_rl_run(tmp_path, vocab)
-
-
-def test_budget_command_writes_json_and_plot(tmp_path, capsys):
-    run_dir, *_ = _fake_rl_run(tmp_path)
-    out = tmp_path / "results"
-    assert main(["budget", str(run_dir), "--widths", "2", "4", "--max-users", "6",
-                 "--out-dir", str(out)]) == 0
-    stem = "budget_curve_toy_vstar_seed0_test"
-    payload = json.loads((out / f"{stem}.json").read_text())
-    assert (out / f"{stem}.png").read_bytes()[:4] == b"\x89PNG"
-    assert payload["n_users"] == 6 and payload["widths"] == [2, 4]
-    assert payload["ks"] == [1, 5, 10] and payload["ved"]["init_beam"] == 2
-    assert [(r["decoder"], r["width"]) for r in payload["records"]] == \
-        [("beam", 2), ("ved", 2), ("beam", 4), ("ved", 4)]
-    assert all(r["max_forward_tokens_per_user"] <= r["budget_per_user"]
-               for r in payload["records"])
-    assert str(out / f"{stem}.json") in capsys.readouterr().out
-    assert main(["budget", str(tmp_path), "--out-dir", str(out)]) == 2   # not a run folder

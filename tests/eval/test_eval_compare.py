@@ -5,7 +5,7 @@ from rich.console import Console
 
 from vstar.core.errors import InputError
 from vstar.eval.compare import compare_runs, print_table, render_table
-from vstar.eval.runs import write_metrics
+from vstar.eval.records import write_metrics
 
 
 def fake_run(folder, method, seed, metrics, dataset="scientific", split="test", tokens=100):

@@ -85,7 +85,7 @@ def test_missing_seed_or_row_mismatch_names_the_folder(tmp_path):
         paired_comparison(exp, "A", "B")
     with pytest.raises(InputError, match="method folder not found"):
         paired_comparison(exp, "A", "nope")
-    with pytest.raises(InputError, match="no ranks_valid.npy"):
+    with pytest.raises(InputError, match="no valid ranks in any seed folder"):
         paired_comparison(exp, "A", "B", split="valid")
 
 

@@ -1,25 +1,14 @@
-"""Run folders, seeding, metrics.json and safetensors checkpoints."""
+"""Run folders: config, provenance, seed, log; overwrite protection."""
 
 import json
 import logging
-import random
 
 import numpy as np
 import pytest
-import torch
 from omegaconf import OmegaConf
 
 from vstar.core.errors import InputError
-from vstar.eval.runs import (
-    METRICS_KEYS,
-    RunDir,
-    git_commit,
-    load_checkpoint,
-    read_metrics,
-    save_checkpoint,
-    set_seed,
-    write_metrics,
-)
+from vstar.experiments.rundir import RunDir
 
 
 def test_create_writes_config_versions_seed_and_log(tmp_path):
@@ -76,86 +65,6 @@ def test_existing_folder_is_protected(tmp_path):
     # an empty existing folder is fine
     (tmp_path / "empty").mkdir()
     RunDir.create(tmp_path, "empty", {}, seed=0, console=False).close()
-
-
-def test_set_seed_reproduces_all_generators():
-    def draw():
-        return random.random(), np.random.rand(), torch.rand(1).item()
-
-    set_seed(123)
-    first = draw()
-    set_seed(123)
-    assert draw() == first
-    set_seed(124)
-    assert draw() != first
-
-
-def test_write_and_read_metrics(tmp_path):
-    path = write_metrics(tmp_path, dataset="scientific", protocol="loo", method="sft", seed=0,
-                         split="test", metrics={"HR@1": np.float64(0.125), "ILD@10": float("nan")},
-                         invalid_rate=0.0, cost={"tokens": np.int64(1200), "wall_s": 3.5})
-    record = json.loads(path.read_text())
-    assert set(record) == set(METRICS_KEYS)
-    assert record["metrics"] == {"HR@1": 0.125, "ILD@10": None}     # NaN stored as null
-    assert record["cost"] == {"tokens": 1200, "wall_s": 3.5} and record["extra"] == {}
-    assert read_metrics(tmp_path) == record
-    assert not [p for p in tmp_path.iterdir() if p.name != "metrics.json"]  # no temp files left
-
-
-def test_write_metrics_rejects_non_numbers(tmp_path):
-    with pytest.raises(InputError, match="HR@1"):
-        write_metrics(tmp_path, dataset="d", protocol="p", method="m", seed=0, split="test",
-                      metrics={"HR@1": "high"}, invalid_rate=0.0, cost={})
-    assert not (tmp_path / "metrics.json").exists()
-
-
-def test_read_metrics_names_file_and_missing_key(tmp_path):
-    bad = tmp_path / "metrics.json"
-    bad.write_text(json.dumps({"dataset": "d", "protocol": "p", "method": "m", "seed": 0,
-                               "split": "test", "metrics": {}, "cost": {}, "extra": {},
-                               "created": "now"}))
-    with pytest.raises(InputError) as err:
-        read_metrics(bad)
-    assert str(bad) in str(err.value) and "invalid_rate" in str(err.value)
-    bad.write_text("{not json")
-    with pytest.raises(InputError, match="line 1"):
-        read_metrics(bad)
-
-
-def test_checkpoint_round_trip_with_metadata_and_tied_weights(tmp_path):
-    emb = torch.randn(5, 3)
-    state = {"tok_emb.weight": emb, "lm_head.weight": emb, "step": torch.tensor(42)}  # tied
-    meta = {"config": {"dim": 3, "levels": [256, 256]}, "epoch": 2, "method": "sft"}
-    path = save_checkpoint(tmp_path / "ckpt" / "model.safetensors", state, meta)
-    loaded, loaded_meta = load_checkpoint(path)
-    assert loaded_meta == meta
-    assert torch.equal(loaded["tok_emb.weight"], emb) and torch.equal(loaded["lm_head.weight"], emb)
-    assert loaded["step"].item() == 42
-    assert [p.name for p in path.parent.iterdir()] == ["model.safetensors"]
-
-
-def test_load_checkpoint_rejects_non_safetensors(tmp_path):
-    fake = tmp_path / "model.pt"
-    fake.write_bytes(b"\x80\x04 pickled junk")
-    with pytest.raises(InputError, match="model.pt"):
-        load_checkpoint(fake)
-    with pytest.raises(InputError, match="not found"):
-        load_checkpoint(tmp_path / "missing.safetensors")
-
-
-def test_git_commit_reads_loose_packed_and_detached_heads(tmp_path):
-    sha = "a" * 40
-    git = tmp_path / "repo" / ".git"
-    (git / "refs" / "heads").mkdir(parents=True)
-    (tmp_path / "repo" / "src").mkdir()
-    (git / "HEAD").write_text("ref: refs/heads/main\n")
-    (git / "refs" / "heads" / "main").write_text(sha + "\n")
-    assert git_commit(tmp_path / "repo" / "src") == sha
-    (git / "refs" / "heads" / "main").unlink()
-    (git / "packed-refs").write_text(f"# pack-refs\n{'b' * 40} refs/heads/main\n")
-    assert git_commit(tmp_path / "repo" / "src") == "b" * 40
-    (git / "HEAD").write_text("c" * 40 + "\n")
-    assert git_commit(tmp_path / "repo") == "c" * 40
 
 
 def test_log_lines_are_timestamped_and_echoed_to_console(tmp_path, capsys):

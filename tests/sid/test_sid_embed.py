@@ -53,8 +53,8 @@ def test_cache_reuses_file_and_keys_on_texts(tmp_path, monkeypatch):
     assert len(calls) == 2
     np.testing.assert_array_equal(a, b)
     assert c[0, 0] == 2.0
-    assert len(list(tmp_path.glob("*.safetensors"))) == 2
-    assert not list(tmp_path.glob("*.tmp"))                    # atomic writes leave no temp files
+    assert len(list(tmp_path.glob("embeddings/*.safetensors"))) == 2
+    assert not list(tmp_path.rglob("*.tmp"))                   # atomic writes leave no temp files
 
 
 @pytest.mark.slow

@@ -45,7 +45,7 @@ def test_configured_sizes_round_up_never_down(tmp_path):
      "duplicate key '1'"),
     ('{"1": ["<a_5>", "<b_0>"], "2": ["<a_5>"]}', "expected 2 tokens"),
     ('{"1": ["<a_5>", "<b_0>"], "2": []}', "non-empty list"),
-    ('{"1": ["<a_5>", "<b_0>"],', "not valid JSON"),
+    ('{"1": ["<a_5>", "<b_0>"],', "invalid JSON"),
 ])
 def test_errors_name_file_and_key(tmp_path, text, message):
     p = write(tmp_path, text)

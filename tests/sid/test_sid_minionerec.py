@@ -1,4 +1,7 @@
-"""MiniOneRec interop: SID strings, their CSV / info / index files, and a round trip."""
+"""MiniOneRec interop: SID strings, their CSV / info / index files, and a round trip.
+
+Reading their CSVs is the data stage's (vstar.data.minionerec), their SIDs and writing the SID
+stage's (vstar.sid.minionerec); both share the one SID-string parser (vstar.sid.tokens)."""
 
 from __future__ import annotations
 
@@ -8,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vstar.data import (InteractionData, format_sid, leave_one_out, load_minionerec, parse_sid,
-                        read_minionerec_csv, read_minionerec_info, semantic_ids_from_strings,
-                        time_split, write_minionerec)
 from vstar.core.errors import InputError
+from vstar.data import (InteractionData, leave_one_out, load_minionerec, read_minionerec_csv,
+                        read_minionerec_info, time_split)
+from vstar.sid import codes_from_sids, format_sid, parse_sid, read_minionerec_sids, write_minionerec
 from vstar.sid.types import SemanticIds
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -29,14 +32,14 @@ def test_parse_and_format_sid():
         parse_sid("a_1 b_2")
 
 
-def test_codebook_sizes_inferred_as_power_of_two_or_given():
-    sids = semantic_ids_from_strings(["<a_1><b_0>", "<a_3><b_5>", "<a_0><b_255>"])
+def test_codebook_sizes_are_max_code_plus_one_raised_to_the_configured_sizes():
+    sids = codes_from_sids(["<a_1><b_0>", "<a_3><b_5>", "<a_0><b_255>"])
     assert sids.codes.tolist() == [[1, 0], [3, 5], [0, 255]]
     assert sids.codebook_sizes == [4, 256]
-    assert semantic_ids_from_strings(["<a_1><b_0>"], codebook_size=256).codebook_sizes == [256,
-                                                                                           256]
-    with pytest.raises(InputError, match="levels"):
-        semantic_ids_from_strings(["<a_1><b_0>", "<a_1>"])
+    assert codes_from_sids(["<a_1><b_0>"], [256, 256]).codebook_sizes == [256, 256]
+    assert codes_from_sids(["<a_1><b_300>"], [256, 256]).codebook_sizes == [256, 301]
+    with pytest.raises(InputError, match="expected 2 tokens"):
+        codes_from_sids(["<a_1><b_0>", "<a_1>"])
 
 
 def _toy():
@@ -57,7 +60,7 @@ def test_round_trip(tmp_path, protocol):
     splits = (leave_one_out(data, max_history=2) if protocol == "leave_one_out"
               else time_split(data, max_history=2))
     paths = write_minionerec(tmp_path, data, splits, sids)
-    back, back_sids = load_minionerec(tmp_path)
+    back, back_sids = load_minionerec(tmp_path), read_minionerec_sids(tmp_path)
     assert back.name == "toy"
     assert back.item_ids == data.item_ids
     # users come back in order of first appearance in the CSVs, with the same sequences
@@ -117,7 +120,8 @@ def test_real_minionerec_industrial():
     if not INDUSTRIAL.is_dir():
         pytest.skip(f"shared data not found at {INDUSTRIAL}")
     name = "Industrial_and_Scientific"
-    data, sids = load_minionerec(INDUSTRIAL)
+    data = load_minionerec(INDUSTRIAL)
+    sids = read_minionerec_sids(INDUSTRIAL, codebook_sizes=[256, 256, 256])
     assert data.n_items == 3686 and sids.n_items == 3686
     assert sids.n_levels == 3 and sids.codebook_sizes == [256, 256, 256]
     assert data.item_text[0].startswith("SUPCO SPP6 Relay/Capacitor Hard Start Kit")

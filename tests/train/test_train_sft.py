@@ -2,7 +2,8 @@ import numpy as np
 import torch
 
 from vstar.data.types import SplitRows, Splits
-from vstar.decode import SidTrie
+from vstar.decode import SidTrie, rank_rows
+from vstar.experiments.methods import ranking_metrics
 from vstar.model import ModelConfig, SidGenerator, SidVocab
 from vstar.data.windows import build_windows
 from vstar.train.sft import SFTConfig, encode_windows, train_sft
@@ -59,7 +60,27 @@ def test_sft_learns_a_deterministic_successor_pattern():
     trie = SidTrie(codes, [4, 5])
     model = SidGenerator(ModelConfig(n_layer=1, n_head=2, n_embd=32, dropout=0.0), vocab_size=vocab.size, block_size=1 + 6 * L)
     cfg = SFTConfig(lr=1e-2, batch_size=32, max_epochs=40, patience=40, warmup_steps=5, val_beam=5)
-    model, history = train_sft(model, vocab, trie, splits, cfg, progress=False)
+
+    def validate(model, rows):                     # what the pipeline passes: beam-search ranking
+        ranked, _ = rank_rows(model, vocab, trie, rows, cfg.val_beam, max_history=5)
+        return ranking_metrics(ranked, rows.targets, 10)
+
+    model, history = train_sft(model, vocab, trie, splits, cfg, validate=validate, progress=False)
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert max(h["HR@10"] for h in history) == 1.0
     assert max(h["NDCG@10"] for h in history) > 0.95
+
+
+def test_sft_without_validation_trains_every_epoch_and_keeps_the_last():
+    torch.manual_seed(0)
+    codes = np.array([[i // 5, i % 5] for i in range(20)])
+    seqs = [[(s + t) % 20 for t in range(6)] for s in range(20)]
+    rows = _loo_rows([s[:-2] for s in seqs], 5)
+    splits = Splits("leave_one_out", rows, rows, rows, 5)
+    vocab = SidVocab([4, 5])
+    model = SidGenerator(ModelConfig(n_layer=1, n_head=2, n_embd=16, dropout=0.0),
+                         vocab_size=vocab.size, block_size=13)
+    cfg = SFTConfig(batch_size=16, max_epochs=3, patience=1, warmup_steps=1)
+    _, history = train_sft(model, vocab, SidTrie(codes, [4, 5]), splits, cfg, progress=False)
+    assert [h["epoch"] for h in history] == [0, 1, 2]          # no early stop without scores
+    assert all("NDCG@10" not in h for h in history)
