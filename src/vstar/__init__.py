@@ -1,14 +1,17 @@
 """vstar: generative recommendation with semantic IDs and reinforcement learning (V-STAR).
 
-The pipeline flows one way, one sub-package per stage:
+The package is the pipeline, one sub-package per stage; each imports only the stages before it
+(ARCHITECTURE.md):
 
-    data/    raw logs -> items, sequences, splits
-    sid/     item text / vectors -> collision-free semantic IDs
-    model/   decoder-only generator over SID tokens (SFT)
-    decode/  SID trie, constrained beam search and sampling (VED lives in rl/)
-    rl/      rewards, value head, VED, GRPO and Sibling-GRPO
-    eval/    metrics, run folders, comparison tables
-    baselines/ popularity, SASRec
+    core/         errors, atomic I/O, checkpoints, run-folder layout, seeding and provenance
+    data/         raw logs -> items, sequences, splits
+    sid/          item text / vectors -> collision-free semantic IDs
+    model/        the generator over SID tokens, its vocabulary, the value head
+    decode/       the SID trie; constrained beam search, sampling, VED
+    train/        SFT and V-STAR's RL (rewards, advantages, losses, trainer)
+    baselines/    popularity, SASRec
+    eval/         metrics, statistics, metrics.json, comparison tables, budget curves
+    experiments/  configs, the method registry, the pipeline, run folders, the CLI
 """
 
 __version__ = "0.1.0"

@@ -1,6 +1,7 @@
 """Small fixtures for testing decoders and RL code against the generator interface.
 
     codes, vocab, trie, model, tokens, mask = tiny_setup()   # random catalogue + random model
+    codes = random_catalogue(60, sizes=(6, 6, 4))            # distinct random SIDs only
     counted = CountingLM(model)                              # counts decode forward tokens
 """
 
@@ -33,6 +34,14 @@ class CountingLM(nn.Module):
         if cache is not None:
             self.decode_tokens += tokens.numel()
         return self.model(tokens, cache=cache, pad_mask=pad_mask)
+
+
+def random_catalogue(n_items: int = 40, sizes=(4, 5, 3), seed: int = 0) -> np.ndarray:
+    """``n_items`` distinct random SIDs [n_items, L] from the code grid of ``sizes``."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.arange(k) for k in sizes], indexing="ij"), -1)
+    grid = grid.reshape(-1, len(sizes))
+    return grid[rng.choice(len(grid), n_items, replace=False)]
 
 
 def tiny_setup(n_items: int = 40, sizes=(4, 5, 3), n_users: int = 5, seed: int = 0,

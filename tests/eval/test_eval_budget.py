@@ -7,16 +7,13 @@ from vstar.data.types import SplitRows
 from vstar.decode import SidTrie, VEDConfig
 from vstar.eval.budget import budget_curve, plot_budget_curve
 from vstar.model import ModelConfig, SidGenerator, SidVocab, ValueHead, ValueHeadConfig
-from vstar.testing import CountingLM
+from vstar.testing import CountingLM, random_catalogue
 
 SIZES = (4, 5, 3)
 
 
 def _catalogue(n_items=40, sizes=SIZES, seed=0):
-    rng = np.random.default_rng(seed)
-    all_codes = np.stack(np.meshgrid(*[np.arange(k) for k in sizes], indexing="ij"), -1)
-    all_codes = all_codes.reshape(-1, len(sizes))
-    return all_codes[rng.choice(len(all_codes), n_items, replace=False)]
+    return random_catalogue(n_items, sizes, seed)
 
 
 def _model(vocab, block_size=64, seed=0):

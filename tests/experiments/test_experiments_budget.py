@@ -18,16 +18,14 @@ from vstar.model import ModelConfig, SidGenerator, SidVocab, ValueHead, ValueHea
 from vstar.model.generator import save_generator
 from vstar.sid import save_index_json
 from vstar.sid.types import SemanticIds
+from vstar.testing import random_catalogue
 from vstar.train.config import RLConfig
 
 SIZES = (4, 5, 3)
 
 
 def _catalogue(n_items=40, sizes=SIZES, seed=0):
-    rng = np.random.default_rng(seed)
-    all_codes = np.stack(np.meshgrid(*[np.arange(k) for k in sizes], indexing="ij"), -1)
-    all_codes = all_codes.reshape(-1, len(sizes))
-    return all_codes[rng.choice(len(all_codes), n_items, replace=False)]
+    return random_catalogue(n_items, sizes, seed)
 
 
 def _fake_rl_run(tmp_path, with_generator=True):

@@ -70,3 +70,44 @@ def test_bad_config_key_and_missing_sft_checkpoint_are_clear_errors(experiment, 
     assert "sft.learning_rate" in capsys.readouterr().err
     assert main(["rl", str(experiment / "cfg.yaml"), "--method", "vstar"]) == 2
     assert "run method 'sft' first" in capsys.readouterr().err
+
+
+def test_a_method_registered_in_one_place_runs_through_run_rl_and_compare(experiment, capsys):
+    from vstar.experiments.methods import run_rl
+    from vstar.experiments.registry import Method, register, unregister
+
+    register(Method("toy_sampled_grpo", run_rl, kind="rl",
+                    preset={"decoder": "sample", "sibling": False, "value_loss": False},
+                    help="GRPO on sampled groups (a test recipe)"))
+    cfg, exp = str(experiment / "cfg.yaml"), experiment / "runs" / "toy"
+    try:
+        assert main(["run", cfg, "run.methods=[sft,toy_sampled_grpo]"]) == 0
+        run = exp / "toy_sampled_grpo" / "seed0"
+        record = json.loads((run / "metrics.json").read_text())
+        assert record["method"] == "toy_sampled_grpo" and record["extra"]["rl"]["decoder"] == "sample"
+        assert json.loads((run / "rl_config.json").read_text())["sibling"] is False
+        assert "| toy_sampled_grpo |" in (exp / "results.md").read_text()
+        assert main(["rl", cfg, "--method", "toy_sampled_grpo", "rl.steps=1",
+                     "run.overwrite=true"]) == 0                        # its sub-command too
+        capsys.readouterr()
+        assert main(["compare", str(exp)]) == 0
+        assert "toy_sampled_grpo" in capsys.readouterr().out
+    finally:
+        unregister("toy_sampled_grpo")
+    assert main(["run", cfg, "run.methods=[toy_sampled_grpo]"]) == 2          # gone again
+    assert "unknown method 'toy_sampled_grpo'" in capsys.readouterr().err
+
+
+def test_method_sub_commands_only_offer_their_kind(experiment, capsys):
+    assert main(["baseline", str(experiment / "cfg.yaml"), "--method", "vstar"]) == 2
+    assert "'vstar' is a rl method, not a baseline one" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["demo_ml100k.yaml", "scientific.yaml"])
+def test_shipped_configs_load_and_name_registered_methods(name):
+    from pathlib import Path
+
+    from vstar.experiments.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / name)
+    assert cfg.run.methods and cfg.run.num_threads >= 1

@@ -10,7 +10,7 @@ from typing import Any
 from vstar.data.filtering import k_core
 from vstar.data.loaders import load_lcrec, load_recbole, load_table
 from vstar.data.minionerec import load_minionerec
-from vstar.data.movielens import load_movielens_100k
+from vstar.data.movielens import DEFAULT_CACHE, load_movielens_100k
 from vstar.data.splits import leave_one_out, time_split
 from vstar.data.types import InteractionData, Splits
 from vstar.core.errors import InputError
@@ -57,7 +57,7 @@ def load_dataset(cfg: DataConfig | Any) -> InteractionData:
                             item_col=cfg.item_col, time_col=cfg.time_col,
                             rating_col=cfg.rating_col, min_rating=cfg.min_rating)
     elif fmt == "movielens100k":
-        data = load_movielens_100k(cfg.path or ".cache/ml-100k", min_rating=cfg.min_rating)
+        data = load_movielens_100k(cfg.path or DEFAULT_CACHE, min_rating=cfg.min_rating)
     elif fmt == "table":
         data = load_table(cfg.path, cfg.item_path or None, user_col=cfg.user_col,
                           item_col=cfg.item_col, time_col=cfg.time_col or None, rating_col=cfg.rating_col,

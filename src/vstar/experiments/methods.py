@@ -40,7 +40,7 @@ from vstar.model.vocab import SidVocab
 from vstar.train.rl import RLTrainer
 from vstar.train.sft import train_sft
 
-log = logging.getLogger("vstar.pipeline")
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------

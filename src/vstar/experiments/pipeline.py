@@ -35,7 +35,7 @@ from vstar.experiments.rundir import RunDir
 from vstar.sid import build_sids, item_vectors, load_index_json, save_index_json
 from vstar.sid.types import SemanticIds
 
-log = logging.getLogger("vstar.pipeline")
+log = logging.getLogger(__name__)
 
 # rank(rows, split) -> (ranked item indices [R, W], cost dict)
 Ranker = Callable[[SplitRows, str], tuple[np.ndarray, dict]]
