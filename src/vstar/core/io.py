@@ -19,6 +19,13 @@ from typing import Any, Iterator, Mapping
 from vstar.core.errors import InputError
 
 
+def _file_mode() -> int:
+    """The mode ``open(path, "w")`` would give a new file: 0o666 minus the process umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.
@@ -33,6 +40,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, _file_mode())        # mkstemp makes 0600; a plain open() would not
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

@@ -61,7 +61,7 @@ class RLConfig:
     value_warmup_steps: int = 0       # steps training only the value head before RL starts
     # Decision: the TD loss trains the value head on the backbone's hidden states without moving
     # the backbone (hidden.detach()). With gradients into the backbone, a tiny generator's policy
-    # got worse on our toy check (tests/train/test_rl_trainer.py); set True to let them flow.
+    # got worse on our toy check (tests/train/test_train_trainer.py); set True to let them flow.
     value_grad_to_backbone: bool = False
     # --- decoders ---
     temperature: float = 1.0          # decoder "sample"

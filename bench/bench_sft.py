@@ -1,0 +1,153 @@
+"""SFT training throughput: supervised tokens per second and optimizer steps per second.
+
+Synthetic data: a catalogue of 4,000 random distinct SIDs (3 levels x 256 codes) and 2,000 users
+with random item sequences of 5..30 items, split leave-one-out (``vstar.data.splits``); the
+training rows are cut into windows exactly as SFT does (``vstar.data.windows.build_windows``,
+"chunks", max_history 20; ``vstar.train.sft.encode_windows``). Each timed repeat runs ``steps``
+training steps as ``vstar.train.sft.train_sft`` does, without validation or LR schedule: a random
+batch of 128 windows trimmed of right padding, ``sft_loss``, backward, gradient clipping, AdamW
+step. Model: Scientific size (2 layers, 4 heads, 128 dims). Writes sft_throughput.json.
+
+    .venv/bin/python bench/bench_sft.py [--quick] [--threads 1] [--device cpu] [--out-dir DIR]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import harness  # noqa: E402
+from vstar.core.repro import set_seed  # noqa: E402
+from vstar.data.splits import leave_one_out  # noqa: E402
+from vstar.data.types import InteractionData  # noqa: E402
+from vstar.data.windows import build_windows  # noqa: E402
+from vstar.model import PAD, SidVocab  # noqa: E402
+from vstar.train.sft import encode_windows, sft_loss  # noqa: E402
+
+NAME = "sft"
+OUTPUT = "sft_throughput.json"
+FULL = {"users": 2000, "items": 4000, "codebook_sizes": [256, 256, 256], "max_history": 20,
+        "sequence_length": [5, 30], "windows": "chunks", "batch_size": 128, "steps": 20,
+        "warmup_steps": 3, "repeats": 3, "lr": 1e-3, "weight_decay": 0.01, "grad_clip": 1.0,
+        "model": harness.SCIENTIFIC_MODEL}
+QUICK = {"users": 64, "items": 500, "codebook_sizes": [32, 32, 32], "max_history": 20,
+         "sequence_length": [5, 30], "windows": "chunks", "batch_size": 32, "steps": 3,
+         "warmup_steps": 1, "repeats": 1, "lr": 1e-3, "weight_decay": 0.01, "grad_clip": 1.0,
+         "model": {"n_layer": 1, "n_head": 2, "n_embd": 32, "dropout": 0.0}}
+UNITS = {
+    "supervised_tokens_per_second": "supervised (loss-bearing) SID code tokens per second, median",
+    "steps_per_second": "optimizer steps (forward + backward + clip + AdamW) per second, median",
+    "ms_per_step": "ms of wall time per optimizer step, median",
+    "input_tokens_per_second": "non-padding input tokens read per second, median",
+    "supervised_tokens_per_step": "mean supervised tokens in a batch",
+    "wall_seconds": "wall seconds of one timed repeat of `steps` steps",
+}
+
+
+def synthetic_splits(p: dict, n_items: int, rng: np.random.Generator):
+    lo, hi = p["sequence_length"]
+    seqs = [rng.integers(0, n_items, size=int(rng.integers(lo, hi + 1))).astype(np.int64)
+            for _ in range(p["users"])]
+    data = InteractionData(name="synthetic", item_ids=[str(i) for i in range(n_items)],
+                           user_ids=[str(u) for u in range(p["users"])], sequences=seqs)
+    return leave_one_out(data, max_history=p["max_history"])
+
+
+def run(quick: bool = False, threads: int = 1, device: str = "cpu",
+        out_dir: str | Path = harness.DEFAULT_OUT, seed: int = 0,
+        repeats: int | None = None) -> dict:
+    t_start = time.perf_counter()
+    p = dict(QUICK if quick else FULL)
+    if repeats is not None:
+        p["repeats"] = int(repeats)
+    dev = harness.setup_torch(threads, device)
+    set_seed(seed)
+    rng = np.random.default_rng(seed)
+    sizes = p["codebook_sizes"]
+    codes = harness.random_catalogue(p["items"], sizes, rng)
+    vocab = SidVocab(sizes)
+    splits = synthetic_splits(p, len(codes), rng)
+    windows, flags = build_windows(splits.train, p["max_history"], p["windows"])
+    tokens, targets, levels = encode_windows(windows, flags, torch.as_tensor(codes), vocab)
+    tokens, targets, levels = tokens.to(dev), targets.to(dev), levels.to(dev)
+    model = harness.random_generator(vocab, p["max_history"], p["model"], dev, peaked=False)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=p["lr"], weight_decay=p["weight_decay"])
+    sync = harness.synchronizer(dev)
+    gen = torch.Generator().manual_seed(seed)
+    N, bs = len(windows), p["batch_size"]
+    stats = {"supervised": 0, "input": 0, "steps": 0, "loss": float("nan")}
+
+    def steps(n: int) -> dict:
+        stats.update(supervised=0, input=0, steps=0)
+        for _ in range(n):
+            idx = torch.randperm(N, generator=gen)[:bs].to(dev)
+            tk, tg, lv = tokens[idx], targets[idx], levels[idx]
+            keep = int((tk != PAD).sum(1).max())          # trim right padding, as train_sft
+            tk, tg, lv = tk[:, :keep], tg[:, :keep], lv[:, :keep]
+            loss = sft_loss(model, vocab, tk, tg, lv)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), p["grad_clip"])
+            opt.step()
+            stats["supervised"] += int((tg >= 0).sum())
+            stats["input"] += int((tk != PAD).sum())
+            stats["steps"] += 1
+        stats["loss"] = float(loss.detach())
+        return dict(stats)
+
+    # warm-up: ``warmup_steps`` untimed steps (allocations, AdamW state), then timed repeats
+    times, outs = [], []
+    steps(p["warmup_steps"])
+    for _ in range(max(1, p["repeats"])):
+        sync()
+        t0 = time.perf_counter()
+        outs.append(steps(p["steps"]))
+        sync()
+        times.append(time.perf_counter() - t0)
+    sup = [o["supervised"] / t for o, t in zip(outs, times)]
+    inp = [o["input"] / t for o, t in zip(outs, times)]
+    sps = [p["steps"] / t for t in times]
+    ms = [1e3 * t / p["steps"] for t in times]
+    rows = [{
+        "batch_size": bs,
+        "supervised_tokens_per_second": harness.median(sup),
+        "steps_per_second": harness.median(sps),
+        "ms_per_step": harness.median(ms),
+        "input_tokens_per_second": harness.median(inp),
+        "supervised_tokens_per_step": float(np.mean([o["supervised"] for o in outs])) / p["steps"],
+        "last_loss": outs[-1]["loss"],
+        "repeats": {"supervised_tokens_per_second": sup, "steps_per_second": sps,
+                    "ms_per_step": ms, "input_tokens_per_second": inp, "wall_seconds": times},
+    }]
+    params = {**p, "seed": seed, "n_levels": len(sizes), "model_parameters":
+              model.num_parameters(), "train_rows": len(splits.train), "n_windows": N,
+              "window_length_tokens": int(tokens.shape[1]),
+              "supervised_tokens_total": int((targets >= 0).sum()), "validation": False,
+              "lr_schedule": None}
+    record = harness.make_record(
+        NAME, "SFT training throughput (no validation)",
+        "windows from build_windows + encode_windows on synthetic leave-one-out SplitRows "
+        "(random item sequences); each step: random batch of windows trimmed of right padding, "
+        "sft_loss + backward + clip_grad_norm_ + AdamW.step (as train_sft, without LR schedule "
+        "or validation); median over repeats after warmup_steps untimed steps",
+        params, dev, seed, quick, UNITS, rows, time.perf_counter() - t_start)
+    path = harness.write_record(out_dir, OUTPUT, record)
+    harness.print_table(f"sft: {N} windows of <= {p['max_history'] + 1} items, model "
+                        f"{p['model']}, {dev}, {torch.get_num_threads()} thread(s)", rows,
+                        [("batch_size", "batch"), ("supervised_tokens_per_second", "sup tok/s"),
+                         ("steps_per_second", "steps/s"), ("ms_per_step", "ms/step"),
+                         ("supervised_tokens_per_step", "sup tok/step")])
+    print(f"wrote {path}")
+    return record
+
+
+if __name__ == "__main__":
+    harness.standalone_main(run, __doc__)

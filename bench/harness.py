@@ -1,0 +1,168 @@
+"""Shared pieces of the benchmarks in bench/: setup, timing, the JSON record, the printed table.
+
+Every benchmark module (bench_decode.py, bench_ved.py, bench_sft.py) exposes
+
+    NAME, OUTPUT, QUICK, FULL, run(quick=False, threads=1, device="cpu", out_dir=..., seed=0,
+                                   repeats=None) -> dict
+
+and writes one JSON record (``make_record``) to ``out_dir / OUTPUT`` with ``atomic_write_json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from vstar.core.io import atomic_write_json
+from vstar.core.repro import collect_versions
+from vstar.model import ModelConfig, SidGenerator, SidVocab
+
+BENCH_DIR = Path(__file__).resolve().parent
+DEFAULT_OUT = BENCH_DIR / "results"
+QUICK_OUT = DEFAULT_OUT / "quick"          # --quick without --out-dir: never clobber real results
+SCIENTIFIC_MODEL = {"n_layer": 2, "n_head": 4, "n_embd": 128, "dropout": 0.0}
+
+
+def setup_torch(threads: int, device: str) -> torch.device:
+    """Fix torch's intra-op threads and check the device; returns it."""
+    if threads < 1:
+        raise SystemExit(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(int(threads))
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: CUDA is not available in this torch build / machine")
+    if dev.type not in ("cpu", "cuda"):
+        raise SystemExit(f"--device must be cpu or cuda, got {device!r}")
+    return dev
+
+
+def device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    import platform
+    return platform.processor() or platform.machine()
+
+
+def synchronizer(dev: torch.device) -> Callable[[], None]:
+    return torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+
+def time_repeats(fn: Callable[[], Any], repeats: int, sync: Callable[[], None],
+                 warmup: int = 1) -> tuple[list[float], Any]:
+    """Wall seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones; last output."""
+    out = None
+    for _ in range(warmup):
+        out = fn()
+    times = []
+    for _ in range(max(1, repeats)):
+        sync()
+        t0 = time.perf_counter()
+        out = fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return times, out
+
+
+def median(xs: list[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def random_catalogue(n_items: int, sizes: list[int], rng: np.random.Generator) -> np.ndarray:
+    """``n_items`` distinct random SIDs [n_items, L] (codes of level l in 0..sizes[l]-1)."""
+    if n_items > int(np.prod(sizes, dtype=np.float64)):
+        raise SystemExit(f"{n_items} distinct SIDs do not fit in codebooks {sizes}")
+    codes = np.stack([rng.integers(0, k, size=3 * n_items) for k in sizes], 1)
+    codes = np.unique(codes, axis=0)
+    if len(codes) < n_items:
+        raise SystemExit(f"drew only {len(codes)} distinct SIDs for {n_items} items")
+    return codes[rng.permutation(len(codes))[:n_items]]
+
+
+def random_generator(vocab: SidVocab, history: int, model: dict, dev: torch.device,
+                     peaked: bool = True) -> SidGenerator:
+    """A random SidGenerator sized for histories of ``history`` items. ``peaked``: embeddings of
+    std 0.5 (tied to the output layer), so the policy is non-uniform like a trained one."""
+    cfg = ModelConfig(**model)
+    gen = SidGenerator(cfg, vocab_size=vocab.size,
+                       block_size=1 + (history + 1) * vocab.n_levels).to(dev)
+    if peaked:
+        with torch.no_grad():
+            gen.wte.weight.normal_(0, 0.5)
+    return gen
+
+
+def make_record(name: str, what: str, method: str, params: dict, dev: torch.device, seed: int,
+                quick: bool, units: dict, results: list[dict], wall_seconds: float) -> dict:
+    """The JSON every benchmark writes. Each entry of ``results`` holds the medians over repeats
+    under the metric names of ``units`` and every repeat under ``repeats``."""
+    return {
+        "benchmark": name,
+        "what": what,
+        "method": method,
+        "quick": bool(quick),
+        "params": params,
+        "versions": collect_versions(seed),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(dev),
+        "device_name": device_name(dev),
+        "units": units,
+        "results": results,
+        "benchmark_wall_seconds": wall_seconds,
+    }
+
+
+def write_record(out_dir: str | Path, filename: str, record: dict) -> Path:
+    path = Path(out_dir) / filename
+    atomic_write_json(path, record)
+    return path
+
+
+def print_table(title: str, rows: list[dict], columns: list[tuple[str, str]]) -> None:
+    """Print ``rows`` as a fixed-width table; ``columns`` = [(key, header)]."""
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}"
+        return str(v)
+
+    cells = [[fmt(r.get(k, "")) for k, _ in columns] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h)
+              for i, (_, h) in enumerate(columns)]
+    print(f"\n== {title}")
+    print("  ".join(h.rjust(w) for (_, h), w in zip(columns, widths)))
+    print("  ".join("-" * w for w in widths))
+    for c in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(c, widths)))
+
+
+def standalone_main(run: Callable[..., dict], doc: str) -> None:
+    """``python bench/bench_X.py [--quick] [--threads N] [--device D] [--out-dir DIR]``."""
+    ap = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
+    add_common_args(ap)
+    args = ap.parse_args()
+    run(quick=args.quick, threads=args.threads, device=args.device,
+        out_dir=resolve_out_dir(args.out_dir, args.quick), seed=args.seed, repeats=args.repeats)
+
+
+def add_common_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--quick", action="store_true",
+                    help="tiny sizes and 1 repeat (a smoke test, well under a minute)")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--out-dir", default=None,
+                    help=f"folder of the JSON results (default {DEFAULT_OUT}; "
+                         f"with --quick: {QUICK_OUT})")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="timed repeats per setting (default 3; 1 with --quick)")
+    ap.add_argument("--seed", type=int, default=0)
+
+
+def resolve_out_dir(out_dir: str | None, quick: bool) -> Path:
+    if out_dir is not None:
+        return Path(out_dir)
+    return QUICK_OUT if quick else DEFAULT_OUT
