@@ -29,7 +29,7 @@ from vstar.decode.config import VEDConfig
 from vstar.decode.trie import SidTrie
 from vstar.eval.budget import budget_curve, plot_budget_curve
 from vstar.model.config import ValueHeadConfig
-from vstar.model.generator import SidGenerator, load_generator
+from vstar.model.generator import SidGenerator, load_generator, make_vocab
 from vstar.model.value import ValueHead
 from vstar.model.vocab import SidVocab
 from vstar.train.config import RLConfig
@@ -50,7 +50,7 @@ def _rl_config(saved: dict, path: Path) -> RLConfig:
     return cfg
 
 
-def load_rl_run(run_dir: str | os.PathLike, vocab: SidVocab
+def load_rl_run(run_dir: str | os.PathLike, vocab: SidVocab, item_codes=None
                 ) -> tuple[SidGenerator, ValueHead, RLConfig]:
     """(generator, value head, RL config) of an RL run folder, the modules in eval mode."""
     layout = RunLayout(Path(run_dir))
@@ -59,7 +59,7 @@ def load_rl_run(run_dir: str | os.PathLike, vocab: SidVocab
                          "(<experiment>/<rl method>/seed<k>)", file=str(layout.rl_state))
     state = checkpoint.load_rl_state(layout.rl_state)
     rl_cfg = _rl_config(state.config, layout.rl_state)
-    model = load_generator(layout.generator, vocab)
+    model = load_generator(layout.generator, vocab, item_codes)
     head = ValueHead(model.hidden_size, rl_cfg.value_head)
     try:
         head.load_state_dict(state.value_head)
@@ -101,9 +101,9 @@ def run_budget_curve(run_dir: str | os.PathLike, split: str = "test",
 
     data, splits, _ = prepare_data(cfg)
     sids = load_index_json(experiment.sid_index, data.item_ids, report["codebook_sizes"])
-    vocab = SidVocab(sids.codebook_sizes)
+    vocab = make_vocab(cfg.model, sids.codebook_sizes, sids.n_items)
     trie = SidTrie(sids.codes, sids.codebook_sizes)
-    model, value_head, rl_cfg = load_rl_run(layout.path, vocab)
+    model, value_head, rl_cfg = load_rl_run(layout.path, vocab, trie.codes)
     rows = getattr(splits, split)
     if max_users is not None:
         if max_users < 1:

@@ -35,7 +35,8 @@ from vstar.decode.trie import SidTrie
 from vstar.eval.metrics import hit_rate, ndcg, target_ranks
 from vstar.experiments.pipeline import MethodContext, Ranker
 from vstar.experiments.registry import Method, register
-from vstar.model.generator import SidGenerator, load_generator, save_generator
+from vstar.model.generator import (SidGenerator, load_generator, make_vocab, new_generator,
+                                   save_generator)
 from vstar.model.vocab import SidVocab
 from vstar.train.rl import RLTrainer
 from vstar.train.sft import train_sft
@@ -76,14 +77,10 @@ def ranking_metrics(ranked: np.ndarray, targets: np.ndarray, k: int) -> dict:
 
 
 def sid_tables(ctx: MethodContext) -> tuple[SidVocab, SidTrie]:
+    """The vocabulary the configured generator reads, and the SID trie."""
     sids = ctx.prep.sids
-    return SidVocab(sids.codebook_sizes), SidTrie(sids.codes, sids.codebook_sizes)
-
-
-def build_generator(cfg: Any, vocab: SidVocab, max_history: int) -> SidGenerator:
-    """A fresh generator of size ``cfg.model`` for these SIDs and histories."""
-    return SidGenerator(cfg.model, vocab_size=vocab.size,
-                        block_size=1 + (max_history + 1) * vocab.n_levels)
+    return (make_vocab(ctx.cfg.model, sids.codebook_sizes, sids.n_items),
+            SidTrie(sids.codes, sids.codebook_sizes))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,7 +111,7 @@ def run_sasrec(ctx: MethodContext) -> dict:
 def run_sft(ctx: MethodContext) -> dict:
     cfg, splits = ctx.cfg, ctx.prep.splits
     vocab, trie = sid_tables(ctx)
-    model = build_generator(cfg, vocab, splits.max_history)
+    model = new_generator(cfg.model, vocab, trie.codes, splits.max_history)
     log.info("generator: %d parameters, vocabulary %d, %d SID levels", model.num_parameters(),
              vocab.size, vocab.n_levels)
 
@@ -143,7 +140,7 @@ def run_rl(ctx: MethodContext) -> dict:
         raise InputError(f"RL starts from the SFT generator of seed {ctx.seed}: run method 'sft' "
                          "first (put it before the RL methods in run.methods)", file=str(sft_ckpt))
     vocab, trie = sid_tables(ctx)
-    policy = load_generator(sft_ckpt, vocab)
+    policy = load_generator(sft_ckpt, vocab, trie.codes)
     rcfg = dataclasses.replace(cfg.rl, **ctx.method.preset)
     atomic_write_json(layout.rl_config, dataclasses.asdict(rcfg))
     values = None

@@ -9,10 +9,11 @@
 
 from vstar.model.config import ModelConfig, ValueHeadConfig
 from vstar.model.generator import (GeneratorOutput, KVCache, SidGenerator, load_generator,
-                                   save_generator)
+                                   make_vocab, new_generator, save_generator)
 from vstar.model.interface import SidLM
 from vstar.model.value import ValueHead
 from vstar.model.vocab import BOS, PAD, SidVocab
 
 __all__ = ["BOS", "GeneratorOutput", "KVCache", "ModelConfig", "PAD", "SidGenerator", "SidLM",
-           "SidVocab", "ValueHead", "ValueHeadConfig", "load_generator", "save_generator"]
+           "SidVocab", "ValueHead", "ValueHeadConfig", "load_generator", "make_vocab",
+           "new_generator", "save_generator"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+HISTORY_INPUTS = ("codes", "items")
+
 
 @dataclass
 class ModelConfig:
@@ -14,6 +16,11 @@ class ModelConfig:
     n_head: int = 4
     n_embd: int = 128
     dropout: float = 0.1
+    # How a history item enters the model: "codes" (L code tokens per item) or "items" (one
+    # position per item: the sum of its code embeddings, plus a learned item-ID embedding if
+    # item_id_embedding). The generated item's codes are emitted one per step either way.
+    history: str = "codes"
+    item_id_embedding: bool = False
 
 
 @dataclass

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 
 from vstar.core import checkpoint
 from vstar.core.errors import InputError
-from vstar.model.config import ModelConfig
-from vstar.model.vocab import SidVocab
+from vstar.model.config import HISTORY_INPUTS, ModelConfig
+from vstar.model.vocab import BOS, SidVocab
 
 
 @dataclass
@@ -106,17 +106,40 @@ class Block(nn.Module):
 
 
 class SidGenerator(nn.Module):
-    """Decoder-only transformer over SID tokens; weights of the output layer tied to the input."""
+    """Decoder-only transformer over SID tokens; weights of the output layer tied to the input.
 
-    def __init__(self, cfg: ModelConfig, vocab_size: int, block_size: int):
-        """``vocab_size``: ``SidVocab.size``; ``block_size``: the longest token sequence,
-        BOS + (max_history + 1) * L."""
+    With ``cfg.history == "items"`` a history item is one input token (``SidVocab`` with
+    ``n_items``): its embedding is the sum of its L code embeddings (the same table the output
+    layer uses), plus a learned item-ID embedding if ``cfg.item_id_embedding``. Item tokens and
+    BOS take item-level positions (BOS 0, the k-th history item k); the codes of the item being
+    generated follow, one token and one position each. Training on whole sequences uses
+    ``forward(..., teacher_forced=True)`` (see ``item_layout``).
+    """
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, block_size: int,
+                 item_code_tokens: torch.Tensor | None = None):
+        """``vocab_size``: ``SidVocab.size`` (the output vocabulary); ``block_size``: the
+        longest position, BOS + (max_history + 1) * L (token-level history) or
+        1 + max_history + L (item-level); ``item_code_tokens`` [N, L]: the code token ids of
+        every catalogue item (``vocab.code_tokens(codes)``), required for item-level history."""
         super().__init__()
         if vocab_size <= 0 or block_size <= 0:
             raise ValueError(f"vocab_size and block_size must be positive, got {vocab_size}, "
                              f"{block_size}")
+        if cfg.history not in HISTORY_INPUTS:
+            raise InputError(f"expected one of {HISTORY_INPUTS}, got {cfg.history!r}",
+                             field="model.history")
+        items = cfg.history == "items"
+        if items != (item_code_tokens is not None):
+            raise ValueError("item_code_tokens are needed exactly when model.history is 'items'")
         self.cfg = cfg
         self.vocab_size, self.block_size = int(vocab_size), int(block_size)
+        if items:
+            self.register_buffer("item_code_tokens", torch.as_tensor(item_code_tokens).long())
+        else:
+            self.item_code_tokens = None
+        self.item_emb = (nn.Embedding(int(item_code_tokens.shape[0]), cfg.n_embd)
+                         if items and cfg.item_id_embedding else None)
         self.wte = nn.Embedding(vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(block_size, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
@@ -142,15 +165,67 @@ class SidGenerator(nn.Module):
     def hidden_size(self) -> int:
         return self.cfg.n_embd
 
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token embeddings [B, T, D]; an item token is the sum of its codes' embeddings (+ its
+        item-ID embedding)."""
+        if self.item_code_tokens is None:
+            return self.wte(tokens)
+        is_item = tokens >= self.vocab_size
+        x = self.wte(tokens.masked_fill(is_item, 0))
+        where = is_item.nonzero(as_tuple=True)
+        if where[0].numel():
+            item = tokens[where] - self.vocab_size                          # [n]
+            item_x = self.wte(self.item_code_tokens[item]).sum(-2)          # [n, D]
+            if self.item_emb is not None:
+                item_x = item_x + self.item_emb(item)
+            x = x.index_put(where, item_x)
+        return x
+
+    def item_layout(self, tokens: torch.Tensor, pad_mask: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions [B, T] and attention mask [B, T, T] of teacher-forced item-level sequences.
+
+        A training window of items i_1..i_m is ``BOS c(1,1)..c(1,L-1) <i_1> c(2,1)..c(2,L-1)
+        <i_2> ..``: each item's last code is replaced by its item token, so the same targets as
+        the token-level window are predicted at the same places. BOS and item tokens ("anchors")
+        see only earlier anchors; the code tokens of item k see the anchors before them (BOS,
+        <i_1>..<i_{k-1}>) and the earlier codes of item k. Positions: BOS 0, <i_k> k, c(k,l)
+        k - 1 + l. This is exactly what decoding sees: a prompt ``BOS <i_1>..<i_n>`` at positions
+        0..n, then the codes of item n+1 at n+1, n+2, ...
+        """
+        B, T = tokens.shape
+        dev = tokens.device
+        anchor = (tokens >= self.vocab_size) | (tokens == BOS)             # [B, T]
+        group = anchor.long().cumsum(1)                                    # BOS 1, <i_k> k + 1
+        idx = torch.arange(T, device=dev)
+        last_anchor = torch.where(anchor, idx, torch.full_like(idx, -1)).cummax(1).values
+        pos = torch.where(anchor, group - 1, group - 1 + idx - last_anchor)
+        pos = torch.where(pad_mask, pos, torch.zeros_like(pos))         # padding: any position
+        code = ~anchor
+        same_item = code[:, :, None] & code[:, None, :] & (group[:, :, None] == group[:, None, :])
+        visible = anchor[:, None, :] | same_item                            # [B, Tq, Tk]
+        causal = idx[None, :] <= idx[:, None]                               # [Tq, Tk]
+        mask = causal[None] & pad_mask[:, None, :] & visible
+        return pos, mask | torch.eye(T, dtype=torch.bool, device=dev)[None]
+
     def forward(self, tokens: torch.Tensor, cache: KVCache | None = None,
-                pad_mask: torch.Tensor | None = None) -> GeneratorOutput:
+                pad_mask: torch.Tensor | None = None,
+                teacher_forced: bool = False) -> GeneratorOutput:
         """tokens [B, T]; pad_mask [B, T] (True = real) for left-padded prompts; cache from a
-        previous call continues those sequences (then the new tokens are all real)."""
+        previous call continues those sequences (then the new tokens are all real).
+        ``teacher_forced``: whole training sequences (right-padded); with item-level history
+        they get ``item_layout``'s positions and mask, otherwise it changes nothing."""
         B, T = tokens.shape
         dev = tokens.device
         if pad_mask is None:
             pad_mask = torch.ones(B, T, dtype=torch.bool, device=dev)
-        if cache is None:
+        layout_mask = None
+        if teacher_forced and self.item_code_tokens is not None:
+            if cache is not None:
+                raise ValueError("teacher_forced sequences are read whole, without a cache")
+            pos, layout_mask = self.item_layout(tokens, pad_mask)
+            full_mask, past_len = pad_mask, 0
+        elif cache is None:
             pos = (pad_mask.long().cumsum(1) - 1).clamp(min=0)           # [B, T]
             full_mask = pad_mask
             past_len = 0
@@ -169,8 +244,10 @@ class SidGenerator(nn.Module):
         attn_mask = causal[None] & full_mask[:, None, :]                    # [B, T, T_all]
         attn_mask = attn_mask | (k_idx == q_idx)[None]
         attn_mask = attn_mask[:, None]                                      # [B, 1, T, T_all]
+        if layout_mask is not None:
+            attn_mask = layout_mask[:, None]
 
-        x = self.drop(self.wte(tokens) + self.wpe(pos))
+        x = self.drop(self.embed(tokens) + self.wpe(pos))
         keys, values = [], []
         for i, block in enumerate(self.blocks):
             pk = cache.keys[i] if cache is not None else None
@@ -195,17 +272,44 @@ def save_generator(path: str | os.PathLike, model: SidGenerator, vocab: SidVocab
                                      codebook_sizes=vocab.codebook_sizes)
 
 
-def load_generator(path: str | os.PathLike, vocab: SidVocab) -> SidGenerator:
+def load_generator(path: str | os.PathLike, vocab: SidVocab,
+                   item_codes: torch.Tensor | None = None) -> SidGenerator:
     """The generator saved at ``path``, in eval mode; InputError if its SID codebooks are not
-    ``vocab``'s (a checkpoint trained on other SIDs would decode the wrong items)."""
+    ``vocab``'s, or (item-level history) if its items' codes are not ``item_codes`` [N, L]:
+    a checkpoint trained on other SIDs would decode the wrong items."""
     ckpt = checkpoint.load_generator(path)
     if list(ckpt.codebook_sizes) != vocab.codebook_sizes:
         raise InputError(f"checkpoint SID codebooks {ckpt.codebook_sizes} differ from the "
                          f"current SIDs {vocab.codebook_sizes}", file=str(path))
+    items = ckpt.state_dict.get("item_code_tokens")
+    if items is not None and item_codes is not None and not torch.equal(
+            items, vocab.code_tokens(torch.as_tensor(item_codes))):
+        raise InputError("the checkpoint's item SIDs differ from the current SIDs",
+                         file=str(path), field="item_code_tokens")
     try:
-        model = SidGenerator(ModelConfig(**ckpt.model_config), ckpt.vocab_size, ckpt.block_size)
+        model = SidGenerator(ModelConfig(**ckpt.model_config), ckpt.vocab_size, ckpt.block_size,
+                             item_code_tokens=items)
         model.load_state_dict(ckpt.state_dict)
     except (TypeError, RuntimeError) as err:
         raise InputError(f"weights do not fit the saved model config ({err})",
                          file=str(path)) from None
     return model.eval()
+
+
+def make_vocab(cfg: ModelConfig, codebook_sizes: list[int], n_items: int) -> SidVocab:
+    """The vocabulary a generator of config ``cfg`` reads: item tokens for item-level history."""
+    return SidVocab(codebook_sizes, n_items=n_items if cfg.history == "items" else 0)
+
+
+def new_generator(cfg: ModelConfig, vocab: SidVocab, item_codes: torch.Tensor,
+                  max_history: int) -> SidGenerator:
+    """A freshly initialised generator for these SIDs (``item_codes`` [N, L]) and histories of
+    at most ``max_history`` items."""
+    L = vocab.n_levels
+    if vocab.item_history != (cfg.history == "items"):
+        raise ValueError(f"model.history={cfg.history!r} needs a vocabulary with"
+                         f"{'' if cfg.history == 'items' else 'out'} item tokens (make_vocab)")
+    if vocab.item_history:
+        return SidGenerator(cfg, vocab.size, block_size=1 + max_history + L,
+                            item_code_tokens=vocab.code_tokens(torch.as_tensor(item_codes)))
+    return SidGenerator(cfg, vocab.size, block_size=1 + (max_history + 1) * L)

@@ -2,12 +2,16 @@
 
 Layout of the vocabulary (one id range per SID level, so a token says its own level)::
 
-    0            PAD
-    1            BOS (start of a user's history)
+    0               PAD
+    1               BOS (start of a user's history)
     2 + off_l + c   code c of level l, off_l = sum of the codebook sizes of the levels before l
+    size + i        item i of the catalogue (input only; only when ``n_items > 0``)
 
-A user's history [i1, i2, ...] becomes ``BOS c(i1,1) .. c(i1,L) c(i2,1) ..``; the generator then
-emits the next item's L codes, one per step.
+``size`` is the output vocabulary (what the generator scores). A user's history [i1, i2, ...]
+becomes ``BOS c(i1,1) .. c(i1,L) c(i2,1) ..`` (token-level history, ``n_items == 0``) or
+``BOS <i1> <i2> ..`` with one item token per history item (item-level history, ``n_items > 0``;
+the generator embeds an item token from its codes, ``vstar.model.generator``). Either way the
+generator then emits the next item's L codes, one per step.
 """
 
 from __future__ import annotations
@@ -24,10 +28,16 @@ N_SPECIAL = 2
 @dataclass
 class SidVocab:
     codebook_sizes: list[int]  # [L]
+    n_items: int = 0           # > 0: histories enter as item tokens (item-level history)
 
     def __post_init__(self) -> None:
         self.codebook_sizes = [int(k) for k in self.codebook_sizes]
+        self.n_items = int(self.n_items)
         self.offsets = [N_SPECIAL + int(sum(self.codebook_sizes[:l])) for l in range(self.n_levels)]
+
+    @property
+    def item_history(self) -> bool:
+        return self.n_items > 0
 
     @property
     def n_levels(self) -> int:
@@ -35,7 +45,14 @@ class SidVocab:
 
     @property
     def size(self) -> int:
+        """The output vocabulary: PAD, BOS and every code token (item tokens come after it)."""
         return N_SPECIAL + int(sum(self.codebook_sizes))
+
+    def item_tokens(self, items: torch.Tensor) -> torch.Tensor:
+        """Item indices [...] -> item token ids [...] (item-level history only)."""
+        if not self.item_history:
+            raise ValueError("this vocabulary has no item tokens (n_items == 0)")
+        return items.long() + self.size
 
     def level_slice(self, level: int) -> slice:
         """Vocabulary ids of the codes of ``level`` (0-based)."""
@@ -55,9 +72,10 @@ class SidVocab:
         """Left-padded prompts for a batch of histories.
 
         histories: B arrays of item indices (oldest first). item_codes: [N, L] codes of every item.
-        Returns tokens [B, T] and pad_mask [B, T] (True = real token), T = 1 + L * longest history.
+        Returns tokens [B, T] and pad_mask [B, T] (True = real token), T = 1 + L * longest history
+        (T = 1 + longest history with item-level history).
         """
-        L = self.n_levels
+        L = 1 if self.item_history else self.n_levels
         if max_items is not None:
             histories = [h[-max_items:] for h in histories]
         lengths = [len(h) for h in histories]
@@ -69,7 +87,9 @@ class SidVocab:
             n = 1 + L * len(h)
             row = torch.empty(n, dtype=torch.long)
             row[0] = BOS
-            if len(h):
+            if len(h) and self.item_history:
+                row[1:] = self.item_tokens(torch.as_tensor(h, dtype=torch.long))
+            elif len(h):
                 row[1:] = self.code_tokens(item_codes[torch.as_tensor(h, dtype=torch.long)]).reshape(-1)
             tokens[b, T - n:] = row
             mask[b, T - n:] = True

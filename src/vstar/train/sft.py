@@ -34,7 +34,10 @@ log = logging.getLogger(__name__)
 
 def encode_windows(windows, flags, item_codes: torch.Tensor, vocab: SidVocab):
     """Right-padded token windows [N, T], next-token targets [N, T] (-100 where unsupervised)
-    and the SID level of each target [N, T]."""
+    and the SID level of each target [N, T].
+
+    With item-level history (``vocab.n_items > 0``) each item's last code token is replaced by
+    the item's token (``SidGenerator.item_layout``); targets and levels are the same."""
     L = vocab.n_levels
     T = 1 + L * max(len(w) for w in windows)
     tokens = torch.full((len(windows), T), PAD, dtype=torch.long)
@@ -48,13 +51,18 @@ def encode_windows(windows, flags, item_codes: torch.Tensor, vocab: SidVocab):
         pos = np.nonzero(sup)[0]                    # token j is predicted at position j
         targets[n, pos] = toks[pos]
         levels[n, pos] = torch.as_tensor(pos % L)
+        if vocab.item_history:                          # <i_k> at k * L, k = 1..len(w)
+            tokens[n, L:1 + L * len(w):L] = vocab.item_tokens(torch.as_tensor(w))
     return tokens, targets, levels
 
 
 def sft_loss(model: SidGenerator, vocab: SidVocab, tokens, targets, levels) -> torch.Tensor:
     """Mean cross-entropy of the supervised code tokens, softmax over each token's level."""
     pad_mask = tokens != PAD
-    logits = model(tokens, pad_mask=pad_mask).logits                          # [B, T, V]
+    if vocab.item_history:                            # item-level history: its training layout
+        logits = model(tokens, pad_mask=pad_mask, teacher_forced=True).logits
+    else:
+        logits = model(tokens, pad_mask=pad_mask).logits                      # [B, T, V]
     sel = targets >= 0
     lg, tg, lv = logits[sel], targets[sel], levels[sel]                        # [M, V], [M], [M]
     level_of_token = torch.full((vocab.size,), -1, dtype=torch.long, device=lg.device)
