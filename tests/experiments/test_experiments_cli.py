@@ -111,3 +111,16 @@ def test_shipped_configs_load_and_name_registered_methods(name):
 
     cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / name)
     assert cfg.run.methods and cfg.run.num_threads >= 1
+
+
+def test_item_level_history_runs_every_stage_and_method(experiment):
+    cfg = str(experiment / "cfg.yaml")
+    assert main(["run", cfg, "model.history=items", "model.item_id_embedding=true",
+                 "run.methods=[sft,grpo_beam,vstar]"]) == 0
+    exp = experiment / "runs" / "toy"
+    for method in ("sft", "grpo_beam", "vstar"):
+        record = json.loads((exp / method / "seed0" / "metrics.json").read_text())
+        assert record["invalid_rate"] == 0.0 and 0.0 <= record["metrics"]["HR@10"] <= 1.0
+    assert (exp / "vstar" / "seed0" / "rl_log.jsonl").read_text().count("\n") == 2
+    assert main(["budget", str(exp / "vstar" / "seed0"), "--widths", "2", "--max-users", "4",
+                 "--out-dir", str(experiment / "curve")]) == 0
