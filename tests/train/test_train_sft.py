@@ -6,7 +6,7 @@ from vstar.decode import SidTrie, rank_rows
 from vstar.experiments.methods import ranking_metrics
 from vstar.model import ModelConfig, SidGenerator, SidVocab
 from vstar.data.windows import build_windows
-from vstar.train.sft import SFTConfig, encode_windows, train_sft
+from vstar.train.sft import SFTConfig, encode_windows, sft_loss, train_sft
 
 
 def _loo_rows(sequences, max_history):
@@ -84,3 +84,26 @@ def test_sft_without_validation_trains_every_epoch_and_keeps_the_last():
     _, history = train_sft(model, vocab, SidTrie(codes, [4, 5]), splits, cfg, progress=False)
     assert [h["epoch"] for h in history] == [0, 1, 2]          # no early stop without scores
     assert all("NDCG@10" not in h for h in history)
+
+
+def test_label_smoothing_stays_within_the_level_and_is_finite():
+    torch.manual_seed(0)
+    vocab = SidVocab([4, 5])
+    model = SidGenerator(ModelConfig(n_layer=1, n_head=2, n_embd=16, dropout=0.0),
+                         vocab_size=vocab.size, block_size=13)
+    codes = torch.tensor([[i // 5, i % 5] for i in range(20)])
+    tokens, targets, levels = encode_windows([np.array([0, 7, 13])], [np.ones(3, bool)], codes,
+                                             vocab)
+    plain = sft_loss(model, vocab, tokens, targets, levels)
+    assert torch.isclose(sft_loss(model, vocab, tokens, targets, levels, 0.0), plain)
+    smooth = sft_loss(model, vocab, tokens, targets, levels, label_smoothing=1.0)
+    # eps = 1: the mean NLL over the level's codes, i.e. cross-entropy to the uniform
+    # distribution over that level (4 or 5 codes), finite although other levels are -inf
+    logits = model(tokens).logits[0]
+    sel = targets[0] >= 0
+    expected = []
+    for t, lv in zip(logits[sel], levels[0][sel]):
+        lp = torch.log_softmax(t[vocab.level_slice(int(lv))], -1)
+        expected.append(-lp.mean())
+    assert torch.isfinite(smooth)
+    torch.testing.assert_close(smooth, torch.stack(expected).mean())

@@ -26,9 +26,11 @@ class SFTConfig:
     grad_clip: float = 1.0
     val_metric: str = "NDCG@10"    # early-stopping criterion on the validation split
     val_beam: int = 20
-    val_max_users: int = 2000      # validation rows scored per evaluation (a fixed seeded subset)
+    val_max_users: int = 2000      # validation rows scored per evaluation (a fixed seeded
+                                   # subset; 0 = the whole validation split)
     eval_every: int = 1            # epochs between validation evaluations
     windows: str = "chunks"        # "chunks" (one pass per user sequence) or "rows" (exact)
+    label_smoothing: float = 0.0   # eps of the level-wise label smoothing (train.sft.sft_loss)
 
 
 @dataclass

@@ -56,8 +56,12 @@ def encode_windows(windows, flags, item_codes: torch.Tensor, vocab: SidVocab):
     return tokens, targets, levels
 
 
-def sft_loss(model: SidGenerator, vocab: SidVocab, tokens, targets, levels) -> torch.Tensor:
-    """Mean cross-entropy of the supervised code tokens, softmax over each token's level."""
+def sft_loss(model: SidGenerator, vocab: SidVocab, tokens, targets, levels,
+             label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy of the supervised code tokens, softmax over each token's level.
+
+    ``label_smoothing`` eps: (1 - eps) * NLL + eps * the mean NLL over the level's codes (the
+    smoothing mass goes to the codes of the token's own level only)."""
     pad_mask = tokens != PAD
     if vocab.item_history:                            # item-level history: its training layout
         logits = model(tokens, pad_mask=pad_mask, teacher_forced=True).logits
@@ -69,7 +73,13 @@ def sft_loss(model: SidGenerator, vocab: SidVocab, tokens, targets, levels) -> t
     for l in range(vocab.n_levels):
         level_of_token[vocab.level_slice(l)] = l
     lg = lg.masked_fill(level_of_token[None, :] != lv[:, None], float("-inf"))
-    return F.cross_entropy(lg, tg)
+    if not label_smoothing:
+        return F.cross_entropy(lg, tg)
+    lp = torch.log_softmax(lg, dim=-1)                                          # [M, V]
+    nll = -lp.gather(1, tg[:, None]).squeeze(1)
+    in_level = level_of_token[None, :] == lv[:, None]
+    uniform = -(lp.masked_fill(~in_level, 0.0).sum(1) / in_level.sum(1))
+    return ((1.0 - label_smoothing) * nll + label_smoothing * uniform).mean()
 
 
 def train_sft(model: SidGenerator, vocab: SidVocab, trie: SidTrie, splits: Splits,
@@ -90,7 +100,7 @@ def train_sft(model: SidGenerator, vocab: SidVocab, trie: SidTrie, splits: Split
     log.info("SFT: %d training rows in %d windows, %d supervised tokens", len(splits.train),
              len(windows), int((targets >= 0).sum()))
     val = splits.valid
-    if len(val) > cfg.val_max_users:
+    if 0 < cfg.val_max_users < len(val):
         val = val.subset(np.sort(rng.choice(len(val), cfg.val_max_users, replace=False)))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(windows) / cfg.batch_size)
@@ -108,7 +118,8 @@ def train_sft(model: SidGenerator, vocab: SidVocab, trie: SidTrie, splits: Split
             idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
             tk, tg, lv = tokens[idx], targets[idx], levels[idx]
             keep = int((tk != PAD).sum(1).max())          # trim right padding of this batch
-            loss = sft_loss(model, vocab, tk[:, :keep], tg[:, :keep], lv[:, :keep])
+            loss = sft_loss(model, vocab, tk[:, :keep], tg[:, :keep], lv[:, :keep],
+                            cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
