@@ -24,8 +24,9 @@ import torch  # noqa: E402
 import harness  # noqa: E402
 from vstar.core.repro import set_seed  # noqa: E402
 from vstar.decode import SidTrie, beam_search  # noqa: E402
-from vstar.model import SidVocab  # noqa: E402
+from vstar.model import ModelConfig, make_vocab  # noqa: E402
 
+HISTORIES = {"codes": {}, "items": {"history": "items", "item_id_embedding": True}}
 NAME = "decode"
 OUTPUT = "decode_speed.json"
 FULL = {"users": 256, "items": 4000, "codebook_sizes": [256, 256, 256], "history": 20,
@@ -57,14 +58,40 @@ def run(quick: bool = False, threads: int = 1, device: str = "cpu",
     rng = np.random.default_rng(seed)
     sizes = p["codebook_sizes"]
     codes = harness.random_catalogue(p["items"], sizes, rng)
-    vocab = SidVocab(sizes)
     trie = SidTrie(codes, sizes).to(dev)
-    model = harness.random_generator(vocab, p["history"], p["model"], dev).eval()
     histories = [rng.integers(0, len(codes), size=p["history"]) for _ in range(p["users"])]
-    tokens, mask = vocab.encode_histories(histories, torch.as_tensor(codes),
-                                          max_items=p["history"])
-    tokens, mask = tokens.to(dev), mask.to(dev)
     sync = harness.synchronizer(dev)
+    B = p["users"]
+    rows = []
+    for history, extra in HISTORIES.items():
+        model_cfg = {**p["model"], **extra}
+        vocab = make_vocab(ModelConfig(**model_cfg), sizes, len(codes))
+        torch.manual_seed(seed)
+        model = harness.random_generator(vocab, p["history"], model_cfg, dev, codes=codes).eval()
+        tokens, mask = vocab.encode_histories(histories, torch.as_tensor(codes),
+                                              max_items=p["history"])
+        rows += _time_widths(p, model, vocab, trie, tokens.to(dev), mask.to(dev), sync, history)
+
+    params = {**p, "seed": seed, "n_levels": len(sizes), "model_parameters":
+              model.num_parameters(), "warmup_calls": 1, "histories": HISTORIES}
+    record = harness.make_record(
+        NAME, "constrained beam search speed on a random Scientific-size generator, token-level "
+        "and item-level history",
+        "vstar.decode.beam_search on histories encoded once (encoding not timed), users in "
+        "batches of batch_size, prefill included; median over repeats after one warm-up call",
+        params, dev, seed, quick, UNITS, rows, time.perf_counter() - t_start)
+    path = harness.write_record(out_dir, OUTPUT, record)
+    harness.print_table(f"decode: beam search, {B} users, {len(codes)} items, codebooks {sizes}, "
+                        f"{dev}, {torch.get_num_threads()} thread(s)", rows,
+                        [("history", "history"), ("width", "W"),
+                         ("wall_ms_per_user", "ms/user"), ("users_per_second", "users/s"),
+                         ("decode_forward_tokens_per_user", "fwd tok/user"),
+                         ("n_invalid", "invalid")])
+    print(f"wrote {path}")
+    return record
+
+
+def _time_widths(p, model, vocab, trie, tokens, mask, sync, history) -> list[dict]:
     B, bs = p["users"], p["batch_size"]
 
     def decode_all(width: int) -> dict:
@@ -82,6 +109,7 @@ def run(quick: bool = False, threads: int = 1, device: str = "cpu",
         ms = [1e3 * t / B for t in times]
         ups = [B / t for t in times]
         rows.append({
+            "history": history,
             "width": W,
             "wall_ms_per_user": harness.median(ms),
             "users_per_second": harness.median(ups),
@@ -90,23 +118,7 @@ def run(quick: bool = False, threads: int = 1, device: str = "cpu",
             "n_invalid": out["n_invalid"],
             "repeats": {"wall_ms_per_user": ms, "users_per_second": ups, "wall_seconds": times},
         })
-
-    params = {**p, "seed": seed, "n_levels": len(sizes), "model_parameters":
-              model.num_parameters(), "warmup_calls": 1}
-    record = harness.make_record(
-        NAME, "constrained beam search speed on a random Scientific-size generator",
-        "vstar.decode.beam_search on histories encoded once (encoding not timed), users in "
-        "batches of batch_size, prefill included; median over repeats after one warm-up call",
-        params, dev, seed, quick, UNITS, rows, time.perf_counter() - t_start)
-    path = harness.write_record(out_dir, OUTPUT, record)
-    harness.print_table(f"decode: beam search, {B} users, {len(codes)} items, codebooks {sizes}, "
-                        f"{dev}, {torch.get_num_threads()} thread(s)", rows,
-                        [("width", "W"), ("wall_ms_per_user", "ms/user"),
-                         ("users_per_second", "users/s"),
-                         ("decode_forward_tokens_per_user", "fwd tok/user"),
-                         ("n_invalid", "invalid")])
-    print(f"wrote {path}")
-    return record
+    return rows
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ training rows are cut into windows exactly as SFT does (``vstar.data.windows.bui
 "chunks", max_history 20; ``vstar.train.sft.encode_windows``). Each timed repeat runs ``steps``
 training steps as ``vstar.train.sft.train_sft`` does, without validation or LR schedule: a random
 batch of 128 windows trimmed of right padding, ``sft_loss``, backward, gradient clipping, AdamW
-step. Model: Scientific size (2 layers, 4 heads, 128 dims). Writes sft_throughput.json.
+step. Model: Scientific size (2 layers, 4 heads, 128 dims), with token-level and with item-level
+history (+ item-ID embedding). Also reports FLOPs per step and their share of the fp32 matmul
+peak measured in the same run. Writes sft_throughput.json.
 
     .venv/bin/python bench/bench_sft.py [--quick] [--threads 1] [--device cpu] [--out-dir DIR]
 """
@@ -28,7 +30,7 @@ from vstar.core.repro import set_seed  # noqa: E402
 from vstar.data.splits import leave_one_out  # noqa: E402
 from vstar.data.types import InteractionData  # noqa: E402
 from vstar.data.windows import build_windows  # noqa: E402
-from vstar.model import PAD, SidVocab  # noqa: E402
+from vstar.model import PAD, ModelConfig, make_vocab  # noqa: E402
 from vstar.train.sft import encode_windows, sft_loss  # noqa: E402
 
 NAME = "sft"
@@ -48,6 +50,9 @@ UNITS = {
     "input_tokens_per_second": "non-padding input tokens read per second, median",
     "supervised_tokens_per_step": "mean supervised tokens in a batch",
     "wall_seconds": "wall seconds of one timed repeat of `steps` steps",
+    "gflop_per_step": "GFLOP of forward + backward per step (torch flop counter)",
+    "achieved_gflops": "gflop_per_step x steps_per_second",
+    "share_of_matmul_peak": "achieved_gflops / the fp32 matmul rate of the same run",
 }
 
 
@@ -60,6 +65,9 @@ def synthetic_splits(p: dict, n_items: int, rng: np.random.Generator):
     return leave_one_out(data, max_history=p["max_history"])
 
 
+HISTORIES = {"codes": {}, "items": {"history": "items", "item_id_embedding": True}}
+
+
 def run(quick: bool = False, threads: int = 1, device: str = "cpu",
         out_dir: str | Path = harness.DEFAULT_OUT, seed: int = 0,
         repeats: int | None = None) -> dict:
@@ -68,86 +76,111 @@ def run(quick: bool = False, threads: int = 1, device: str = "cpu",
     if repeats is not None:
         p["repeats"] = int(repeats)
     dev = harness.setup_torch(threads, device)
-    set_seed(seed)
-    rng = np.random.default_rng(seed)
-    sizes = p["codebook_sizes"]
-    codes = harness.random_catalogue(p["items"], sizes, rng)
-    vocab = SidVocab(sizes)
-    splits = synthetic_splits(p, len(codes), rng)
-    windows, flags = build_windows(splits.train, p["max_history"], p["windows"])
-    tokens, targets, levels = encode_windows(windows, flags, torch.as_tensor(codes), vocab)
-    tokens, targets, levels = tokens.to(dev), targets.to(dev), levels.to(dev)
-    model = harness.random_generator(vocab, p["max_history"], p["model"], dev, peaked=False)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=p["lr"], weight_decay=p["weight_decay"])
-    sync = harness.synchronizer(dev)
-    gen = torch.Generator().manual_seed(seed)
-    N, bs = len(windows), p["batch_size"]
-    stats = {"supervised": 0, "input": 0, "steps": 0, "loss": float("nan")}
+    peak = harness.matmul_peak(dev, n=512 if quick else 2048)
+    rows, params_by_history = [], {}
+    for history, model_extra in HISTORIES.items():
+        set_seed(seed)
+        rng = np.random.default_rng(seed)
+        sizes = p["codebook_sizes"]
+        codes = harness.random_catalogue(p["items"], sizes, rng)
+        model_cfg = {**p["model"], **model_extra}
+        vocab = make_vocab(ModelConfig(**model_cfg), sizes, len(codes))
+        splits = synthetic_splits(p, len(codes), rng)
+        windows, flags = build_windows(splits.train, p["max_history"], p["windows"])
+        tokens, targets, levels = encode_windows(windows, flags, torch.as_tensor(codes), vocab)
+        tokens, targets, levels = tokens.to(dev), targets.to(dev), levels.to(dev)
+        model = harness.random_generator(vocab, p["max_history"], model_cfg, dev, peaked=False,
+                                         codes=codes)
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=p["lr"], weight_decay=p["weight_decay"])
+        sync = harness.synchronizer(dev)
+        gen = torch.Generator().manual_seed(seed)
+        N, bs = len(windows), p["batch_size"]
+        stats = {"supervised": 0, "input": 0, "steps": 0, "loss": float("nan"), "flops": 0.0}
 
-    def steps(n: int) -> dict:
-        stats.update(supervised=0, input=0, steps=0)
-        for _ in range(n):
+        def batch():
             idx = torch.randperm(N, generator=gen)[:bs].to(dev)
             tk, tg, lv = tokens[idx], targets[idx], levels[idx]
             keep = int((tk != PAD).sum(1).max())          # trim right padding, as train_sft
-            tk, tg, lv = tk[:, :keep], tg[:, :keep], lv[:, :keep]
-            loss = sft_loss(model, vocab, tk, tg, lv)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), p["grad_clip"])
-            opt.step()
-            stats["supervised"] += int((tg >= 0).sum())
-            stats["input"] += int((tk != PAD).sum())
-            stats["steps"] += 1
-        stats["loss"] = float(loss.detach())
-        return dict(stats)
+            return tk[:, :keep], tg[:, :keep], lv[:, :keep]
 
-    # warm-up: ``warmup_steps`` untimed steps (allocations, AdamW state), then timed repeats
-    times, outs = [], []
-    steps(p["warmup_steps"])
-    for _ in range(max(1, p["repeats"])):
-        sync()
-        t0 = time.perf_counter()
-        outs.append(steps(p["steps"]))
-        sync()
-        times.append(time.perf_counter() - t0)
-    sup = [o["supervised"] / t for o, t in zip(outs, times)]
-    inp = [o["input"] / t for o, t in zip(outs, times)]
-    sps = [p["steps"] / t for t in times]
-    ms = [1e3 * t / p["steps"] for t in times]
-    rows = [{
-        "batch_size": bs,
-        "supervised_tokens_per_second": harness.median(sup),
-        "steps_per_second": harness.median(sps),
-        "ms_per_step": harness.median(ms),
-        "input_tokens_per_second": harness.median(inp),
-        "supervised_tokens_per_step": float(np.mean([o["supervised"] for o in outs])) / p["steps"],
-        "last_loss": outs[-1]["loss"],
-        "repeats": {"supervised_tokens_per_second": sup, "steps_per_second": sps,
-                    "ms_per_step": ms, "input_tokens_per_second": inp, "wall_seconds": times},
-    }]
-    params = {**p, "seed": seed, "n_levels": len(sizes), "model_parameters":
-              model.num_parameters(), "train_rows": len(splits.train), "n_windows": N,
-              "window_length_tokens": int(tokens.shape[1]),
-              "supervised_tokens_total": int((targets >= 0).sum()), "validation": False,
-              "lr_schedule": None}
+        def steps(n: int) -> dict:
+            stats.update(supervised=0, input=0, steps=0)
+            for _ in range(n):
+                tk, tg, lv = batch()
+                loss = sft_loss(model, vocab, tk, tg, lv)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), p["grad_clip"])
+                opt.step()
+                stats["supervised"] += int((tg >= 0).sum())
+                stats["input"] += int((tk != PAD).sum())
+                stats["steps"] += 1
+            stats["loss"] = float(loss.detach())
+            return dict(stats)
+
+        # FLOPs of forward + backward, averaged over a few batches (untimed)
+        flops = []
+        for _ in range(3):
+            tk, tg, lv = batch()
+            flops.append(harness.count_flops(
+                lambda: sft_loss(model, vocab, tk, tg, lv).backward()))
+        opt.zero_grad(set_to_none=True)
+        flops_per_step = float(np.mean(flops))
+        # warm-up: ``warmup_steps`` untimed steps (allocations, AdamW state), then timed repeats
+        times, outs = [], []
+        steps(p["warmup_steps"])
+        for _ in range(max(1, p["repeats"])):
+            sync()
+            t0 = time.perf_counter()
+            outs.append(steps(p["steps"]))
+            sync()
+            times.append(time.perf_counter() - t0)
+        sup = [o["supervised"] / t for o, t in zip(outs, times)]
+        inp = [o["input"] / t for o, t in zip(outs, times)]
+        sps = [p["steps"] / t for t in times]
+        ms = [1e3 * t / p["steps"] for t in times]
+        achieved = flops_per_step * harness.median(sps) / 1e9
+        rows.append({
+            "history": history,
+            "batch_size": bs,
+            "supervised_tokens_per_second": harness.median(sup),
+            "steps_per_second": harness.median(sps),
+            "ms_per_step": harness.median(ms),
+            "input_tokens_per_second": harness.median(inp),
+            "supervised_tokens_per_step": float(np.mean([o["supervised"] for o in outs]))
+            / p["steps"],
+            "gflop_per_step": flops_per_step / 1e9,
+            "achieved_gflops": achieved,
+            "share_of_matmul_peak": achieved / peak["gflops"],
+            "last_loss": outs[-1]["loss"],
+            "repeats": {"supervised_tokens_per_second": sup, "steps_per_second": sps,
+                        "ms_per_step": ms, "input_tokens_per_second": inp, "wall_seconds": times},
+        })
+        params_by_history[history] = {
+            "model": model_cfg, "model_parameters": model.num_parameters(),
+            "train_rows": len(splits.train), "n_windows": N,
+            "window_length_tokens": int(tokens.shape[1]),
+            "supervised_tokens_total": int((targets >= 0).sum())}
+    params = {**p, "seed": seed, "n_levels": len(p["codebook_sizes"]),
+              "histories": params_by_history, "validation": False, "lr_schedule": None,
+              "matmul_peak": peak}
     record = harness.make_record(
-        NAME, "SFT training throughput (no validation)",
+        NAME, "SFT training throughput (no validation), token-level and item-level history",
         "windows from build_windows + encode_windows on synthetic leave-one-out SplitRows "
         "(random item sequences); each step: random batch of windows trimmed of right padding, "
         "sft_loss + backward + clip_grad_norm_ + AdamW.step (as train_sft, without LR schedule "
-        "or validation); median over repeats after warmup_steps untimed steps",
+        "or validation); median over repeats after warmup_steps untimed steps. FLOPs per step: "
+        "torch.utils.flop_counter on forward + backward; peak: a fp32 matmul of n^3 on the "
+        "same device and threads",
         params, dev, seed, quick, UNITS, rows, time.perf_counter() - t_start)
     path = harness.write_record(out_dir, OUTPUT, record)
-    harness.print_table(f"sft: {N} windows of <= {p['max_history'] + 1} items, model "
-                        f"{p['model']}, {dev}, {torch.get_num_threads()} thread(s)", rows,
-                        [("batch_size", "batch"), ("supervised_tokens_per_second", "sup tok/s"),
+    harness.print_table(f"sft: windows of <= {p['max_history'] + 1} items, model "
+                        f"{p['model']}, {dev}, {torch.get_num_threads()} thread(s), matmul peak "
+                        f"{peak['gflops']:.1f} GFLOP/s", rows,
+                        [("history", "history"), ("batch_size", "batch"),
+                         ("supervised_tokens_per_second", "sup tok/s"),
                          ("steps_per_second", "steps/s"), ("ms_per_step", "ms/step"),
-                         ("supervised_tokens_per_step", "sup tok/step")])
+                         ("achieved_gflops", "GFLOP/s"), ("share_of_matmul_peak", "of peak")])
     print(f"wrote {path}")
     return record
-
-
-if __name__ == "__main__":
-    harness.standalone_main(run, __doc__)

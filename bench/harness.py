@@ -21,7 +21,7 @@ import torch
 
 from vstar.core.io import atomic_write_json
 from vstar.core.repro import collect_versions
-from vstar.model import ModelConfig, SidGenerator, SidVocab
+from vstar.model import ModelConfig, SidGenerator, SidVocab, new_generator
 
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT = BENCH_DIR / "results"
@@ -85,16 +85,38 @@ def random_catalogue(n_items: int, sizes: list[int], rng: np.random.Generator) -
 
 
 def random_generator(vocab: SidVocab, history: int, model: dict, dev: torch.device,
-                     peaked: bool = True) -> SidGenerator:
-    """A random SidGenerator sized for histories of ``history`` items. ``peaked``: embeddings of
-    std 0.5 (tied to the output layer), so the policy is non-uniform like a trained one."""
+                     peaked: bool = True, codes: np.ndarray | None = None) -> SidGenerator:
+    """A random SidGenerator sized for histories of ``history`` items (``model`` may set
+    ``history="items"``: then ``vocab`` has item tokens and ``codes`` [N, L] are the items'
+    SIDs). ``peaked``: embeddings of std 0.5 (tied to the output layer), so the policy is
+    non-uniform like a trained one."""
     cfg = ModelConfig(**model)
-    gen = SidGenerator(cfg, vocab_size=vocab.size,
-                       block_size=1 + (history + 1) * vocab.n_levels).to(dev)
+    gen = new_generator(cfg, vocab, torch.as_tensor(codes if codes is not None else
+                                                    np.zeros((0, vocab.n_levels), np.int64)),
+                        history).to(dev)
     if peaked:
         with torch.no_grad():
             gen.wte.weight.normal_(0, 0.5)
     return gen
+
+
+def matmul_peak(dev: torch.device, n: int = 2048, repeats: int = 3) -> dict:
+    """fp32 matmul rate of an n x n x n product on ``dev`` (the machine's practical peak)."""
+    a = torch.randn(n, n, device=dev)
+    b = torch.randn(n, n, device=dev)
+    times, _ = time_repeats(lambda: a @ b, repeats, synchronizer(dev))
+    flops = 2.0 * n ** 3
+    return {"n": n, "gflops": flops / median(times) / 1e9,
+            "repeats_gflops": [flops / t / 1e9 for t in times]}
+
+
+def count_flops(fn: Callable[[], Any]) -> float:
+    """FLOPs torch counts for one call of ``fn`` (matmuls, attention; forward and backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
 
 
 def make_record(name: str, what: str, method: str, params: dict, dev: torch.device, seed: int,

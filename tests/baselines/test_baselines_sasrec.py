@@ -9,7 +9,7 @@ from vstar.baselines import SASRec, SASRecConfig, load_sasrec, save_sasrec, trai
 from vstar.data.types import SplitRows, Splits
 from vstar.core.errors import InputError
 from vstar.eval.metrics import hit_rate, ndcg, target_ranks
-from vstar.experiments.methods import ranking_metrics
+from vstar.experiments.collab import ranking_metrics
 
 N_ITEMS = 30
 

@@ -124,3 +124,13 @@ def test_item_level_history_runs_every_stage_and_method(experiment):
     assert (exp / "vstar" / "seed0" / "rl_log.jsonl").read_text().count("\n") == 2
     assert main(["budget", str(exp / "vstar" / "seed0"), "--widths", "2", "--max-users", "4",
                  "--out-dir", str(experiment / "curve")]) == 0
+
+
+def test_collaborative_sids_quantise_sasrec_item_embeddings(experiment):
+    cfg = str(experiment / "cfg.yaml")
+    assert main(["run", cfg, "sid.vectors=sasrec", "run.methods=[sft]"]) == 0
+    report = json.loads((experiment / "runs" / "toy" / "artifacts" / "sid_report.json").read_text())
+    assert report["vectors"] == "sasrec item embeddings" and report["vector_dim"] == 16
+    assert report["collision_rate_after"] == 0.0
+    key = json.loads((experiment / "runs" / "toy" / "artifacts" / "sid_key.json").read_text())
+    assert key["sid"]["vectors"] == "sasrec" and "sasrec" in key     # a new SASRec: new SIDs

@@ -12,7 +12,7 @@ import torch
 from vstar.core.errors import InputError
 from vstar.data.types import SplitRows, Splits
 from vstar.decode import SidTrie, beam_search, rank_rows
-from vstar.experiments.methods import ranking_metrics
+from vstar.experiments.collab import ranking_metrics
 from vstar.model import ModelConfig, load_generator, make_vocab, new_generator, save_generator
 from vstar.model.vocab import BOS
 from vstar.testing import random_catalogue

@@ -3,7 +3,7 @@ import torch
 
 from vstar.data.types import SplitRows, Splits
 from vstar.decode import SidTrie, rank_rows
-from vstar.experiments.methods import ranking_metrics
+from vstar.experiments.collab import ranking_metrics
 from vstar.model import ModelConfig, SidGenerator, SidVocab
 from vstar.data.windows import build_windows
 from vstar.train.sft import SFTConfig, encode_windows, sft_loss, train_sft

@@ -83,7 +83,7 @@ def cmd_data(args) -> None:
 
         experiment = ExperimentLayout.of_config(cfg)
         experiment.artifacts.mkdir(parents=True, exist_ok=True)
-        sids, *_ = prepare_sids(cfg, data, experiment)
+        sids, *_ = prepare_sids(cfg, data, splits, experiment)
         write_minionerec(args.export_minionerec, data, splits, sids)
         print(f"MiniOneRec files written to {args.export_minionerec}")
 
@@ -95,10 +95,10 @@ def cmd_sid(args) -> None:
     from vstar.experiments.pipeline import prepare_data, prepare_sids
 
     cfg = _load(args)
-    data, _, _ = prepare_data(cfg)
+    data, splits, _ = prepare_data(cfg)
     experiment = ExperimentLayout.of_config(cfg)
     experiment.artifacts.mkdir(parents=True, exist_ok=True)
-    _, report, _, _ = prepare_sids(cfg, data, experiment)
+    _, report, _, _ = prepare_sids(cfg, data, splits, experiment)
     print(json.dumps(report, indent=2))
 
 

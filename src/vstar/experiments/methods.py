@@ -32,7 +32,7 @@ from vstar.core.io import atomic_write_json
 from vstar.data.types import SplitRows
 from vstar.decode.rank import rank_rows
 from vstar.decode.trie import SidTrie
-from vstar.eval.metrics import hit_rate, ndcg, target_ranks
+from vstar.experiments.collab import ranking_metrics, sasrec_validation
 from vstar.experiments.pipeline import MethodContext, Ranker
 from vstar.experiments.registry import Method, register
 from vstar.model.generator import (SidGenerator, load_generator, make_vocab, new_generator,
@@ -70,12 +70,6 @@ def beam_ranker(ctx: MethodContext, model: SidGenerator, vocab: SidVocab, trie: 
     return rank
 
 
-def ranking_metrics(ranked: np.ndarray, targets: np.ndarray, k: int) -> dict:
-    """NDCG@k and HR@k of a ranking (the early-stopping scores of SFT and SASRec)."""
-    ranks = target_ranks(ranked, targets)
-    return {f"NDCG@{k}": ndcg(ranks, k), f"HR@{k}": hit_rate(ranks, k)}
-
-
 def sid_tables(ctx: MethodContext) -> tuple[SidVocab, SidTrie]:
     """The vocabulary the configured generator reads, and the SID trie."""
     sids = ctx.prep.sids
@@ -97,12 +91,9 @@ def run_sasrec(ctx: MethodContext) -> dict:
     cfg, splits = ctx.cfg, ctx.prep.splits
     scfg = dataclasses.replace(cfg.sasrec, max_len=splits.max_history)
 
-    def validate(model) -> dict:
-        ranked = model.rank(splits.valid.histories, scfg.eval_k, scfg.eval_batch_size)
-        return ranking_metrics(ranked, splits.valid.targets, scfg.eval_k)
-
     t0 = time.perf_counter()
-    model = train_sasrec(splits, ctx.prep.data.n_items, scfg, seed=ctx.seed, validate=validate,
+    model = train_sasrec(splits, ctx.prep.data.n_items, scfg, seed=ctx.seed,
+                         validate=sasrec_validation(splits, scfg),
                          checkpoint_path=ctx.run.layout.sasrec)
     return ctx.evaluate(timed_ranker(model, cfg.eval.beam_width), time.perf_counter() - t0,
                         {"n_parameters": sum(p.numel() for p in model.parameters())})

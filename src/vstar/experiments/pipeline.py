@@ -30,6 +30,7 @@ from vstar.data import load_dataset, make_splits
 from vstar.data.types import InteractionData, SplitRows, Splits
 from vstar.eval.metrics import evaluate_ranking, target_ranks
 from vstar.eval.records import write_metrics
+from vstar.experiments.collab import sasrec_item_vectors
 from vstar.experiments.registry import Method, get_method
 from vstar.experiments.rundir import RunDir
 from vstar.sid import build_sids, item_vectors, load_index_json, save_index_json
@@ -86,11 +87,14 @@ def prepare_data(cfg: Any) -> tuple[InteractionData, Splits, float]:
     return data, splits, seconds
 
 
-def prepare_sids(cfg: Any, data: InteractionData, experiment: ExperimentLayout):
+def prepare_sids(cfg: Any, data: InteractionData, splits: Splits, experiment: ExperimentLayout):
     """Build the SIDs, or reuse the experiment's if they were built from the same data and SID
-    config (so that RL and evaluation see exactly the SIDs the SFT checkpoint used)."""
+    config (so that RL and evaluation see exactly the SIDs the SFT checkpoint used).
+    ``sid.vectors="sasrec"`` quantises collaborative vectors (``vstar.experiments.collab``)."""
     key = {"data": dataclasses.asdict(cfg.data), "sid": dataclasses.asdict(cfg.sid),
            "n_items": data.n_items}
+    if cfg.sid.vectors == "sasrec":
+        key["sasrec"] = dataclasses.asdict(cfg.sasrec)
     cache = Path(cfg.run.cache_dir)
     t0 = time.perf_counter()
     if experiment.sid_key.is_file() and experiment.sid_index.is_file() \
@@ -101,8 +105,12 @@ def prepare_sids(cfg: Any, data: InteractionData, experiment: ExperimentLayout):
         emb, _ = item_vectors(cfg.sid, data.item_text, data.n_items, cache, show_progress=False)
         log.info("SIDs reused from %s", experiment.sid_index)
         return sids, report, emb, time.perf_counter() - t0
+    vectors = None
+    if cfg.sid.vectors == "sasrec":
+        vectors = sasrec_item_vectors(cfg, splits, data.n_items)
     sids, report, emb = build_sids(cfg.sid, data.item_text, data.n_items, data.item_ids,
-                                   cache_dir=cache)
+                                   cache_dir=cache, vectors=vectors,
+                                   vectors_source="sasrec item embeddings")
     seconds = time.perf_counter() - t0
     report = dict(report, seconds=seconds)
     save_index_json(experiment.sid_index, sids, data.item_ids)
@@ -129,7 +137,7 @@ def prepare(cfg: Any) -> Prepared:
     experiment = ExperimentLayout.of_config(cfg)
     experiment.artifacts.mkdir(parents=True, exist_ok=True)
     data, splits, t_data = prepare_data(cfg)
-    sids, report, emb, t_sid = prepare_sids(cfg, data, experiment)
+    sids, report, emb, t_sid = prepare_sids(cfg, data, splits, experiment)
     return Prepared(data, splits, sids, report, emb, training_popularity(splits, data.n_items),
                     {"data": t_data, "sid": t_sid})
 

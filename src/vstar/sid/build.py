@@ -35,20 +35,29 @@ def item_vectors(cfg: SidConfig, item_text: Sequence[str] | None, n_items: int,
 
 
 def build_sids(cfg: SidConfig, item_text: Sequence[str] | None, n_items: int, item_ids: Sequence,
-               cache_dir: str | os.PathLike | None = None,
-               show_progress: bool = True) -> tuple[SemanticIds, dict, np.ndarray | None]:
+               cache_dir: str | os.PathLike | None = None, show_progress: bool = True,
+               vectors: np.ndarray | None = None, vectors_source: str = "given"
+               ) -> tuple[SemanticIds, dict, np.ndarray | None]:
     """Collision-free SIDs for a catalogue (unless ``cfg.collisions == "none"``).
 
-    Vectors come from ``cfg.vectors_path`` if set, else from embedding ``item_text`` (cached in
-    ``cache_dir``), else there are none: then only ``method="index_json"`` works. Returns
-    ``(sids, report, embeddings)``; the embeddings (or None) are returned because later stages use
-    them (semantic rewards, intra-list distance).
+    Item vectors come from ``cfg.vectors_path`` if set, else from embedding ``item_text``
+    (cached in ``cache_dir``), else there are none. The tokenizer quantises ``vectors``
+    [n_items, D] when given (e.g. collaborative vectors, ``sid.vectors="sasrec"``), else those item
+    vectors; without any, only ``method="index_json"`` works. Returns ``(sids, report,
+    item vectors)``; the item vectors (or None) are returned because later stages use them
+    (semantic rewards, intra-list distance).
     """
     cfg.validate()
     if len(item_ids) != n_items:
         raise InputError(f"expected {n_items} item ids, got {len(item_ids)}", field="item_ids")
     t0 = time.time()
-    emb, source = item_vectors(cfg, item_text, n_items, cache_dir, show_progress)
+    item_emb, source = item_vectors(cfg, item_text, n_items, cache_dir, show_progress)
+    emb = item_emb
+    if vectors is not None:
+        if vectors.ndim != 2 or len(vectors) != n_items or not np.isfinite(vectors).all():
+            raise InputError(f"expected finite vectors [{n_items}, D], got {vectors.shape}",
+                             field="vectors")
+        emb, source = np.ascontiguousarray(vectors, dtype=np.float32), vectors_source
     t_vectors = time.time() - t0
     if emb is None and cfg.method != "index_json":
         raise InputError(f"method {cfg.method!r} needs item vectors, but the dataset has no item "
@@ -84,4 +93,4 @@ def build_sids(cfg: SidConfig, item_text: Sequence[str] | None, n_items: int, it
         "seconds_vectors": round(t_vectors, 3),
         "seconds_total": round(time.time() - t0, 3),
     }
-    return sids, report, emb
+    return sids, report, item_emb

@@ -11,6 +11,7 @@ from typing import Optional
 from vstar.core.errors import InputError
 
 METHODS = ("rkmeans", "balanced_kmeans", "rqvae", "index_json")
+VECTOR_SOURCES = ("text", "sasrec")
 COLLISION_METHODS = ("extra_level", "reassign", "none")
 
 
@@ -30,6 +31,11 @@ class SidConfig:
     # item vectors (.npy, or .safetensors with key "embeddings"), row i = internal item i; they win
     # over text embeddings
     vectors_path: Optional[str] = None
+    # what the tokenizer quantises: "text" (the item vectors above: vectors_path, else text
+    # embeddings) or "sasrec" (collaborative SIDs: the item embeddings of a SASRec trained on the
+    # training split with the sasrec section's settings; the item vectors above are still what
+    # semantic rewards and intra-list distance use)
+    vectors: str = "text"
     # "extra_level" (TIGER: append the rank within the colliding group), "reassign" (move
     # colliding items to a free last-level code under the same prefix) or "none"
     collisions: str = "extra_level"
@@ -54,6 +60,9 @@ class SidConfig:
         if self.method not in METHODS:
             raise InputError(f"unknown method {self.method!r}, expected one of {METHODS}",
                              field="sid.method")
+        if self.vectors not in VECTOR_SOURCES:
+            raise InputError(f"unknown vector source {self.vectors!r}, expected one of "
+                             f"{VECTOR_SOURCES}", field="sid.vectors")
         if self.collisions not in COLLISION_METHODS:
             raise InputError(f"unknown collision handling {self.collisions!r}, expected one of "
                              f"{COLLISION_METHODS}", field="sid.collisions")
