@@ -26,7 +26,8 @@ from vstar.model import ModelConfig, SidGenerator, SidVocab, new_generator
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT = BENCH_DIR / "results"
 QUICK_OUT = DEFAULT_OUT / "quick"          # --quick without --out-dir: never clobber real results
-SCIENTIFIC_MODEL = {"n_layer": 2, "n_head": 4, "n_embd": 128, "dropout": 0.0}
+SCIENTIFIC_MODEL = {"n_layer": 2, "n_head": 4, "n_embd": 128, "dropout": 0.0, "history": "codes",
+                    "item_id_embedding": False}
 
 
 def setup_torch(threads: int, device: str) -> torch.device:

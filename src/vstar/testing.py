@@ -59,7 +59,7 @@ def tiny_setup(n_items: int = 40, sizes=(4, 5, 3), n_users: int = 5, seed: int =
     vocab = SidVocab(list(sizes))
     trie = SidTrie(codes, list(sizes))
     torch.manual_seed(seed)
-    model = SidGenerator(ModelConfig(n_layer=2, n_head=2, n_embd=32, dropout=0.0),
+    model = SidGenerator(ModelConfig(history="codes", n_layer=2, n_head=2, n_embd=32, dropout=0.0),
                          vocab_size=vocab.size, block_size=64).eval()
     with torch.no_grad():
         model.wte.weight.normal_(0, 1.0)             # far from uniform

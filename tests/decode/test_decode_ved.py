@@ -196,7 +196,7 @@ def test_too_few_complete_items_are_padded_with_minus_one():
     codes = np.array([[0, 0], [0, 1], [1, 0]])
     vocab, trie = SidVocab([2, 2]), SidTrie(codes, [2, 2])
     torch.manual_seed(0)
-    model = SidGenerator(ModelConfig(n_layer=1, n_head=1, n_embd=8, dropout=0.0), vocab_size=vocab.size, block_size=16).eval()
+    model = SidGenerator(ModelConfig(history="codes", n_layer=1, n_head=1, n_embd=8, dropout=0.0), vocab_size=vocab.size, block_size=16).eval()
     tokens, mask = vocab.encode_histories([np.array([0])], torch.as_tensor(codes))
     res = _ved(model, _head(8), vocab, trie, tokens, mask, 5, init_beam=1)
     assert sorted(res.items[0, :3].tolist()) == [0, 1, 2]
@@ -400,7 +400,7 @@ def test_enough_complete_items_are_reserved_when_each_prefix_holds_one_item():
     codes = np.concatenate([grid, np.zeros((36, 1), dtype=grid.dtype)], 1)   # (c1, c2, 0)
     vocab, trie = SidVocab(list(sizes)), SidTrie(codes, list(sizes))
     torch.manual_seed(0)
-    model = SidGenerator(ModelConfig(n_layer=1, n_head=2, n_embd=16, dropout=0.0), vocab_size=vocab.size, block_size=64).eval()
+    model = SidGenerator(ModelConfig(history="codes", n_layer=1, n_head=2, n_embd=16, dropout=0.0), vocab_size=vocab.size, block_size=64).eval()
     rng = np.random.default_rng(0)
     tokens, mask = vocab.encode_histories([rng.integers(0, 36, size=3) for _ in range(8)],
                                           torch.as_tensor(codes))

@@ -18,7 +18,7 @@ def _catalogue(n_items=40, sizes=SIZES, seed=0):
 
 def _model(vocab, block_size=64, seed=0):
     torch.manual_seed(seed)
-    model = SidGenerator(ModelConfig(n_layer=2, n_head=2, n_embd=32, dropout=0.0), vocab_size=vocab.size, block_size=block_size).eval()
+    model = SidGenerator(ModelConfig(history="codes", n_layer=2, n_head=2, n_embd=32, dropout=0.0), vocab_size=vocab.size, block_size=block_size).eval()
     with torch.no_grad():
         model.wte.weight.normal_(0, 1.0)             # far from uniform
     return model

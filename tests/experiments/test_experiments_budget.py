@@ -41,7 +41,7 @@ def _fake_rl_run(tmp_path, with_generator=True):
     run_dir = exp / "vstar" / "seed0"
     run_dir.mkdir(parents=True)
     cfg = load_config(None, ["data.format=table", f"data.path={csv}", "data.max_history=5",
-                             "model.n_layer=1", "model.n_head=2", "model.n_embd=32",
+                             "model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.history=codes",
                              "run.name=toy", f"run.out_dir={tmp_path / 'runs'}",
                              "eval.ks=[1,5]", "eval.batch_size=4", "run.num_threads=1"])
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(to_container(cfg))))
@@ -52,7 +52,7 @@ def _fake_rl_run(tmp_path, with_generator=True):
     (exp / "artifacts" / "sid_report.json").write_text(json.dumps({"codebook_sizes": list(SIZES)}))
     vocab = SidVocab(list(SIZES))
     torch.manual_seed(0)
-    model = SidGenerator(ModelConfig(n_layer=1, n_head=2, n_embd=32, dropout=0.0), vocab_size=vocab.size, block_size=1 + 6 * 3)
+    model = SidGenerator(ModelConfig(history="codes", n_layer=1, n_head=2, n_embd=32, dropout=0.0), vocab_size=vocab.size, block_size=1 + 6 * 3)
     head = ValueHead(32, ValueHeadConfig(hidden=16))
     rl_cfg = RLConfig(ved=VEDConfig(init_beam=2), value_head=ValueHeadConfig(hidden=16))
     checkpoint.save_rl_state(run_dir / "rl_state.safetensors", policy=model.state_dict(),

@@ -6,7 +6,7 @@ from vstar.model.vocab import BOS, PAD
 
 def _model():
     torch.manual_seed(0)
-    return SidGenerator(ModelConfig(n_layer=2, n_head=2, n_embd=32, dropout=0.0), vocab_size=40, block_size=32).eval()
+    return SidGenerator(ModelConfig(history="codes", n_layer=2, n_head=2, n_embd=32, dropout=0.0), vocab_size=40, block_size=32).eval()
 
 
 def test_kv_cache_decoding_equals_full_forward():

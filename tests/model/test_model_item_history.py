@@ -135,10 +135,21 @@ def test_checkpoint_round_trip_and_sid_mismatch(tmp_path):
 
 
 def test_config_and_vocabulary_must_agree():
-    codes = random_catalogue(40, SIZES, 0)
+    codes = torch.as_tensor(random_catalogue(40, SIZES, 0))
+    token_vocab = make_vocab(ModelConfig(history="codes"), SIZES, 40)
+    item_vocab = make_vocab(ModelConfig(history="items"), SIZES, 40)
+    assert item_vocab.item_history and not token_vocab.item_history
     with pytest.raises(InputError, match="model.history"):
-        new_generator(ModelConfig(history="item"), make_vocab(ModelConfig(), SIZES, 40),
-                      torch.as_tensor(codes), 5)
+        new_generator(ModelConfig(history="item"), token_vocab, codes, 5)
     with pytest.raises(ValueError, match="item tokens"):
-        new_generator(ModelConfig(history="items"), make_vocab(ModelConfig(), SIZES, 40),
-                      torch.as_tensor(codes), 5)
+        new_generator(ModelConfig(history="items"), token_vocab, codes, 5)
+    with pytest.raises(ValueError, match="item tokens"):
+        new_generator(ModelConfig(history="codes"), item_vocab, codes, 5)
+
+
+def test_a_checkpoint_of_the_other_history_input_is_refused(tmp_path):
+    codes, vocab, model = _model()
+    save_generator(tmp_path / "g.safetensors", model, vocab)
+    with pytest.raises(InputError, match="model.history='items'"):
+        load_generator(tmp_path / "g.safetensors", make_vocab(ModelConfig(history="codes"),
+                                                              SIZES, 40))

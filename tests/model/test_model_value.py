@@ -13,7 +13,7 @@ from vstar.model.value import ValueHead, ValueHeadConfig
 
 def _model(vocab_size=14, d=16):
     torch.manual_seed(0)
-    return SidGenerator(ModelConfig(n_layer=1, n_head=2, n_embd=d, dropout=0.0), vocab_size=vocab_size, block_size=32)
+    return SidGenerator(ModelConfig(history="codes", n_layer=1, n_head=2, n_embd=d, dropout=0.0), vocab_size=vocab_size, block_size=32)
 
 
 def test_value_head_maps_any_leading_shape_to_scalars_and_starts_near_zero():

@@ -58,7 +58,7 @@ def test_sft_learns_a_deterministic_successor_pattern():
     splits = Splits("leave_one_out", rows, valid, valid, 5)
     vocab = SidVocab([4, 5])
     trie = SidTrie(codes, [4, 5])
-    model = SidGenerator(ModelConfig(n_layer=1, n_head=2, n_embd=32, dropout=0.0), vocab_size=vocab.size, block_size=1 + 6 * L)
+    model = SidGenerator(ModelConfig(history="codes", n_layer=1, n_head=2, n_embd=32, dropout=0.0), vocab_size=vocab.size, block_size=1 + 6 * L)
     cfg = SFTConfig(lr=1e-2, batch_size=32, max_epochs=40, patience=40, warmup_steps=5, val_beam=5)
 
     def validate(model, rows):                     # what the pipeline passes: beam-search ranking
@@ -78,7 +78,7 @@ def test_sft_without_validation_trains_every_epoch_and_keeps_the_last():
     rows = _loo_rows([s[:-2] for s in seqs], 5)
     splits = Splits("leave_one_out", rows, rows, rows, 5)
     vocab = SidVocab([4, 5])
-    model = SidGenerator(ModelConfig(n_layer=1, n_head=2, n_embd=16, dropout=0.0),
+    model = SidGenerator(ModelConfig(history="codes", n_layer=1, n_head=2, n_embd=16, dropout=0.0),
                          vocab_size=vocab.size, block_size=13)
     cfg = SFTConfig(batch_size=16, max_epochs=3, patience=1, warmup_steps=1)
     _, history = train_sft(model, vocab, SidTrie(codes, [4, 5]), splits, cfg, progress=False)
@@ -89,7 +89,7 @@ def test_sft_without_validation_trains_every_epoch_and_keeps_the_last():
 def test_label_smoothing_stays_within_the_level_and_is_finite():
     torch.manual_seed(0)
     vocab = SidVocab([4, 5])
-    model = SidGenerator(ModelConfig(n_layer=1, n_head=2, n_embd=16, dropout=0.0),
+    model = SidGenerator(ModelConfig(history="codes", n_layer=1, n_head=2, n_embd=16, dropout=0.0),
                          vocab_size=vocab.size, block_size=13)
     codes = torch.tensor([[i // 5, i % 5] for i in range(20)])
     tokens, targets, levels = encode_windows([np.array([0, 7, 13])], [np.ones(3, bool)], codes,

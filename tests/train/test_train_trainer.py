@@ -17,7 +17,7 @@ def _toy(seed=0, n_items=30, sizes=(4, 4, 4)):
     vocab = SidVocab(list(sizes))
     trie = SidTrie(codes, list(sizes))
     torch.manual_seed(seed)
-    model = SidGenerator(ModelConfig(n_layer=1, n_head=2, n_embd=32, dropout=0.0), vocab_size=vocab.size, block_size=64)
+    model = SidGenerator(ModelConfig(history="codes", n_layer=1, n_head=2, n_embd=32, dropout=0.0), vocab_size=vocab.size, block_size=64)
     hist = [rng.integers(0, n_items, size=rng.integers(1, 5)) for _ in range(40)]
     # the logged next item is a fixed function of the last history item
     rows = SplitRows(np.arange(40), hist, np.asarray([(h[-1] * 7 + 3) % n_items for h in hist]))
@@ -83,7 +83,7 @@ def test_checkpoint_resume_continues_exactly(tmp_path):
 def test_first_step_starts_on_policy_even_with_dropout():
     vocab, trie, _, rows, emb = _toy()
     torch.manual_seed(0)
-    model = SidGenerator(ModelConfig(n_layer=1, n_head=2, n_embd=32, dropout=0.3), vocab_size=vocab.size, block_size=64)
+    model = SidGenerator(ModelConfig(history="codes", n_layer=1, n_head=2, n_embd=32, dropout=0.3), vocab_size=vocab.size, block_size=64)
     trainer = RLTrainer(model, vocab, trie, rows, RLConfig(decoder="beam", n_candidates=4,
                         users_per_step=6), max_history=5, item_emb=emb)
     rec = trainer.step()

@@ -5,6 +5,7 @@
     methods.py    the built-in methods (baselines, SFT, the RL recipes) and their runners
     pipeline.py   prepare (data, splits, SIDs) -> run_method -> evaluate, for every seed
     rundir.py     RunDir: a run folder with its config, provenance and log
+    collab.py     collaborative SID vectors: item embeddings of a SASRec fitted on the train split
     budget.py     the inference budget curve of an RL run folder
     rl_summary.py the mean of every logged RL curve, per method and seed
     cli.py        ``vstar``: sub-commands generated from the registry

@@ -19,8 +19,9 @@ class ModelConfig:
     # How a history item enters the model: "codes" (L code tokens per item) or "items" (one
     # position per item: the sum of its code embeddings, plus a learned item-ID embedding if
     # item_id_embedding). The generated item's codes are emitted one per step either way.
-    history: str = "codes"
-    item_id_embedding: bool = False
+    # Defaults: what won on validation (README, "The generator").
+    history: str = "items"
+    item_id_embedding: bool = True
 
 
 @dataclass

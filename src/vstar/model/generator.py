@@ -8,7 +8,8 @@ Everything downstream (beam search, VED, RL) talks to it through one call::
 values so that decoding feeds one token per step. A Hugging Face causal LM with added SID tokens can
 take this model's place by implementing the same call (see ``SidLM`` in ``interface.py``).
 
-    model = SidGenerator(ModelConfig(), vocab_size=vocab.size, block_size=1 + 21 * vocab.n_levels)
+    vocab = make_vocab(cfg, codebook_sizes, n_items)      # item tokens with item-level history
+    model = new_generator(cfg, vocab, item_codes, max_history=20)
     save_generator(path, model, vocab)          # a ``generator`` checkpoint (vstar.core.checkpoint)
     model = load_generator(path, vocab)         # checks the SID codebooks match
 """
@@ -282,6 +283,11 @@ def load_generator(path: str | os.PathLike, vocab: SidVocab,
         raise InputError(f"checkpoint SID codebooks {ckpt.codebook_sizes} differ from the "
                          f"current SIDs {vocab.codebook_sizes}", file=str(path))
     items = ckpt.state_dict.get("item_code_tokens")
+    if (items is not None) != vocab.item_history:
+        saved, wanted = ("items", "codes") if items is not None else ("codes", "items")
+        raise InputError(f"the checkpoint was trained with model.history={saved!r}, the "
+                         f"configured vocabulary is for {wanted!r}", file=str(path),
+                         field="model.history")
     if items is not None and item_codes is not None and not torch.equal(
             items, vocab.code_tokens(torch.as_tensor(item_codes))):
         raise InputError("the checkpoint's item SIDs differ from the current SIDs",

@@ -34,8 +34,8 @@ class SidConfig:
     # what the tokenizer quantises: "text" (the item vectors above: vectors_path, else text
     # embeddings) or "sasrec" (collaborative SIDs: the item embeddings of a SASRec trained on the
     # training split with the sasrec section's settings; the item vectors above are still what
-    # semantic rewards and intra-list distance use)
-    vectors: str = "text"
+    # semantic rewards and intra-list distance use). Default: what won on validation (README)
+    vectors: str = "sasrec"
     # "extra_level" (TIGER: append the rank within the colliding group), "reassign" (move
     # colliding items to a free last-level code under the same prefix) or "none"
     collisions: str = "extra_level"
