@@ -18,11 +18,9 @@ from pathlib import Path
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import harness  # noqa: E402
-from vstar.core.repro import set_seed  # noqa: E402
 from vstar.decode import SidTrie, beam_search  # noqa: E402
 from vstar.model import ModelConfig, make_vocab  # noqa: E402
 
@@ -49,13 +47,7 @@ UNITS = {
 def run(quick: bool = False, threads: int = 1, device: str = "cpu",
         out_dir: str | Path = harness.DEFAULT_OUT, seed: int = 0,
         repeats: int | None = None) -> dict:
-    t_start = time.perf_counter()
-    p = dict(QUICK if quick else FULL)
-    if repeats is not None:
-        p["repeats"] = int(repeats)
-    dev = harness.setup_torch(threads, device)
-    set_seed(seed)
-    rng = np.random.default_rng(seed)
+    p, dev, rng, t_start = harness.begin(quick, FULL, QUICK, repeats, threads, device, seed)
     sizes = p["codebook_sizes"]
     codes = harness.random_catalogue(p["items"], sizes, rng)
     trie = SidTrie(codes, sizes).to(dev)

@@ -71,11 +71,7 @@ HISTORIES = {"codes": {}, "items": {"history": "items", "item_id_embedding": Tru
 def run(quick: bool = False, threads: int = 1, device: str = "cpu",
         out_dir: str | Path = harness.DEFAULT_OUT, seed: int = 0,
         repeats: int | None = None) -> dict:
-    t_start = time.perf_counter()
-    p = dict(QUICK if quick else FULL)
-    if repeats is not None:
-        p["repeats"] = int(repeats)
-    dev = harness.setup_torch(threads, device)
+    p, dev, _, t_start = harness.begin(quick, FULL, QUICK, repeats, threads, device, seed)
     peak = harness.matmul_peak(dev, n=512 if quick else 2048)
     rows, params_by_history = [], {}
     for history, model_extra in HISTORIES.items():

@@ -24,7 +24,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import harness  # noqa: E402
-from vstar.core.repro import set_seed  # noqa: E402
 from vstar.decode import SidTrie, VEDConfig, beam_search, value_guided_decode  # noqa: E402
 from vstar.model import SidVocab, ValueHead, ValueHeadConfig  # noqa: E402
 
@@ -52,13 +51,7 @@ UNITS = {
 def run(quick: bool = False, threads: int = 1, device: str = "cpu",
         out_dir: str | Path = harness.DEFAULT_OUT, seed: int = 0,
         repeats: int | None = None) -> dict:
-    t_start = time.perf_counter()
-    p = dict(QUICK if quick else FULL)
-    if repeats is not None:
-        p["repeats"] = int(repeats)
-    dev = harness.setup_torch(threads, device)
-    set_seed(seed)
-    rng = np.random.default_rng(seed)
+    p, dev, rng, t_start = harness.begin(quick, FULL, QUICK, repeats, threads, device, seed)
     sizes = p["codebook_sizes"]
     L = len(sizes)
     codes = harness.random_catalogue(p["items"], sizes, rng)

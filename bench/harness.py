@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from vstar.core.io import atomic_write_json
-from vstar.core.repro import collect_versions
+from vstar.core.repro import collect_versions, set_seed
 from vstar.model import ModelConfig, SidGenerator, SidVocab, new_generator
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -28,6 +28,18 @@ DEFAULT_OUT = BENCH_DIR / "results"
 QUICK_OUT = DEFAULT_OUT / "quick"          # --quick without --out-dir: never clobber real results
 SCIENTIFIC_MODEL = {"n_layer": 2, "n_head": 4, "n_embd": 128, "dropout": 0.0, "history": "codes",
                     "item_id_embedding": False}
+
+
+def begin(quick: bool, full: dict, quick_params: dict, repeats: int | None, threads: int,
+          device: str, seed: int) -> tuple[dict, torch.device, np.random.Generator, float]:
+    """The shared start of a benchmark: (params, device, seeded numpy RNG, start time)."""
+    t_start = time.perf_counter()
+    p = dict(quick_params if quick else full)
+    if repeats is not None:
+        p["repeats"] = int(repeats)
+    dev = setup_torch(threads, device)
+    set_seed(seed)
+    return p, dev, np.random.default_rng(seed), t_start
 
 
 def setup_torch(threads: int, device: str) -> torch.device:
