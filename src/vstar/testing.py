@@ -36,12 +36,16 @@ class CountingLM(nn.Module):
         return self.model(tokens, cache=cache, pad_mask=pad_mask)
 
 
+def _code_grid(sizes) -> np.ndarray:
+    """Every SID of the codebooks ``sizes``: [prod(sizes), L], in lexicographic order."""
+    grid = np.stack(np.meshgrid(*[np.arange(k) for k in sizes], indexing="ij"), -1)
+    return grid.reshape(-1, len(sizes))
+
+
 def random_catalogue(n_items: int = 40, sizes=(4, 5, 3), seed: int = 0) -> np.ndarray:
     """``n_items`` distinct random SIDs [n_items, L] from the code grid of ``sizes``."""
-    rng = np.random.default_rng(seed)
-    grid = np.stack(np.meshgrid(*[np.arange(k) for k in sizes], indexing="ij"), -1)
-    grid = grid.reshape(-1, len(sizes))
-    return grid[rng.choice(len(grid), n_items, replace=False)]
+    grid = _code_grid(sizes)
+    return grid[np.random.default_rng(seed).choice(len(grid), n_items, replace=False)]
 
 
 def tiny_setup(n_items: int = 40, sizes=(4, 5, 3), n_users: int = 5, seed: int = 0,
@@ -53,8 +57,7 @@ def tiny_setup(n_items: int = 40, sizes=(4, 5, 3), n_users: int = 5, seed: int =
     SID of the code grid as the catalogue.
     """
     rng = np.random.default_rng(seed)
-    grid = np.stack(np.meshgrid(*[np.arange(k) for k in sizes], indexing="ij"), -1)
-    grid = grid.reshape(-1, len(sizes))
+    grid = _code_grid(sizes)
     codes = grid if full else grid[rng.choice(len(grid), n_items, replace=False)]
     vocab = SidVocab(list(sizes))
     trie = SidTrie(codes, list(sizes))

@@ -175,11 +175,12 @@ def save_rl_state(path: str | os.PathLike, *, policy: Mapping[str, Any],
                   lr_schedule: Mapping[str, Any], config: Mapping[str, Any]) -> Path:
     import torch
 
-    tensors: dict[str, Any] = {f"{_POLICY}{k}": v.detach().clone() for k, v in policy.items()}
-    tensors.update({f"{_VALUE}{k}": v.detach().clone() for k, v in value_head.items()})
+    # _write detaches, copies to contiguous CPU tensors and un-shares tied weights
+    tensors: dict[str, Any] = {f"{_POLICY}{k}": v for k, v in policy.items()}
+    tensors.update({f"{_VALUE}{k}": v for k, v in value_head.items()})
     for pid, state in optimizer_state.items():
         for name, v in state.items():
-            tensors[f"{_OPT}{pid}.{name}"] = torch.as_tensor(v).detach().clone()
+            tensors[f"{_OPT}{pid}.{name}"] = torch.as_tensor(v)
     tensors[_SAMPLER_RNG] = sampler_rng
     return _write(path, "rl_state", tensors,
                   {"step": int(step), "numpy_rng": dict(numpy_rng),

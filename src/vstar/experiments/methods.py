@@ -167,15 +167,14 @@ register(Method("sasrec", run_sasrec, kind="baseline",
                 help="SASRec with full-softmax cross-entropy over all items"))
 register(Method("sft", run_sft, kind="sft", help="the SID generator after next-item SFT"))
 register(Method("rl", run_rl, kind="rl", help="RL with the config's rl section as is"))
-register(Method("grpo_beam", run_rl, kind="rl",
-                preset={"decoder": "beam", "sibling": False, "value_loss": False},
-                help="beam-search groups + GRPO (MiniOneRec recipe)"))
-register(Method("grpo_beam_sibling", run_rl, kind="rl",
-                preset={"decoder": "beam", "sibling": True, "value_loss": False},
-                help="beam-search groups + GRPO + Sibling-GRPO"))
-register(Method("grpo_ved", run_rl, kind="rl",
-                preset={"decoder": "ved", "sibling": False, "value_loss": True},
-                help="VED groups + GRPO, value head trained with TD"))
-register(Method("vstar", run_rl, kind="rl",
-                preset={"decoder": "ved", "sibling": True, "value_loss": True},
-                help="full V-STAR: VED groups + GRPO + Sibling-GRPO"))
+
+# name: (decoder, sibling, value_loss, help)
+RL_RECIPES = {
+    "grpo_beam": ("beam", False, False, "beam-search groups + GRPO (MiniOneRec recipe)"),
+    "grpo_beam_sibling": ("beam", True, False, "beam-search groups + GRPO + Sibling-GRPO"),
+    "grpo_ved": ("ved", False, True, "VED groups + GRPO, value head trained with TD"),
+    "vstar": ("ved", True, True, "full V-STAR: VED groups + GRPO + Sibling-GRPO"),
+}
+for _name, (_decoder, _sibling, _value_loss, _help) in RL_RECIPES.items():
+    register(Method(_name, run_rl, kind="rl", help=_help,
+                    preset={"decoder": _decoder, "sibling": _sibling, "value_loss": _value_loss}))
