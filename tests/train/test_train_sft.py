@@ -107,3 +107,39 @@ def test_label_smoothing_stays_within_the_level_and_is_finite():
         expected.append(-lp.mean())
     assert torch.isfinite(smooth)
     torch.testing.assert_close(smooth, torch.stack(expected).mean())
+
+
+def test_trie_loss_is_the_decoders_constrained_nll():
+    """sft.loss="trie": the NLL of each supervised code under the softmax over the trie-valid
+    codes after its prefix, i.e. what constrained decoding scores (decode.trie)."""
+    from vstar.decode.trie import constrained_log_probs
+    from vstar.model.generator import make_vocab, new_generator
+    from vstar.train.sft import target_nodes
+    torch.manual_seed(0)
+    codes = np.array([[0, 0, 0], [0, 0, 1], [0, 1, 0], [1, 2, 3], [2, 0, 0]])
+    trie = SidTrie(codes, [3, 3, 4])
+    for history in ("codes", "items"):
+        cfg = ModelConfig(n_layer=1, n_head=2, n_embd=16, history=history)
+        vocab = make_vocab(cfg, [3, 3, 4], 5)
+        windows = [np.array([0, 3, 1, 4]), np.array([2, 1])]
+        flags = [np.array([False, True, True, True]), np.array([False, True])]
+        tk, tg, lv = encode_windows(windows, flags, torch.as_tensor(codes), vocab)
+        nodes = target_nodes(tg, lv, vocab, trie)
+        sel = tg >= 0
+        # the node of each supervised code is its prefix's id in the trie
+        items = [3, 1, 4, 1]
+        expected = [trie.prefix_ids[d][i].item() for i in items for d in range(3)]
+        assert nodes[sel].tolist() == expected
+        model = new_generator(cfg, vocab, codes, 20).eval()
+        with torch.no_grad():
+            logits = model(tk, pad_mask=tk != 0, teacher_forced=True).logits[sel]
+            nll = []
+            for row, (t, l, n) in enumerate(zip(tg[sel], lv[sel], nodes[sel])):
+                sl = vocab.level_slice(int(l))
+                lp = constrained_log_probs(logits[row, sl], trie.allowed(int(l), n))
+                nll.append(-lp[int(t) - sl.start])
+            loss = sft_loss(model, vocab, tk, tg, lv, trie=trie, nodes=nodes)
+            assert torch.allclose(loss, torch.stack(nll).mean(), atol=1e-5)
+            # a prefix with a single child costs nothing under the trie loss
+            assert min(float(x) for x in nll) < 1e-6
+            assert loss < sft_loss(model, vocab, tk, tg, lv)

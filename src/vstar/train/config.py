@@ -13,6 +13,7 @@ from vstar.decode.config import VEDConfig
 from vstar.model.config import ValueHeadConfig
 
 RL_DECODERS = ("beam", "sample", "ved")
+SFT_LOSSES = ("level", "trie")
 
 
 @dataclass
@@ -31,6 +32,8 @@ class SFTConfig:
     eval_every: int = 1            # epochs between validation evaluations
     windows: str = "chunks"        # "chunks" (one pass per user sequence) or "rows" (exact)
     label_smoothing: float = 0.0   # eps of the level-wise label smoothing (train.sft.sft_loss)
+    loss: str = "level"            # softmax over the level's codes, or "trie": over the codes
+                                   # the SID trie allows after the prefix (what decoding ranks)
 
 
 @dataclass

@@ -3,7 +3,9 @@
 Each training row (history, target) is one supervised next item. Rows of a user that are prefixes of
 a longer row share one token window, so a user's sequence is read once and every item in it that is
 a training target contributes its L code tokens to the loss. The loss at level l is a softmax over
-that level's codes only (the decoder never looks outside them).
+that level's codes only (the decoder never looks outside them), or with ``sft.loss="trie"`` over
+the codes the SID trie allows after the target's prefix: exactly the distribution constrained
+decoding ranks with (docs/method.md, "SFT loss").
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from vstar.data.windows import build_windows
 from vstar.decode.trie import SidTrie
 from vstar.model.generator import SidGenerator
 from vstar.model.vocab import BOS, PAD, SidVocab
-from vstar.train.config import SFTConfig
+from vstar.train.config import SFT_LOSSES, SFTConfig
 
 Validate = Callable[[SidGenerator, SplitRows], dict]   # (model, validation rows) -> metrics
 
@@ -56,12 +58,28 @@ def encode_windows(windows, flags, item_codes: torch.Tensor, vocab: SidVocab):
     return tokens, targets, levels
 
 
-def sft_loss(model: SidGenerator, vocab: SidVocab, tokens, targets, levels,
-             label_smoothing: float = 0.0) -> torch.Tensor:
-    """Mean cross-entropy of the supervised code tokens, softmax over each token's level.
+def target_nodes(targets: torch.Tensor, levels: torch.Tensor, vocab: SidVocab,
+                 trie: SidTrie) -> torch.Tensor:
+    """The trie node (prefix id at the token's depth) of every supervised target token [N, T];
+    0 elsewhere. A supervised item's L code tokens are consecutive, so the prefix of the level-l
+    token is read from the l tokens before it."""
+    nodes = torch.zeros_like(targets)
+    for l in range(1, vocab.n_levels):
+        at = (levels[:, 1:] == l) & (targets[:, 1:] >= 0)                    # [N, T-1]
+        prev = torch.where(at, targets[:, :-1] - vocab.level_slice(l - 1).start, 0)
+        child = trie.step(l - 1, torch.where(at, nodes[:, :-1], 0), prev)
+        nodes[:, 1:] = torch.where(at, child, nodes[:, 1:])
+    return nodes
 
-    ``label_smoothing`` eps: (1 - eps) * NLL + eps * the mean NLL over the level's codes (the
-    smoothing mass goes to the codes of the token's own level only)."""
+
+def sft_loss(model: SidGenerator, vocab: SidVocab, tokens, targets, levels,
+             label_smoothing: float = 0.0, trie: SidTrie | None = None,
+             nodes: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy of the supervised code tokens, softmax over each token's level, or,
+    given ``trie`` and the targets' ``nodes`` (``target_nodes``), over the trie-valid codes.
+
+    ``label_smoothing`` eps: (1 - eps) * NLL + eps * the mean NLL over the codes the softmax
+    covers (the token's level, or its trie-valid codes)."""
     pad_mask = tokens != PAD
     if vocab.item_history:                            # item-level history: its training layout
         logits = model(tokens, pad_mask=pad_mask, teacher_forced=True).logits
@@ -72,12 +90,18 @@ def sft_loss(model: SidGenerator, vocab: SidVocab, tokens, targets, levels,
     level_of_token = torch.full((vocab.size,), -1, dtype=torch.long, device=lg.device)
     for l in range(vocab.n_levels):
         level_of_token[vocab.level_slice(l)] = l
-    lg = lg.masked_fill(level_of_token[None, :] != lv[:, None], float("-inf"))
+    in_level = level_of_token[None, :] == lv[:, None]                          # [M, V]
+    if trie is not None:
+        nd = nodes[sel]
+        in_level = torch.zeros_like(in_level)
+        for l in range(vocab.n_levels):
+            rows = (lv == l).nonzero(as_tuple=True)[0]
+            in_level[rows, vocab.level_slice(l)] = trie.allowed(l, nd[rows])
+    lg = lg.masked_fill(~in_level, float("-inf"))
     if not label_smoothing:
         return F.cross_entropy(lg, tg)
     lp = torch.log_softmax(lg, dim=-1)                                          # [M, V]
     nll = -lp.gather(1, tg[:, None]).squeeze(1)
-    in_level = level_of_token[None, :] == lv[:, None]
     uniform = -(lp.masked_fill(~in_level, 0.0).sum(1) / in_level.sum(1))
     return ((1.0 - label_smoothing) * nll + label_smoothing * uniform).mean()
 
@@ -97,6 +121,10 @@ def train_sft(model: SidGenerator, vocab: SidVocab, trie: SidTrie, splits: Split
     rng = np.random.default_rng(seed)
     windows, flags = build_windows(splits.train, splits.max_history, cfg.windows)
     tokens, targets, levels = encode_windows(windows, flags, trie.codes, vocab)
+    if cfg.loss not in SFT_LOSSES:
+        raise InputError(f"expected one of {SFT_LOSSES}, got {cfg.loss!r}", field="sft.loss")
+    nodes = target_nodes(targets, levels, vocab, trie) if cfg.loss == "trie" else None
+    loss_trie = trie if cfg.loss == "trie" else None
     log.info("SFT: %d training rows in %d windows, %d supervised tokens", len(splits.train),
              len(windows), int((targets >= 0).sum()))
     val = splits.valid
@@ -119,7 +147,8 @@ def train_sft(model: SidGenerator, vocab: SidVocab, trie: SidTrie, splits: Split
             tk, tg, lv = tokens[idx], targets[idx], levels[idx]
             keep = int((tk != PAD).sum(1).max())          # trim right padding of this batch
             loss = sft_loss(model, vocab, tk[:, :keep], tg[:, :keep], lv[:, :keep],
-                            cfg.label_smoothing)
+                            cfg.label_smoothing, loss_trie,
+                            None if nodes is None else nodes[idx][:, :keep])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
