@@ -106,6 +106,29 @@ def sft_loss(model: SidGenerator, vocab: SidVocab, tokens, targets, levels,
     return ((1.0 - label_smoothing) * nll + label_smoothing * uniform).mean()
 
 
+@torch.no_grad()
+def held_out_loss(model: SidGenerator, vocab: SidVocab, tokens, targets, levels,
+                  batch_size: int, trie: SidTrie | None = None,
+                  nodes: torch.Tensor | None = None) -> float:
+    """Mean NLL per supervised code over held-out windows, in eval mode: ``sft_loss`` without
+    label smoothing; with ``trie`` and ``nodes``, of the trie-constrained distribution decoding
+    ranks with (so comparable across ``sft.loss`` settings). Set beside the training loss, it
+    shows over-fitting that ranking metrics hide."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for s in range(0, len(tokens), batch_size):
+        tk, tg, lv = tokens[s:s + batch_size], targets[s:s + batch_size], levels[s:s + batch_size]
+        keep = int((tk != PAD).sum(1).max())
+        n = int((tg >= 0).sum())
+        nd = None if nodes is None else nodes[s:s + batch_size, :keep]
+        total += n * float(sft_loss(model, vocab, tk[:, :keep], tg[:, :keep], lv[:, :keep],
+                                    0.0, trie, nd))
+        count += n
+    model.train(was_training)
+    return total / max(1, count)
+
+
 def train_sft(model: SidGenerator, vocab: SidVocab, trie: SidTrie, splits: Splits,
               cfg: SFTConfig, seed: int = 0, validate: Validate | None = None,
               progress: bool = True) -> tuple[SidGenerator, list[dict]]:
@@ -130,6 +153,12 @@ def train_sft(model: SidGenerator, vocab: SidVocab, trie: SidTrie, splits: Split
     val = splits.valid
     if 0 < cfg.val_max_users < len(val):
         val = val.subset(np.sort(rng.choice(len(val), cfg.val_max_users, replace=False)))
+    val_windows = [np.r_[h[-splits.max_history:], t] for h, t in zip(val.histories, val.targets)]
+    val_batches = encode_windows(val_windows, [np.r_[np.zeros(len(w) - 1, bool), True]
+                                               for w in val_windows], trie.codes, vocab) \
+        if len(val) else None
+    val_nodes = (target_nodes(val_batches[1], val_batches[2], vocab, trie)
+                 if val_batches is not None else None)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(windows) / cfg.batch_size)
     total = steps_per_epoch * cfg.max_epochs
@@ -159,6 +188,9 @@ def train_sft(model: SidGenerator, vocab: SidVocab, trie: SidTrie, splits: Split
                   "train_seconds": time.perf_counter() - t0}
         if validate is not None and ((epoch + 1) % cfg.eval_every == 0
                                      or epoch == cfg.max_epochs - 1):
+            if val_batches is not None:
+                record["valid_nll"] = held_out_loss(model, vocab, *val_batches, cfg.batch_size,
+                                                    trie, val_nodes)
             record.update(validate(model, val))
             if cfg.val_metric not in record:
                 raise InputError(f"validation returned {sorted(record)}, not {cfg.val_metric!r}",
@@ -170,9 +202,10 @@ def train_sft(model: SidGenerator, vocab: SidVocab, trie: SidTrie, splits: Split
             else:
                 bad += 1
         history.append(record)
-        log.info("SFT epoch %d: loss %.4f, valid %s %.4f (best %.4f), %.1fs", epoch,
-                 record["train_loss"], cfg.val_metric, record.get(cfg.val_metric, float("nan")),
-                 best, record["train_seconds"])
+        log.info("SFT epoch %d: loss %.4f, valid NLL/code %.4f, valid %s %.4f (best %.4f), "
+                 "%.1fs", epoch, record["train_loss"], record.get("valid_nll", float("nan")),
+                 cfg.val_metric, record.get(cfg.val_metric, float("nan")), best,
+                 record["train_seconds"])
         if bad >= cfg.patience:
             log.info("SFT: early stop after epoch %d (no gain for %d evaluations)", epoch, bad)
             break
