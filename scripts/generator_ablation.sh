@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The generator ablation of the README (issue 7): every option of the SID generator switched off
+# (or on) against the defaults of configs/scientific.yaml, 3 seeds, leave-one-out, valid + test.
+# Each variant is its own experiment folder runs/gen_<variant>; the last lines print the table
+# and write it to docs/results/generator_ablation.md.
+#
+#   scripts/generator_ablation.sh                # all variants, seeds 0 1 2 (about 15 min per
+#                                                # variant and seed on the 2-core reference machine)
+#   SEEDS="[0]" scripts/generator_ablation.sh    # one seed
+#   THREADS=1 scripts/generator_ablation.sh      # when two jobs share the machine
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VSTAR=${VSTAR:-.venv/bin/vstar}
+SEEDS=${SEEDS:-"[0,1,2]"}
+THREADS=${THREADS:-2}
+CONFIG=configs/scientific.yaml
+
+run() {  # run <variant> <overrides...>
+    local name=$1; shift
+    "$VSTAR" run "$CONFIG" run.name="gen_$name" "run.seeds=$SEEDS" "run.methods=[sft]" \
+        run.num_threads="$THREADS" "$@"
+}
+
+"$VSTAR" run "$CONFIG" run.name=gen_default "run.seeds=$SEEDS" "run.methods=[sft,sasrec]" \
+    run.num_threads="$THREADS"
+run token_history model.history=codes              # history as L code tokens per item
+run no_item_id model.item_id_embedding=false       # item-level history without an ID embedding
+run text_sids sid.vectors=text                     # SIDs from MiniLM text embeddings
+run trie_loss sft.loss=trie                        # softmax over trie-valid codes in training
+run label_smoothing sft.label_smoothing=0.1
+run dropout_0.3 model.dropout=0.3 sft.weight_decay=0.1
+run lr_3e-3 sft.lr=3e-3
+
+mkdir -p docs/results
+"$VSTAR" compare runs/gen_* --markdown docs/results/generator_ablation.md \
+    --metrics HR@1 HR@10 NDCG@10 long_tail@10
