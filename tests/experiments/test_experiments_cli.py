@@ -134,3 +134,22 @@ def test_collaborative_sids_quantise_sasrec_item_embeddings(experiment):
     assert report["collision_rate_after"] == 0.0
     key = json.loads((experiment / "runs" / "toy" / "artifacts" / "sid_key.json").read_text())
     assert key["sid"]["vectors"] == "sasrec" and "sasrec" in key     # a new SASRec: new SIDs
+
+
+def test_fused_sids_quantise_text_and_sasrec_vectors_side_by_side(experiment):
+    cfg = str(experiment / "cfg.yaml")
+    assert main(["run", cfg, "sid.vectors=fused", "run.methods=[sft]"]) == 0
+    report = json.loads((experiment / "runs" / "toy" / "artifacts" / "sid_report.json").read_text())
+    assert "sasrec" in report["vectors"] and "vectors_path" in report["vectors"]
+    assert report["vector_dim"] == 8 + 16               # the item vectors + SASRec's hidden size
+
+
+def test_fuse_vectors_weighs_both_parts_equally():
+    import numpy as np
+    from vstar.experiments.collab import fuse_vectors
+    text = np.array([[3.0, 4.0], [0.0, 2.0]])
+    collab = np.array([[100.0, 0.0, 0.0], [0.0, 0.0, 0.5]])
+    fused = fuse_vectors(text, collab)
+    assert fused.shape == (2, 5) and fused.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(fused[:, :2], axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(fused[:, 2:], axis=1), 1.0, rtol=1e-6)

@@ -4,7 +4,8 @@ Text embeddings know what items are, not who buys them together; SIDs quantised 
 items that are never co-consumed under one prefix. With ``sid.vectors="sasrec"`` the tokenizer
 quantises instead the item embeddings of a SASRec trained on the training split (early-stopped on
 the validation split, seeded by ``sid.seed``), so that a SID prefix groups items with similar
-interaction contexts. SASRec is trained with the config's ``sasrec`` section.
+interaction contexts. SASRec is trained with the config's ``sasrec`` section. ``sid.vectors="fused"``
+quantises both: the L2-normalised text and collaborative vectors side by side (``fuse_vectors``).
 """
 
 from __future__ import annotations
@@ -43,3 +44,14 @@ def sasrec_item_vectors(cfg: Any, splits: Splits, n_items: int) -> np.ndarray:
     model = train_sasrec(splits, n_items, scfg, seed=cfg.sid.seed,
                          validate=sasrec_validation(splits, scfg))
     return model.item_emb.weight[1:].detach().cpu().numpy().astype(np.float32)
+
+
+def fuse_vectors(text: np.ndarray, collab: np.ndarray) -> np.ndarray:
+    """float32 [N, D_text + D_collab]: each part L2-normalised per item, so that both weigh the
+    same in k-means distances whatever their scales."""
+    def unit(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    if len(text) != len(collab):
+        raise ValueError(f"{len(text)} text vectors for {len(collab)} collaborative ones")
+    return np.concatenate([unit(text), unit(collab)], axis=1)

@@ -23,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from vstar.core.errors import InputError
 from vstar.core.io import atomic_path, atomic_write_json
 from vstar.core.layout import ExperimentLayout
 from vstar.core.repro import set_seed
@@ -30,7 +31,7 @@ from vstar.data import load_dataset, make_splits
 from vstar.data.types import InteractionData, SplitRows, Splits
 from vstar.eval.metrics import evaluate_ranking, target_ranks
 from vstar.eval.records import write_metrics
-from vstar.experiments.collab import sasrec_item_vectors
+from vstar.experiments.collab import fuse_vectors, sasrec_item_vectors
 from vstar.experiments.registry import Method, get_method
 from vstar.experiments.rundir import RunDir
 from vstar.sid import build_sids, item_vectors, load_index_json, save_index_json
@@ -93,7 +94,7 @@ def prepare_sids(cfg: Any, data: InteractionData, splits: Splits, experiment: Ex
     ``sid.vectors="sasrec"`` quantises collaborative vectors (``vstar.experiments.collab``)."""
     key = {"data": dataclasses.asdict(cfg.data), "sid": dataclasses.asdict(cfg.sid),
            "n_items": data.n_items}
-    if cfg.sid.vectors == "sasrec":
+    if cfg.sid.vectors in ("sasrec", "fused"):
         key["sasrec"] = dataclasses.asdict(cfg.sasrec)
     cache = Path(cfg.run.cache_dir)
     t0 = time.perf_counter()
@@ -105,12 +106,18 @@ def prepare_sids(cfg: Any, data: InteractionData, splits: Splits, experiment: Ex
         emb, _ = item_vectors(cfg.sid, data.item_text, data.n_items, cache, show_progress=False)
         log.info("SIDs reused from %s", experiment.sid_index)
         return sids, report, emb, time.perf_counter() - t0
-    vectors = None
-    if cfg.sid.vectors == "sasrec":
-        vectors = sasrec_item_vectors(cfg, splits, data.n_items)
+    vectors, source = None, "given"
+    if cfg.sid.vectors in ("sasrec", "fused"):
+        vectors, source = sasrec_item_vectors(cfg, splits, data.n_items), "sasrec item embeddings"
+    if cfg.sid.vectors == "fused":
+        text, text_source = item_vectors(cfg.sid, data.item_text, data.n_items, cache)
+        if text is None:
+            raise InputError("sid.vectors=fused needs item text or sid.vectors_path",
+                             field="sid.vectors")
+        vectors = fuse_vectors(text, vectors)
+        source = f"L2-normalised {text_source} + sasrec item embeddings, concatenated"
     sids, report, emb = build_sids(cfg.sid, data.item_text, data.n_items, data.item_ids,
-                                   cache_dir=cache, vectors=vectors,
-                                   vectors_source="sasrec item embeddings")
+                                   cache_dir=cache, vectors=vectors, vectors_source=source)
     seconds = time.perf_counter() - t0
     report = dict(report, seconds=seconds)
     save_index_json(experiment.sid_index, sids, data.item_ids)

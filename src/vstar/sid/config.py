@@ -11,7 +11,7 @@ from typing import Optional
 from vstar.core.errors import InputError
 
 METHODS = ("rkmeans", "balanced_kmeans", "rqvae", "index_json")
-VECTOR_SOURCES = ("text", "sasrec")
+VECTOR_SOURCES = ("text", "sasrec", "fused")
 COLLISION_METHODS = ("extra_level", "reassign", "none")
 
 
@@ -32,9 +32,10 @@ class SidConfig:
     # over text embeddings
     vectors_path: Optional[str] = None
     # what the tokenizer quantises: "text" (the item vectors above: vectors_path, else text
-    # embeddings) or "sasrec" (collaborative SIDs: the item embeddings of a SASRec trained on the
-    # training split with the sasrec section's settings; the item vectors above are still what
-    # semantic rewards and intra-list distance use). Default: what won on validation (README)
+    # embeddings), "sasrec" (collaborative SIDs: the item embeddings of a SASRec trained on the
+    # training split with the sasrec section's settings) or "fused" (both, each L2-normalised,
+    # concatenated). The item vectors above are still what semantic rewards and intra-list
+    # distance use. Default: what won on validation (README)
     vectors: str = "sasrec"
     # "extra_level" (TIGER: append the rank within the colliding group), "reassign" (move
     # colliding items to a free last-level code under the same prefix) or "none"
