@@ -38,15 +38,25 @@ def _target_logp(trainer, rows):
 def test_rl_step_logs_every_named_curve_and_respects_the_budget(decoder):
     vocab, trie, model, rows, emb = _toy()
     cfg = RLConfig(decoder=decoder, n_candidates=8, steps=2, users_per_step=6, log_every=1,
-                   ved=VEDConfig(init_beam=2))
+                   value_warmup_steps=1, value_diag_every=1, ved=VEDConfig(init_beam=2))
     trainer = RLTrainer(model, vocab, trie, rows, cfg, max_history=5, item_emb=emb)
+    warm = trainer.step()                              # value warm-up: the value loss only
+    assert warm["value_warmup"] == 1.0 and "loss_value" in warm and "loss_grpo" not in warm
+    assert warm["grad_norm_policy"] == 0.0 and warm["grad_norm_value"] > 0
     rec = trainer.step()
     for key in ("reward_mean", "reward_std", "adv_std", "sibling_groups_with_signal", "kl",
                 "loss_value", "unique_items_per_G", "unique_codes_l1", "target_in_group",
-                "decode_forward_tokens_per_user", "step_seconds", "loss_sib"):
+                "decode_forward_tokens_per_user", "step_seconds", "loss_sib",
+                "grad_norm_policy", "grad_norm_value", "sib_adv_mass",
+                "sib_adv_mass_on_target_path", "sib_adv_share_on_target_path", "value_in_ved",
+                "value_return_corr", "vdiag_pct_v", "vdiag_pct_logp", "vdiag_rank_v_l1",
+                "vdiag_rank_logp_l2", "vdiag_children_l1"):
         assert key in rec, key
+    assert rec["value_warmup"] == 0.0 and rec["grad_norm_policy"] > 0
     assert rec["decode_forward_tokens_per_user"] <= (vocab.n_levels - 1) * 8
     assert 0 < rec["unique_items_per_G"] <= 1
+    assert 1 <= rec["vdiag_rank_v_l1"] <= rec["vdiag_children_l1"]
+    assert 0 <= rec["vdiag_pct_logp"] <= 1
 
 
 def test_grpo_with_beam_candidates_raises_the_logged_items_probability():
@@ -85,7 +95,7 @@ def test_first_step_starts_on_policy_even_with_dropout():
     torch.manual_seed(0)
     model = SidGenerator(ModelConfig(history="codes", n_layer=1, n_head=2, n_embd=32, dropout=0.3), vocab_size=vocab.size, block_size=64)
     trainer = RLTrainer(model, vocab, trie, rows, RLConfig(decoder="beam", n_candidates=4,
-                        users_per_step=6), max_history=5, item_emb=emb)
+                        users_per_step=6, value_warmup_steps=0), max_history=5, item_emb=emb)
     rec = trainer.step()
     assert rec["kl"] < 1e-6                    # pi == pi_ref before the first update
     assert abs(rec["grpo_ratio_mean"] - 1.0) < 1e-6
