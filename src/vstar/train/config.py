@@ -74,6 +74,8 @@ class RLConfig:
     # --- the value head (docs/method.md sections 4 and 9) ---
     value_warmup_steps: int = 20      # value-only steps on the SFT policy's groups, before RL
                                       # (run only with value_loss; not counted in ``steps``)
+    value_updates_per_step: int = 8   # value-head updates per step: the joint one, then head-only
+                                      # refits on the step's detached states (no backbone pass)
     value_targets: str = "tree"       # "tree": TD targets on every node VED evaluated too;
                                       # "candidates": on the returned candidates only
     # Decision: the TD loss trains the value head on the backbone's hidden states without moving

@@ -98,6 +98,8 @@ def check_rl_config(cfg: RLConfig) -> None:
         bad("value_gate", f"expected one of {RL_VALUE_GATES}, got {cfg.value_gate!r}")
     if cfg.value_warmup_steps < 0:
         bad("value_warmup_steps", f"expected >= 0, got {cfg.value_warmup_steps}")
+    if cfg.value_updates_per_step < 1:
+        bad("value_updates_per_step", f"expected >= 1, got {cfg.value_updates_per_step}")
     if cfg.value_diag_every < 0:
         bad("value_diag_every", f"expected >= 0, got {cfg.value_diag_every}")
     if cfg.value_gate != "always" and cfg.value_loss and cfg.value_diag_every == 0:
@@ -153,6 +155,7 @@ class RLTrainer:
         # VED decodes with V from this step on (-1: not yet); docs/method.md section 9
         self.value_in_ved_since = 0 if cfg.value_gate == "always" else -1
         self.history: list[dict] = []
+        self._value_data = None     # the step's detached value states (refit_value)
 
     def _lr_factor(self, step: int, n_steps: int) -> float:
         warm = min(1.0, (step + 1) / max(1, self.cfg.warmup_steps))
@@ -256,30 +259,54 @@ class RLTrainer:
 
     def _value_term(self, b: RLBatch, cand_hidden: torch.Tensor, dense: torch.Tensor,
                     value_only: bool) -> tuple[torch.Tensor, dict]:
-        """TD loss on the candidates' states and on the VED tree's extra paths (section 4)."""
+        """TD loss on the candidates' states and on the VED tree's extra paths (section 4).
+
+        Keeps the detached hidden states, dense rewards and masks in ``self._value_data`` for
+        the head-only refits of :meth:`refit_value`.
+        """
         cfg = self.cfg
         to_backbone = cfg.value_grad_to_backbone and not value_only
-        hidden = cand_hidden if to_backbone else cand_hidden.detach()
-        values = self.value_head(hidden)                                  # [B, G, L]: V(s_1..s_L)
-        parts_v, parts_t, parts_m = [values], [td_targets(values, dense, cfg.gamma)], [b.valid]
+        hiddens, denses, masks = [cand_hidden], [dense], [b.valid]
         n_tree = 0
         if b.tree_codes is not None and b.tree_codes.shape[1] > 0:
             with torch.set_grad_enabled(torch.is_grad_enabled() and to_backbone):
-                t_hidden = score_candidates(self.policy, self.vocab, self.trie, b.tokens,
-                                            b.pad_mask, b.tree_codes).hidden
-            t_values = self.value_head(t_hidden)
-            t_dense = self._dense(b.tree_codes, b.tree_valid, b)
-            parts_v.append(t_values)
-            parts_t.append(td_targets(t_values, t_dense, cfg.gamma))
-            parts_m.append(b.tree_valid)
+                hiddens.append(score_candidates(self.policy, self.vocab, self.trie, b.tokens,
+                                                b.pad_mask, b.tree_codes).hidden)
+            denses.append(self._dense(b.tree_codes, b.tree_valid, b))
+            masks.append(b.tree_valid)
             n_tree = int(b.tree_valid.sum())
-        loss = value_loss(torch.cat(parts_v, 1), torch.cat(parts_t, 1), torch.cat(parts_m, 1))
+        if not to_backbone:
+            hiddens = [h.detach() for h in hiddens]
+        self._value_data = ([h.detach() for h in hiddens], denses, masks)
+        loss, values = self._td_loss(hiddens, denses, masks)
         v = values.detach()
         stats = {"value_mean": float(v[b.valid].mean()) if b.valid.any() else 0.0,
                  "value_paths_tree_per_user": n_tree / b.valid.shape[0],
                  "value_return_corr": within_user_correlation(
                      v[..., 1:], return_to_go(dense, cfg.gamma)[..., 1:], b.valid)}
         return loss, stats
+
+    def _td_loss(self, hiddens, denses, masks) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean squared TD error over all paths; also V of the first part (the candidates)."""
+        values = [self.value_head(h) for h in hiddens]                   # [B, G_i, L] each
+        targets = [td_targets(v, r, self.cfg.gamma) for v, r in zip(values, denses)]
+        loss = value_loss(torch.cat(values, 1), torch.cat(targets, 1), torch.cat(masks, 1))
+        return loss, values[0]
+
+    def refit_value(self, n: int) -> float:
+        """``n`` more head-only updates on the step's (detached) value data: the TD targets are
+        recomputed from the current V each time (docs/method.md section 9, "Value updates per
+        step"). Costs no backbone pass. Returns the last value loss (NaN if n = 0)."""
+        last = float("nan")
+        head = list(self.value_head.parameters())
+        for _ in range(n):
+            loss, _ = self._td_loss(*self._value_data)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(head, self.cfg.value_grad_clip)
+            self.opt.step()                       # the policy has no gradient: left unchanged
+            last = float(loss.detach())
+        return last
 
     # ------------------------------------------------------------------ 5. update
     def backward(self, terms: dict, value_only: bool = False) -> tuple[float, float]:
@@ -374,9 +401,10 @@ class RLTrainer:
         return out
 
     def _update_gate(self, diag: dict) -> None:
-        """Open VED's value term once the diagnostic shows that V knows something."""
+        """Open VED's value term once the diagnostic shows that V knows something (never during
+        the value warm-up: its groups are the SFT policy's, decoded without V)."""
         cfg = self.cfg
-        if self.value_in_ved_since >= 0 or "vdiag_pct_v" not in diag:
+        if self.value_in_ved_since >= 0 or "vdiag_pct_v" not in diag or self.in_value_warmup:
             return
         ref = 0.5 if cfg.value_gate == "chance" else diag["vdiag_pct_logp"]
         if diag["vdiag_pct_v"] <= ref - cfg.value_gate_margin:
@@ -409,6 +437,9 @@ class RLTrainer:
             terms, stats, logp_old = self.losses(b, adv, sib, dense, logp_old, value_only)
             norm_p, norm_v = self.backward(terms, value_only)
             self.opt.step()
+        if cfg.value_loss and cfg.value_updates_per_step > 1:
+            stats["loss_value_refit"] = self.refit_value(cfg.value_updates_per_step - 1)
+        self._value_data = None
         self.sched.step()
         record = self._step_record(b, rewards, adv, sib, stats, t_decode,
                                    time.perf_counter() - t0)
