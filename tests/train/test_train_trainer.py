@@ -1,6 +1,12 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
+
+from vstar.core.errors import InputError
+from vstar.decode.ved import value_guided_decode
+from vstar.train.advantages import grpo_advantages
 
 from vstar.data.types import SplitRows
 from vstar.decode import SidTrie
@@ -109,3 +115,157 @@ def test_value_head_trains_on_id_only_data_with_code_overlap():
     losses = [trainer.step()["loss_value"] for _ in range(3)]
     assert trainer.prefix_emb is None and all(np.isfinite(losses))
     assert losses[-1] < losses[0]
+
+
+# --------------------------------------------------------------------------- issue 8 (parts 2-4)
+
+
+def _one_batch(trainer, n_users=8):
+    """propose + rewards + advantages of one step, as ``RLTrainer.step`` computes them."""
+    b = trainer.propose(np.arange(n_users))
+    rewards = trainer.rewards(b)
+    adv = grpo_advantages(rewards, b.valid, trainer.cfg.adv_eps)
+    sib = trainer.sibling_advantages(b, rewards)
+    return b, adv, sib, trainer._dense(b.codes, b.valid, b)
+
+
+def _policy_grads(trainer, batch, drop=()):
+    terms, _, _ = trainer.losses(*batch, None)
+    terms = {k: v for k, v in terms.items() if k not in drop}
+    norms = trainer.backward(terms)
+    grads = [p.grad.clone() if p.grad is not None else torch.zeros_like(p)
+             for p in trainer.policy.parameters()]
+    head = [p.grad.clone() if p.grad is not None else torch.zeros_like(p)
+            for p in trainer.value_head.parameters()]
+    return grads, head, norms
+
+
+def _norm(grads):
+    return float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+
+
+@pytest.mark.parametrize("to_backbone", [False, True])
+def test_a_huge_value_loss_does_not_scale_the_policy_gradient(to_backbone):
+    vocab, trie, model, rows, emb = _toy()
+    cfg = RLConfig(decoder="sample", n_candidates=8, value_warmup_steps=0,
+                   reward="prefix_partial_credit", value_grad_to_backbone=to_backbone)
+    trainer = RLTrainer(model, vocab, trie, rows, cfg, max_history=5, item_emb=emb)
+    batch = _one_batch(trainer)
+    pi_only, _, (norm_p0, _) = _policy_grads(trainer, batch, drop=("value",))
+    assert norm_p0 > 0
+    cfg.w_value = 1e6                                     # the value loss's gradient x 1e6
+    huge, head, (norm_p, norm_v) = _policy_grads(trainer, batch)
+    assert norm_v > 1e3 * cfg.value_grad_clip             # far above its clip ...
+    assert _norm(head) <= cfg.value_grad_clip * (1 + 1e-4)  # ... and clipped on its own
+    assert abs(norm_p - norm_p0) < 1e-6 * max(1.0, norm_p0)
+    if not to_backbone:                                   # the policy's gradient is untouched
+        for a, b in zip(pi_only, huge):
+            assert torch.allclose(a, b, atol=1e-8)
+    else:    # the backbone gets the policy's clipped gradient + at most value_grad_clip more
+        diff = _norm([b - a for a, b in zip(pi_only, huge)])
+        assert 1e-6 < diff <= cfg.value_grad_clip * (1 + 1e-4)
+    # a joint clip (the old behaviour) would have shrunk the policy's share by about 1e-6
+    assert norm_p0 > cfg.grad_clip * 1e-3
+
+
+@pytest.mark.parametrize("to_backbone", [False, True])
+def test_the_value_gradient_reaches_the_backbone_only_when_asked(to_backbone):
+    vocab, trie, model, rows, emb = _toy()
+    cfg = RLConfig(decoder="ved", n_candidates=8, value_warmup_steps=0, value_gate="always",
+                   reward="prefix_partial_credit", value_grad_to_backbone=to_backbone,
+                   ved=VEDConfig(init_beam=2))
+    trainer = RLTrainer(model, vocab, trie, rows, cfg, max_history=5, item_emb=emb)
+    batch = _one_batch(trainer)
+    without, _, _ = _policy_grads(trainer, batch, drop=("value",))
+    with_value, _, _ = _policy_grads(trainer, batch)
+    changed = any(not torch.allclose(a, b, atol=1e-9) for a, b in zip(without, with_value))
+    assert changed == to_backbone
+    # a full step moves the backbone through the value loss alone when asked: with zero
+    # advantages and pi == pi_ref the policy loss has no gradient
+    cfg2 = RLConfig(decoder="beam", n_candidates=4, value_warmup_steps=0, sibling=False,
+                    value_grad_to_backbone=to_backbone, value_updates_per_step=1,
+                    value_gate="always")
+    _, _, model2, _, _ = _toy()
+    tr2 = RLTrainer(model2, vocab, trie, rows, cfg2, max_history=5, item_emb=emb,
+                    reward_fn=lambda ctx: torch.zeros(ctx.shape))
+    before = [p.detach().clone() for p in tr2.policy.parameters()]
+    rec = tr2.step()
+    moved = any(not torch.equal(a, p) for a, p in zip(before, tr2.policy.parameters()))
+    assert moved == to_backbone and (rec["grad_norm_value"] > 0)
+
+
+def _planted(seed=0):
+    """_toy, but each user's target sits under a first code that is a function of the user's
+    last history item, so a value head can only rank it by reading the history and the code."""
+    vocab, trie, model, rows, emb = _toy(seed)
+    codes = trie.codes.numpy()
+    targets = []
+    for h in rows.histories:
+        pool = np.flatnonzero(codes[:, 0] == (codes[h[-1], 0] + 1) % 4)
+        targets.append(pool[(h[-1] * 7) % len(pool)])
+    return vocab, trie, model, SplitRows(rows.users, rows.histories, np.asarray(targets)), emb
+
+
+@pytest.mark.parametrize("value_lr", [1e-3, 0.0])
+def test_the_value_head_learns_a_planted_problem_and_only_then_steers_ved(value_lr):
+    """Default settings except the warm-up length: the diagnostic's rank of the target's prefix
+    by V must improve well beyond chance, and VED must switch V in only after that. A head that
+    never learns (value_lr 0) fails both, so the check can fail."""
+    vocab, trie, model, rows, emb = _planted()
+    cfg = RLConfig(steps=1, value_warmup_steps=40, value_lr=value_lr)
+    trainer = RLTrainer(model, vocab, trie, rows, cfg, max_history=5, item_emb=emb)
+    trainer.train(progress=False)
+    diags = [h for h in trainer.history if "vdiag_pct_v" in h]
+    assert [h["step"] for h in diags] == [0, 10, 20, 30, 40]
+    first, last = diags[0]["vdiag_pct_v"], diags[-1]["vdiag_pct_v"]
+    assert abs(first - 0.5) < 0.05                       # untrained: about chance
+    assert all(h["value_in_ved"] == 0.0 for h in trainer.history[:40])   # warm-up: V not used
+    learned = last < first - 0.1 and last < 0.5 - cfg.value_gate_margin
+    assert learned == (value_lr > 0), (first, last)
+    assert trainer.history[-1]["value_in_ved"] == float(value_lr > 0)
+    assert trainer.value_in_ved_since == (40 if value_lr > 0 else -1)
+    # every step trained V on the tree's extra paths too (value_targets "tree")
+    assert all(h["value_paths_tree_per_user"] > 0 for h in trainer.history)
+
+
+def test_ved_decodes_with_a_zero_value_until_the_gate_opens():
+    vocab, trie, model, rows, emb = _toy()
+    cfg = RLConfig(n_candidates=8, value_warmup_steps=0, ved=VEDConfig(init_beam=2))
+    trainer = RLTrainer(model, vocab, trie, rows, cfg, max_history=5, item_emb=emb)
+    with torch.no_grad():
+        for p in trainer.value_head.parameters():
+            p.normal_(0, 1.0)                            # a value with opinions
+    idx = np.arange(8)
+    tokens, mask = trainer._encode(idx)
+    zero = value_guided_decode(model, lambda h: torch.zeros(h.shape[:-1]), vocab, trie,
+                               tokens, mask, 8, cfg.ved)
+    with_v = value_guided_decode(model, trainer.value_head, vocab, trie, tokens, mask, 8,
+                                 cfg.ved)
+    assert not torch.equal(zero.items, with_v.items)
+    assert not trainer.value_in_ved and torch.equal(trainer.propose(idx).items, zero.items)
+    trainer.value_in_ved_since = 0
+    assert torch.equal(trainer.propose(idx).items, with_v.items)
+
+
+def test_the_value_gate_survives_a_checkpoint(tmp_path):
+    vocab, trie, model, rows, emb = _toy()
+    cfg = RLConfig(decoder="sample", n_candidates=4, value_warmup_steps=0)
+    a = RLTrainer(model, vocab, trie, rows, cfg, max_history=5, item_emb=emb)
+    a.value_in_ved_since = 7
+    a.save(tmp_path / "s.safetensors")
+    _, _, model_b, _, _ = _toy()
+    b = RLTrainer(model_b, vocab, trie, rows, cfg, max_history=5, item_emb=emb)
+    assert b.value_in_ved_since == -1
+    b.load(tmp_path / "s.safetensors")
+    assert b.value_in_ved_since == 7
+
+
+@pytest.mark.parametrize("field, value", [
+    ("sibling_reward", "nope"), ("sibling_std_floor", -1.0), ("value_targets", "all"),
+    ("value_gate", "sometimes"), ("grad_clip", 0.0), ("value_grad_clip", -1.0),
+    ("value_warmup_steps", -1), ("value_updates_per_step", 0), ("value_diag_every", 0)])
+def test_bad_rl_settings_name_their_field(field, value):
+    vocab, trie, model, rows, emb = _toy()
+    cfg = dataclasses.replace(RLConfig(), **{field: value})
+    with pytest.raises(InputError, match=f"rl.{field}"):
+        RLTrainer(model, vocab, trie, rows, cfg, max_history=5, item_emb=emb)
