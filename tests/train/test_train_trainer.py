@@ -1,4 +1,5 @@
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from vstar.data.types import SplitRows
 from vstar.decode import SidTrie
 from vstar.decode.scoring import score_candidates
 from vstar.model import ModelConfig, SidGenerator, SidVocab
-from vstar.train.rl import RLConfig, RLTrainer
+from vstar.train.rl import RLBatch, RLConfig, RLTrainer
 from vstar.decode.ved import VEDConfig
 
 
@@ -269,3 +270,68 @@ def test_bad_rl_settings_name_their_field(field, value):
     cfg = dataclasses.replace(RLConfig(), **{field: value})
     with pytest.raises(InputError, match=f"rl.{field}"):
         RLTrainer(model, vocab, trie, rows, cfg, max_history=5, item_emb=emb)
+
+
+# --------------------------------------------------------------------------- sibling rewards
+
+# Catalogue of a hand-built tree: target T = (0,0,0); in decoder order the group holds
+# A = (0,0,1) (T's sibling), T, (0,1,0), then two items under the off-path parent (1,0).
+SIB_CODES = np.array([[0, 0, 0], [0, 0, 1], [0, 1, 0], [1, 0, 0], [1, 0, 1]])
+SIB_GROUP = [1, 0, 2, 3, 4]                     # items in decoder order (position 0 = best)
+
+
+def _sibling_trainer(**overrides):
+    sizes = [2, 2, 2]
+    vocab, trie = SidVocab(sizes), SidTrie(SIB_CODES, sizes)
+    torch.manual_seed(0)
+    model = SidGenerator(ModelConfig(history="codes", n_layer=1, n_head=2, n_embd=16,
+                                     dropout=0.0), vocab_size=vocab.size, block_size=32)
+    rows = SplitRows(np.arange(1), [np.array([2])], np.array([0]))
+    cfg = RLConfig(**overrides)            # default reward: rule + rank-aware penalty
+    trainer = RLTrainer(model, vocab, trie, rows, cfg, max_history=5)
+    items = torch.tensor([SIB_GROUP])
+    codes = trie.codes[items]
+    tokens, mask = trainer._encode(np.arange(1))
+    b = RLBatch(tokens, mask, items, codes, torch.ones(1, 5, dtype=torch.bool),
+                torch.tensor([0]), trie.codes[torch.tensor([0])], 0)
+    return trainer, b
+
+
+def test_sibling_advantages_follow_the_target_at_default_settings():
+    trainer, b = _sibling_trainer()
+    rewards = trainer.rewards(b)
+    # rule + rank penalty: T = 1; the wrong ones get -(1/log2(k+2)) / Z at position k
+    z = sum(1 / math.log2(k + 2) for k in range(5))
+    assert torch.allclose(rewards[0, [3, 4]],
+                          torch.tensor([-1 / math.log2(5) / z, -1 / math.log2(6) / z]))
+    sib = trainer.sibling_advantages(b, rewards)
+    a = sib.adv[0]                                         # [G, L] in decoder order
+    # depth 1 (root): first code 0 (T's path) > first code 1
+    assert a[1, 0] > 0.9 and a[3, 0] < -0.9
+    # depth 2, parent (0): (0,0) holds T -> positive; (0,1) negative
+    assert a[1, 1] > 0.9 and a[2, 1] < -0.9
+    # depth 3, parent (0,0): T gets the positive advantage, its sibling A the negative one
+    assert a[1, 2] > 0.9 and a[0, 2] < -0.9
+    # off-path parent (1,0): near-equal rewards (rank noise) -> near-zero advantages
+    assert sib.mask[0, 3, 2] and sib.mask[0, 4, 2]       # still a branching decision
+    assert a[3, 2].abs() < 0.05 and a[4, 2].abs() < 0.05
+    # the logged share: all of the mass sits on the target's path
+    rec = trainer._step_record(b, rewards, grpo_advantages(rewards, b.valid), sib, {}, 0.0, 0.0)
+    assert rec["sib_adv_share_on_target_path"] == pytest.approx(1.0)
+
+
+def test_sibling_advantages_on_the_step_reward_turn_rank_noise_into_plus_minus_one():
+    """The paper's choice, kept as the ablation ``sibling_reward: same``."""
+    trainer, b = _sibling_trainer(sibling_reward="same")
+    rewards = trainer.rewards(b)
+    sib = trainer.sibling_advantages(b, rewards)
+    a = sib.adv[0]
+    # parent (1,0): a gap of 0.015 between two non-targets becomes about +-1, and the
+    # higher-ranked sibling (position 3) gets the negative advantage
+    assert a[3, 2] < -0.95 and a[4, 2] > 0.95
+    rec = trainer._step_record(b, rewards, grpo_advantages(rewards, b.valid), sib, {}, 0.0, 0.0)
+    assert rec["sib_adv_share_on_target_path"] < 0.85
+    # a floor on the sibling std shrinks the same gap to about gap / (2 * floor)
+    trainer, b = _sibling_trainer(sibling_reward="same", sibling_std_floor=0.1)
+    a = trainer.sibling_advantages(b, trainer.rewards(b)).adv[0]
+    assert 0 < a[4, 2] < 0.1 and -0.1 < a[3, 2] < 0
