@@ -217,14 +217,14 @@ def test_the_value_head_learns_a_planted_problem_and_only_then_steers_ved(value_
     trainer = RLTrainer(model, vocab, trie, rows, cfg, max_history=5, item_emb=emb)
     trainer.train(progress=False)
     diags = [h for h in trainer.history if "vdiag_pct_v" in h]
-    assert [h["step"] for h in diags] == [0, 10, 20, 30, 40]
+    assert [h["step"] for h in diags] == [1, 11, 21, 31, 41]   # before the updates 0, 10, ...
     first, last = diags[0]["vdiag_pct_v"], diags[-1]["vdiag_pct_v"]
     assert abs(first - 0.5) < 0.05                       # untrained: about chance
     assert all(h["value_in_ved"] == 0.0 for h in trainer.history[:40])   # warm-up: V not used
     learned = last < first - 0.1 and last < 0.5 - cfg.value_gate_margin
     assert learned == (value_lr > 0), (first, last)
     assert trainer.history[-1]["value_in_ved"] == float(value_lr > 0)
-    assert trainer.value_in_ved_since == (40 if value_lr > 0 else -1)
+    assert trainer.value_in_ved_since == (40 if value_lr > 0 else -1)   # 0-based step index
     # every step trained V on the tree's extra paths too (value_targets "tree")
     assert all(h["value_paths_tree_per_user"] > 0 for h in trainer.history)
 

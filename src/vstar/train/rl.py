@@ -76,6 +76,7 @@ class RLBatch:
     target_items: torch.Tensor
     target_codes: torch.Tensor
     forward_tokens: int
+    decode_stats: dict | None = None         # logged figures of the decoder (VED: see propose)
     tree_codes: torch.Tensor | None = None   # [B, P, L] extra value paths (VED tree), -1 = pad
     tree_valid: torch.Tensor | None = None   # [B, P]
 
@@ -200,8 +201,11 @@ class RLTrainer:
                                       mask, G, cfg.ved, generator=self.gen)
             tree = res.tree
         targets = torch.as_tensor(self.rows.targets[idx], dtype=torch.long)
+        stats = None
+        if getattr(res, "root_widenings", None) is not None:      # VEDResult (issue 8, part 1)
+            stats = {"root_widenings_per_user": float(res.root_widenings.float().mean())}
         b = RLBatch(tokens, mask, res.items, res.codes, res.items >= 0, targets,
-                    self.trie.codes[targets], int(res.forward_tokens))
+                    self.trie.codes[targets], int(res.forward_tokens), stats)
         if tree is not None and cfg.value_loss and cfg.value_targets == "tree":
             b.tree_codes, b.tree_valid = tree_value_paths(
                 tree.depth, tree.codes, tree.evaluated, tree.parent, b.codes, b.valid,
@@ -441,12 +445,13 @@ class RLTrainer:
             stats["loss_value_refit"] = self.refit_value(cfg.value_updates_per_step - 1)
         self._value_data = None
         self.sched.step()
+        value_in_ved = float(self.value_in_ved)
+        self.step_idx += 1                               # the record's "step": steps done
         record = self._step_record(b, rewards, adv, sib, stats, t_decode,
                                    time.perf_counter() - t0)
-        record.update({"value_warmup": float(value_only), "value_in_ved": float(self.value_in_ved),
+        record.update({"value_warmup": float(value_only), "value_in_ved": value_in_ved,
                        "grad_norm_policy": norm_p, "grad_norm_value": norm_v,
                        "diag_seconds": t_diag, **diag})
-        self.step_idx += 1
         self.history.append(record)
         return record
 
@@ -472,7 +477,8 @@ class RLTrainer:
                 **uniq_codes, "target_in_group": float(hit.any(1).float().mean()),
                 "decode_forward_tokens_per_user": b.forward_tokens / B,
                 "lr": self.sched.get_last_lr()[0],
-                "decode_seconds": t_decode, "step_seconds": t_step, **stats}
+                "decode_seconds": t_decode, "step_seconds": t_step, **(b.decode_stats or {}),
+                **stats}
 
     # ------------------------------------------------------------------ loop, checkpoints
     def train(self, log_path: str | os.PathLike | None = None,
