@@ -70,7 +70,7 @@ def test_grpo_with_beam_candidates_raises_the_logged_items_probability():
     vocab, trie, model, rows, emb = _toy()
     cfg = RLConfig(decoder="sample", n_candidates=16, steps=40, users_per_step=40, lr=3e-3,
                    warmup_steps=1, schedule="constant", sibling=True, value_loss=True,
-                   reward="rule", kl_beta=0.0)
+                   reward="rule", kl_beta=0.0, value_warmup_steps=0)
     trainer = RLTrainer(model, vocab, trie, rows, cfg, max_history=5, item_emb=emb)
     before = _target_logp(trainer, rows)
     trainer.train(progress=False)
