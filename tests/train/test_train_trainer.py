@@ -335,3 +335,22 @@ def test_sibling_advantages_on_the_step_reward_turn_rank_noise_into_plus_minus_o
     trainer, b = _sibling_trainer(sibling_reward="same", sibling_std_floor=0.1)
     a = trainer.sibling_advantages(b, trainer.rewards(b)).adv[0]
     assert 0 < a[4, 2] < 0.1 and -0.1 < a[3, 2] < 0
+
+
+@pytest.mark.parametrize("gate, pct_v, pct_logp, opens", [
+    ("chance", 0.39, 0.05, True), ("chance", 0.41, 0.05, False),
+    ("logp", 0.39, 0.05, False), ("logp", 0.04, 0.15, True)])
+def test_the_value_gate_compares_v_with_chance_or_log_pi_by_the_margin(gate, pct_v, pct_logp,
+                                                                       opens):
+    vocab, trie, model, rows, emb = _toy()
+    cfg = RLConfig(value_warmup_steps=2, value_gate=gate)          # margin 0.1
+    trainer = RLTrainer(model, vocab, trie, rows, cfg, max_history=5, item_emb=emb)
+    diag = {"vdiag_pct_v": pct_v, "vdiag_pct_logp": pct_logp}
+    trainer._update_gate(diag)
+    assert trainer.value_in_ved_since == -1            # never during the value warm-up
+    trainer.step_idx = 2
+    trainer._update_gate(diag)
+    assert trainer.value_in_ved == opens and trainer.value_in_ved_since == (2 if opens else -1)
+    always = RLTrainer(model, vocab, trie, rows, dataclasses.replace(cfg, value_gate="always"),
+                       max_history=5, item_emb=emb)
+    assert always.value_in_ved                         # the paper: V in VED from the start
