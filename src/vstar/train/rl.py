@@ -366,23 +366,23 @@ class RLTrainer:
         log pi(c | x, y*<d) each rank them; logged: the target's mean rank and mean percentile
         (0 best, 0.5 chance) by V and by log pi, and the mean number of children.
         """
-        L, K = self.vocab.n_levels, None
+        L = self.vocab.n_levels
         tokens, mask = self._encode(idx)
         target = self.trie.codes[torch.as_tensor(self.rows.targets[idx], dtype=torch.long)]
-        B = target.shape[0]
+        B, dev = target.shape[0], target.device
         out: dict = {}
         pct_v_all, pct_lp_all = [], []
-        node = torch.zeros(B, dtype=torch.long)
+        node = torch.zeros(B, dtype=torch.long, device=dev)
         for d in range(1, L):
             allowed = self.trie.allowed(d - 1, node)                      # [B, K_d]
             K = allowed.shape[1]
-            v = torch.empty(B, K)
-            lp = torch.empty(B, K)
+            v = torch.empty(B, K, device=dev)
+            lp = torch.empty(B, K, device=dev)
             chunk = max(1, DIAG_ROWS // max(1, B))
             for lo in range(0, K, chunk):
                 hi = min(K, lo + chunk)
                 cand = target[:, None, :].repeat(1, hi - lo, 1)           # [B, k, L]
-                cand[:, :, d - 1] = torch.arange(lo, hi)
+                cand[:, :, d - 1] = torch.arange(lo, hi, device=dev)
                 cand[:, :, d:] = 0        # V(s_{d+1}) and log pi(c_d) do not read later codes
                 sc = score_candidates(self.policy, self.vocab, self.trie, tokens, mask, cand)
                 v[:, lo:hi] = self.value_head(sc.hidden[:, :, d])
