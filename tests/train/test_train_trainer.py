@@ -354,3 +354,36 @@ def test_the_value_gate_compares_v_with_chance_or_log_pi_by_the_margin(gate, pct
     always = RLTrainer(model, vocab, trie, rows, dataclasses.replace(cfg, value_gate="always"),
                        max_history=5, item_emb=emb)
     assert always.value_in_ved                         # the paper: V in VED from the start
+
+
+def test_every_node_ved_evaluated_gets_a_value_target(monkeypatch):
+    import vstar.train.rl as rl_module
+    seen = {}
+
+    def spy(*args, **kwargs):
+        seen["res"] = value_guided_decode(*args, **kwargs)
+        return seen["res"]
+
+    monkeypatch.setattr(rl_module, "value_guided_decode", spy)
+    vocab, trie, model, rows, emb = _toy()
+    trainer = RLTrainer(model, vocab, trie, rows, RLConfig(), max_history=5, item_emb=emb)
+    b = trainer.propose(np.arange(12))
+    tree = seen["res"].tree
+    paths = torch.cat([b.codes, b.tree_codes], 1)                     # [B, G + P, L]
+    live = torch.cat([b.valid, b.tree_valid], 1)
+    n_nodes = 0
+    for u in range(paths.shape[0]):
+        for m in range(int(tree.n_nodes[u])):
+            d = int(tree.depth[u, m])
+            if not tree.evaluated[u, m] or d == 0:
+                continue
+            prefix = tree.codes[u, m, :d]
+            through = (paths[u, :, :d] == prefix).all(1) & live[u]
+            assert through.any(), (u, prefix.tolist())
+            n_nodes += 1
+    assert b.tree_valid.sum() > 0 and n_nodes > b.valid.sum()   # more states than candidates
+    # and those paths reach the TD loss
+    batch = (b, grpo_advantages(trainer.rewards(b), b.valid), trainer.sibling_advantages(
+        b, trainer.rewards(b)), trainer._dense(b.codes, b.valid, b))
+    _, stats, _ = trainer.losses(*batch, None)
+    assert stats["value_paths_tree_per_user"] == float(b.tree_valid.sum()) / 12
