@@ -30,7 +30,8 @@ sid: {{method: rkmeans, codebook_sizes: [4, 4], collisions: reassign,
 model: {{n_layer: 1, n_head: 2, n_embd: 16, dropout: 0.0}}
 sft: {{max_epochs: 2, val_beam: 5, batch_size: 16}}
 sasrec: {{max_epochs: 2, hidden: 16, batch_size: 16}}
-rl: {{steps: 2, users_per_step: 8, n_candidates: 4, checkpoint_every: 1, ved: {{init_beam: 2}}}}
+rl: {{steps: 2, users_per_step: 8, n_candidates: 4, checkpoint_every: 1, ved: {{init_beam: 2}},
+     value_warmup_steps: 3}}
 eval: {{beam_width: 10, ks: [1, 5, 10], batch_size: 16}}
 run: {{name: toy, out_dir: {tmp_path / 'runs'}, cache_dir: {tmp_path / 'cache'}, seeds: [0],
       methods: [popularity, sasrec, sft, grpo_beam, vstar], progress: false}}
@@ -49,7 +50,14 @@ def test_run_writes_a_folder_per_method_and_a_results_table(experiment, capsys):
         assert 0.0 <= record["metrics"]["HR@10"] <= 1.0
         for name in ("config.yaml", "versions.json", "log.txt", "ranks_test.npy"):
             assert (run / name).is_file(), (method, name)
-    assert (exp / "vstar" / "seed0" / "rl_log.jsonl").read_text().count("\n") == 2
+    # 3 value warm-up steps (vstar trains the value head), then the 2 RL steps
+    assert (exp / "vstar" / "seed0" / "rl_log.jsonl").read_text().count("\n") == 5
+    assert (exp / "grpo_beam" / "seed0" / "rl_log.jsonl").read_text().count("\n") == 2
+    # the run's RL summary averages the RL steps only, so the policy-loss curves are in it
+    summary = json.loads((exp / "vstar" / "seed0" / "metrics.json").read_text())
+    summary = summary["extra"]["rl_summary"]
+    assert "loss_grpo" in summary and "value_warmup" not in summary
+    assert "sib_adv_share_on_target_path" in summary and "grad_norm_value" in summary
     assert (exp / "artifacts" / "sid.index.json").is_file()
     assert "| toy |" in (exp / "results.md").read_text()
     assert "vstar" in capsys.readouterr().out
@@ -62,7 +70,8 @@ def test_rl_resumes_from_its_saved_state(experiment):
     assert main(["rl", cfg, "--method", "vstar", "rl.steps=2", "run.resume=true"]) == 0
     log = experiment / "runs" / "toy" / "vstar" / "seed0" / "rl_log.jsonl"
     steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
-    assert steps == [1, 2]                       # step 1 from the first call, step 2 resumed
+    # the first call: 3 value warm-up steps + 1 RL step; the resumed call: the 2nd RL step
+    assert steps == [1, 2, 3, 4, 5]
 
 
 def test_bad_config_key_and_missing_sft_checkpoint_are_clear_errors(experiment, capsys):
@@ -121,7 +130,14 @@ def test_item_level_history_runs_every_stage_and_method(experiment):
     for method in ("sft", "grpo_beam", "vstar"):
         record = json.loads((exp / method / "seed0" / "metrics.json").read_text())
         assert record["invalid_rate"] == 0.0 and 0.0 <= record["metrics"]["HR@10"] <= 1.0
-    assert (exp / "vstar" / "seed0" / "rl_log.jsonl").read_text().count("\n") == 2
+    # 3 value warm-up steps (vstar trains the value head), then the 2 RL steps
+    assert (exp / "vstar" / "seed0" / "rl_log.jsonl").read_text().count("\n") == 5
+    assert (exp / "grpo_beam" / "seed0" / "rl_log.jsonl").read_text().count("\n") == 2
+    # the run's RL summary averages the RL steps only, so the policy-loss curves are in it
+    summary = json.loads((exp / "vstar" / "seed0" / "metrics.json").read_text())
+    summary = summary["extra"]["rl_summary"]
+    assert "loss_grpo" in summary and "value_warmup" not in summary
+    assert "sib_adv_share_on_target_path" in summary and "grad_norm_value" in summary
     assert main(["budget", str(exp / "vstar" / "seed0"), "--widths", "2", "--max-users", "4",
                  "--out-dir", str(experiment / "curve")]) == 0
 

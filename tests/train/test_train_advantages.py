@@ -8,7 +8,9 @@ import torch
 from vstar.core.errors import InputError
 from vstar.train.advantages import (PrefixEmbeddings, code_overlap_similarity,
                                  default_level_weights, dense_value_rewards, grpo_advantages,
-                                 sibling_advantages, td_targets, value_loss)
+                                 rank_percentile, return_to_go, sibling_advantages,
+                                 sibling_mass_on_target_path, td_targets, tree_value_paths,
+                                 value_loss, within_user_correlation)
 
 EPS = 1e-4
 
@@ -277,3 +279,83 @@ def test_value_loss_masks_invalid_candidates():
     assert torch.allclose(loss, torch.tensor(1.0))              # only the valid candidate
     with pytest.raises(InputError, match="values"):
         td_targets(torch.zeros(1, 2, 5), torch.zeros(1, 2, 2))
+
+
+# --------------------------------------------------------------------------- issue 8 helpers
+
+
+def test_sibling_std_floor_shrinks_small_gaps_only():
+    codes = torch.tensor([[[1, 2, 3], [1, 2, 4]]])
+    valid = torch.ones(1, 2, dtype=torch.bool)
+    small = torch.tensor([[-0.146, -0.131]])              # rank-penalty noise: gap 0.015
+    big = torch.tensor([[1.0, 0.0]])                      # a hit against a miss
+    # without a floor both become about +-1
+    assert sibling_advantages(codes, small, valid).adv[0, 1, 2] > 0.98
+    # floor 0.1: std 0.0075 -> 0.0075 / (0.1 + eps); std 0.5 is above the floor: unchanged
+    a = sibling_advantages(codes, small, valid, std_floor=0.1).adv[0, :, 2]
+    assert torch.allclose(a, torch.tensor([-0.0075, 0.0075]) / (0.1 + EPS), atol=1e-5)
+    a = sibling_advantages(codes, big, valid, std_floor=0.1).adv[0, :, 2]
+    assert torch.allclose(a, torch.tensor([0.5, -0.5]) / (0.5 + EPS))
+    with pytest.raises(InputError, match="sibling_std_floor"):
+        sibling_advantages(codes, big, valid, std_floor=-1.0)
+
+
+def test_sibling_mass_on_the_target_path_by_hand():
+    sib = sibling_advantages(TREE, torch.tensor([[1.0, 0.0, 0.0, 0.0]]),
+                             torch.ones(1, 4, dtype=torch.bool))
+    a1, a2, a3 = (1 / 6) / (1 / 6 + EPS), 0.25 / (0.25 + EPS), 0.5 / (0.5 + EPS)
+    # target (1,5,6): on its path are the root, (1) and (1,5); the parent (1,2) is off it
+    total, on = sibling_mass_on_target_path(sib, TREE, torch.tensor([[1, 5, 6]]))
+    assert torch.allclose(total, torch.tensor([2 * a1 + 2 * a2 + 2 * a3]))
+    assert torch.allclose(on, torch.tensor([2 * a1 + 2 * a2]))
+    # target (7,8,9): only the root's decision is on its path
+    total, on = sibling_mass_on_target_path(sib, TREE, torch.tensor([[7, 8, 9]]))
+    assert torch.allclose(on, torch.tensor([2 * a1]))
+
+
+def test_return_to_go_correlation_and_rank_percentile_by_hand():
+    r = torch.tensor([[[0.3, 0.5, 1.0]]])
+    assert torch.allclose(return_to_go(r, 0.5), torch.tensor([[[0.3 + 0.25 + 0.25, 1.0, 1.0]]]))
+    x = torch.tensor([[[1.0], [2.0], [3.0]], [[1.0], [1.0], [1.0]]])      # [2, 3, 1]
+    valid = torch.ones(2, 3, dtype=torch.bool)
+    # user 0: perfectly anti-correlated; user 1: constant x -> left out
+    assert within_user_correlation(x, -x, valid) == pytest.approx(-1.0)
+    assert math.isnan(within_user_correlation(x[1:], x[1:], valid[1:]))
+    scores = torch.tensor([[0.1, 0.9, 0.5, 0.7], [1.0, 1.0, 0.0, 5.0]])
+    allowed = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    rank, pct, ok = rank_percentile(scores, allowed, torch.tensor([2, 0]))
+    # user 0: among {0.1, 0.9, 0.5} the target 0.5 is 2nd of 3 -> percentile 0.5
+    # user 1: 5.0 beats it, 1.0 ties with it -> rank 1 + 1 + 0.5 = 2.5 of 4 -> 1.5 / 3
+    assert rank.tolist() == [2.0, 2.5] and torch.allclose(pct, torch.tensor([0.5, 0.5],
+                                                                             dtype=pct.dtype))
+    assert ok.tolist() == [True, True]
+    _, _, ok = rank_percentile(scores, allowed, torch.tensor([3, 0]))
+    assert ok.tolist() == [False, True]                   # the target is not allowed
+
+
+def test_tree_value_paths_complete_the_search_leaves_no_candidate_passes():
+    cat = torch.tensor([[0, 0, 0], [0, 0, 1], [0, 1, 0], [1, 0, 0], [1, 1, 1], [2, 0, 0],
+                        [3, 0, 0]])
+    # nodes: 0 root; 1 (0); 2 (0,0); 3 (1); 4 (0,1); 5 (2) not evaluated; 6 (3)
+    depth = torch.tensor([[0, 1, 2, 1, 2, 1, 1]])
+    parent = torch.tensor([[-1, 0, 1, 0, 1, 0, 0]])
+    node_codes = torch.tensor([[[-1, -1, -1], [0, -1, -1], [0, 0, -1], [1, -1, -1],
+                                [0, 1, -1], [2, -1, -1], [3, -1, -1]]])
+    evaluated = torch.tensor([[True, True, True, True, True, False, True]])
+    cand = torch.tensor([[[0, 0, 0], [3, 0, 0], [0, 0, 1]]])
+    valid = torch.tensor([[True, True, False]])
+    seen = set()
+    for seed in range(20):
+        codes, ok = tree_value_paths(depth, node_codes, evaluated, parent, cand, valid, cat,
+                                     torch.Generator().manual_seed(seed))
+        # (0) has evaluated children, (0,0) and (3) are on candidates, (2) is not evaluated:
+        # only the leaves (1) and (0,1) need a path, each completed by an item under them
+        assert codes.shape == (1, 2, 3) and ok.all()
+        assert codes[0, 0, 0] == 1 and codes[0, 1].tolist() == [0, 1, 0]
+        seen.add(tuple(codes[0, 0].tolist()))
+    assert seen == {(1, 0, 0), (1, 1, 1)}                 # uniform among the items under (1)
+    # every node covered: no extra path
+    codes, ok = tree_value_paths(depth, node_codes, evaluated, parent,
+                                 torch.tensor([[[0, 0, 0], [3, 0, 0], [1, 1, 1], [0, 1, 0]]]),
+                                 torch.ones(1, 4, dtype=torch.bool), cat)
+    assert codes.shape == (1, 0, 3) and ok.shape == (1, 0)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -167,12 +167,14 @@ class RLState:
     numpy_rng: dict             # numpy bit_generator.state
     lr_schedule: dict           # LR scheduler state_dict
     config: dict                # the RL config the state was trained with
+    trainer: dict = field(default_factory=dict)   # the trainer's own small state (JSON values)
 
 
 def save_rl_state(path: str | os.PathLike, *, policy: Mapping[str, Any],
                   value_head: Mapping[str, Any], optimizer_state: Mapping[int, Mapping[str, Any]],
                   sampler_rng: Any, step: int, numpy_rng: Mapping[str, Any],
-                  lr_schedule: Mapping[str, Any], config: Mapping[str, Any]) -> Path:
+                  lr_schedule: Mapping[str, Any], config: Mapping[str, Any],
+                  trainer: Mapping[str, Any] | None = None) -> Path:
     import torch
 
     # _write detaches, copies to contiguous CPU tensors and un-shares tied weights
@@ -184,7 +186,8 @@ def save_rl_state(path: str | os.PathLike, *, policy: Mapping[str, Any],
     tensors[_SAMPLER_RNG] = sampler_rng
     return _write(path, "rl_state", tensors,
                   {"step": int(step), "numpy_rng": dict(numpy_rng),
-                   "lr_schedule": dict(lr_schedule), "config": dict(config)})
+                   "lr_schedule": dict(lr_schedule), "config": dict(config),
+                   "trainer": dict(trainer or {})})
 
 
 def load_rl_state(path: str | os.PathLike) -> RLState:
@@ -201,7 +204,8 @@ def load_rl_state(path: str | os.PathLike) -> RLState:
         raise InputError("an RL state needs policy, value-head and sampler tensors",
                          file=str(path))
     return RLState(policy, value, opt, tensors[_SAMPLER_RNG], int(meta["step"]),
-                   meta["numpy_rng"], meta["lr_schedule"], meta["config"])
+                   meta["numpy_rng"], meta["lr_schedule"], meta["config"],
+                   dict(meta.get("trainer") or {}))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -147,10 +147,13 @@ def run_rl(ctx: MethodContext) -> dict:
     train_s = time.perf_counter() - t0
     trainer.save(layout.rl_state)
     save_generator(layout.generator, policy, vocab)
-    hist = trainer.history
-    # the mean over steps of every logged curve (exploration, advantage spread, cost)
-    summary = {k: float(np.mean([h[k] for h in hist if k in h]))
-               for k in (hist[0] if hist else {}) if k not in ("step", "lr")}
+    # the mean over RL steps (value warm-up steps left out) of every logged curve (exploration,
+    # advantage spread, value diagnostic, cost); NaN entries (undefined in a step) are skipped
+    hist = [h for h in trainer.history if not h.get("value_warmup")]
+    keys = dict.fromkeys(k for h in hist for k in h if k not in ("step", "lr", "value_warmup"))
+    summary = {k: float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
+               for k in keys
+               for vals in [np.asarray([h[k] for h in hist if k in h], dtype=float)]}
     return ctx.evaluate(beam_ranker(ctx, policy, vocab, trie), train_s,
                         {"rl": {k: v for k, v in dataclasses.asdict(rcfg).items()
                                 if not isinstance(v, dict)}, "rl_summary": summary},

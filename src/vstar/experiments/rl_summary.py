@@ -4,7 +4,8 @@
     print(render_rl_summary(rows))
 
 Reads each run's ``rl_log.jsonl`` (``vstar.core.layout.RunLayout.rl_log``); a method's row holds
-the mean over its seeds of each seed's mean over steps, ± the std over seeds (ddof=1; 0 for one
+the mean over its seeds of each seed's mean over its RL steps (value warm-up steps and NaN
+entries left out), ± the std over seeds (ddof=1; 0 for one
 seed) and the number of seeds n.
 """
 
@@ -20,9 +21,18 @@ import numpy as np
 from vstar.core.errors import InputError
 from vstar.core.layout import ExperimentLayout
 
-CURVES = ("target_in_group", "unique_items_per_G", "unique_codes_l1", "unique_codes_l2",
+CURVES = ("target_in_group", "root_widenings_per_user", "unique_items_per_G", "unique_codes_l1",
+          "unique_codes_l2",
           "unique_codes_l3", "sibling_groups_with_signal", "reward_std", "adv_std",
-          "sib_adv_std", "kl", "loss_value", "decode_forward_tokens_per_user", "step_seconds")
+          "sib_adv_std", "kl", "loss_value", "decode_forward_tokens_per_user", "step_seconds",
+          "sib_adv_share_on_target_path", "value_return_corr", "vdiag_pct_v", "vdiag_pct_logp",
+          "value_in_ved")
+
+
+def _mean(values: list) -> float:
+    """Mean of the finite entries (a curve may be undefined, NaN, in some steps); NaN if none."""
+    arr = np.asarray([np.nan if v is None else v for v in values], dtype=float)
+    return float(np.nanmean(arr)) if np.isfinite(arr).any() else float("nan")
 
 
 def _read_log(path: Path) -> list[dict]:
@@ -46,9 +56,8 @@ def rl_summary(experiment_dir: str | os.PathLike, methods: Sequence[str],
         for run in experiment.seed_runs(method).values():
             if not run.rl_log.is_file():
                 continue
-            steps = _read_log(run.rl_log)
-            per_seed.append([np.mean([s[k] for s in steps if k in s])
-                             if any(k in s for s in steps) else np.nan for k in curves])
+            steps = [s for s in _read_log(run.rl_log) if not s.get("value_warmup")]
+            per_seed.append([_mean([s[k] for s in steps if k in s]) for k in curves])
         if not per_seed:
             raise InputError(f"no RL log in any seed folder of {method!r}",
                              file=str(experiment.method_dir(method)))

@@ -80,7 +80,7 @@ class SiblingAdvantages:
 
 
 def sibling_advantages(cand_codes: torch.Tensor, rewards: torch.Tensor, valid: torch.Tensor,
-                       eps: float = 1e-4) -> SiblingAdvantages:
+                       eps: float = 1e-4, std_floor: float = 0.0) -> SiblingAdvantages:
     """Sibling-GRPO advantages (Eq. 15-18), per user, vectorised over users and candidates.
 
     For each depth l = 1..L and parent prefix h (the first l-1 codes):
@@ -89,9 +89,13 @@ def sibling_advantages(cand_codes: torch.Tensor, rewards: torch.Tensor, valid: t
     A(h, v) = (Rbar(h, v) - mean_v' Rbar(h, v')) / (std_v' Rbar(h, v') + eps), each distinct
     sibling v' in S(h) counted once, population std (Eq. 18). Parents with |S(h)| < 2 give no
     signal (advantage 0, mask False). Nodes are found with ``torch.unique`` on (user, prefix)
-    rows, one pass per level.
+    rows, one pass per level. ``std_floor`` > 0 divides by ``max(std, std_floor) + eps`` instead,
+    so that sibling gaps much smaller than the floor give advantages near 0 (docs/method.md
+    section 5).
     """
     _check_group(cand_codes, rewards, valid)
+    if not std_floor >= 0:
+        raise InputError(f"expected a floor >= 0, got {std_floor}", field="sibling_std_floor")
     B, G, L = cand_codes.shape
     device = cand_codes.device
     rewards = rewards.detach()
@@ -135,7 +139,8 @@ def sibling_advantages(cand_codes: torch.Tensor, rewards: torch.Tensor, valid: t
 
         # Eq. 18: sibling advantage; no signal where the parent has a single child
         branching = n_children[node_parent] >= 2              # [n_nodes]
-        node_adv = torch.where(branching, dev / (sib_std[node_parent] + eps),
+        scale = sib_std.clamp_min(std_floor)[node_parent] + eps
+        node_adv = torch.where(branching, dev / scale,
                                torch.zeros_like(dev))
 
         # one representative per node: its first candidate in decoder order
@@ -149,6 +154,19 @@ def sibling_advantages(cand_codes: torch.Tensor, rewards: torch.Tensor, valid: t
         n_groups_with_signal += torch.bincount(parent_user[n_children >= 2], minlength=B)
 
     return SiblingAdvantages(adv, mask, n_groups_with_signal)
+
+
+def sibling_mass_on_target_path(sib: SiblingAdvantages, cand_codes: torch.Tensor,
+                                 target_codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sibling-advantage mass ``sum |A(h, v)|`` per user, in all and at parents h on the target's
+    path (h = y*<l; the root always is). Each branching decision counts once (``sib.mask``).
+    Returns (total [B], on_path [B]); on_path / total is the share logged by the trainer.
+    """
+    B, G, L = cand_codes.shape
+    on_path = prefix_match(cand_codes, target_codes).bool()          # y<=l == y*<=l, [B, G, L]
+    parent_on_path = torch.cat([torch.ones_like(on_path[..., :1]), on_path[..., :-1]], -1)
+    mass = (sib.adv.abs() * sib.mask).to(torch.float32)              # [B, G, L]
+    return mass.sum((1, 2)), (mass * parent_on_path).sum((1, 2))
 
 
 # --------------------------------------------------------------------------- value learning
@@ -350,3 +368,103 @@ def value_loss(values: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) 
                          f"{tuple(mask.shape)}", field="mask")
     err = torch.where(mask, v - targets.detach(), torch.zeros_like(v))   # TD error, 0 off-mask
     return (err ** 2).sum() / mask.sum().clamp_min(1)
+
+
+def return_to_go(dense_rewards: torch.Tensor, gamma: float = 0.99) -> torch.Tensor:
+    """Dense return from each state: ``R_l = sum_{k >= l} gamma^(k-l) r_k``. ``[..., L]``.
+
+    What V(s_l) estimates along a candidate (the Monte-Carlo counterpart of :func:`td_targets`).
+    """
+    out = torch.zeros_like(dense_rewards)
+    acc = torch.zeros_like(dense_rewards[..., 0])
+    for l in range(dense_rewards.shape[-1] - 1, -1, -1):
+        acc = dense_rewards[..., l] + gamma * acc
+        out[..., l] = acc
+    return out
+
+
+def within_user_correlation(x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor) -> float:
+    """Mean over users and levels of the Pearson correlation of x and y over a user's valid
+    candidates (x, y [B, G, L]; valid [B, G]). (user, level) pairs where x or y is constant, or
+    with fewer than 2 valid candidates, are left out; NaN when none is left."""
+    w = valid.unsqueeze(-1).expand_as(x).to(torch.float64)           # [B, G, L]
+    x, y = x.detach().double(), y.detach().double()
+    n = w.sum(1)                                                      # [B, L]
+    mx = (x * w).sum(1) / n.clamp_min(1)
+    my = (y * w).sum(1) / n.clamp_min(1)
+    dx, dy = (x - mx[:, None]) * w, (y - my[:, None]) * w
+    cov, vx, vy = (dx * dy).sum(1), (dx * dx).sum(1), (dy * dy).sum(1)
+    ok = (n >= 2) & (vx > 1e-12) & (vy > 1e-12)
+    if not bool(ok.any()):
+        return float("nan")
+    return float((cov[ok] / (vx[ok] * vy[ok]).sqrt()).mean())
+
+
+def rank_percentile(scores: torch.Tensor, allowed: torch.Tensor,
+                    target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where ``scores`` [B, K] rank the ``target`` column [B] among the ``allowed`` [B, K] ones.
+
+    Returns (rank [B] (1 = best; ties share the mean rank), percentile [B] = (rank - 1) /
+    (n - 1), 0 = best, 1 = worst, 0.5 = chance; ok [B]: the target is allowed and n >= 2).
+    """
+    s = scores.detach().double().masked_fill(~allowed, float("-inf"))
+    t = s.gather(1, target[:, None])                                  # [B, 1]
+    better = ((s > t) & allowed).sum(1).double()
+    ties = ((s == t) & allowed).sum(1).double() - 1                   # others tied with it
+    rank = 1 + better + ties / 2
+    n = allowed.sum(1).double()
+    ok = allowed.gather(1, target[:, None]).squeeze(1) & (n >= 2)
+    pct = (rank - 1) / (n - 1).clamp_min(1)
+    return rank, pct, ok
+
+
+def tree_value_paths(depth: torch.Tensor, node_codes: torch.Tensor, evaluated: torch.Tensor,
+                     parent: torch.Tensor, cand_codes: torch.Tensor, valid: torch.Tensor,
+                     catalogue_codes: torch.Tensor,
+                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Extra paths that put a TD target on every node a tree search evaluated (docs/method.md
+    section 4, "Value targets on the search tree").
+
+    depth, evaluated, parent [B, M] and node_codes [B, M, L] describe each user's tree (node 0 the
+    root, depth d = the prefix length; ``vstar.decode.ved.VEDTree``). A node's state already
+    gets a target from any path through it: a valid candidate whose first d codes are the node's
+    prefix, or the path of an evaluated child. Every other evaluated node (a leaf of the search
+    that no candidate passes through) gets one path: its prefix completed by a catalogue item
+    drawn uniformly among the items under that prefix (``catalogue_codes`` [N, L]).
+
+    Returns (codes [B, P, L] (-1 rows are padding), valid [B, P]); P = the most paths of a user.
+    """
+    B, M = depth.shape
+    L = node_codes.shape[-1]
+    dev = node_codes.device
+    node = evaluated & (depth >= 1)                                   # [B, M]
+    # covered through an evaluated child
+    has_child = torch.zeros(B, M, dtype=torch.long, device=dev)
+    has_child.scatter_add_(1, parent.clamp(min=0), (node & (parent >= 0)).long())
+    # covered by a candidate: its first d codes equal the node's prefix
+    d_idx = (depth.clamp(min=1) - 1)                                  # [B, M]
+    same = (node_codes[:, :, None, :] == cand_codes[:, None, :, :]).long().cumprod(-1)  # [B,M,G,L]
+    same = same.gather(3, d_idx[:, :, None, None].expand(B, M, same.shape[2], 1)).squeeze(3)
+    by_cand = (same.bool() & valid[:, None, :]).any(2)               # [B, M]
+    need = node & (has_child == 0) & ~by_cand                         # [B, M]
+    b, m = need.nonzero(as_tuple=True)
+    if b.numel() == 0:
+        return (torch.full((B, 0, L), -1, dtype=torch.long, device=dev),
+                torch.zeros(B, 0, dtype=torch.bool, device=dev))
+    cat = catalogue_codes.to(dev).long()                              # [N, L]
+    prefix = node_codes[b, m]                                         # [n, L]
+    d = depth[b, m]                                                   # [n]
+    match = (cat[None] == prefix[:, None]).long().cumprod(-1)         # [n, N, L]
+    under = match.gather(2, (d - 1)[:, None, None].expand(-1, cat.shape[0], 1)).squeeze(2)
+    if bool((under.sum(1) == 0).any()):
+        raise InputError("a tree node's prefix has no catalogue item under it",
+                         field="catalogue_codes")
+    pick = torch.multinomial(under.float(), 1, generator=generator).squeeze(1)   # [n]
+    counts = torch.bincount(b, minlength=B)
+    P = int(counts.max())
+    slot = torch.arange(b.numel(), device=dev) - (torch.cumsum(counts, 0) - counts)[b]
+    codes = torch.full((B, P, L), -1, dtype=torch.long, device=dev)
+    codes[b, slot] = cat[pick]
+    ok = torch.zeros(B, P, dtype=torch.bool, device=dev)
+    ok[b, slot] = True
+    return codes, ok

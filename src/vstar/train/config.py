@@ -36,6 +36,11 @@ class SFTConfig:
                                    # the SID trie allows after the prefix (what decoding ranks)
 
 
+RL_SIBLING_SAME = "same"               # sibling_reward: the step's own reward (the paper)
+RL_VALUE_TARGETS = ("tree", "candidates")
+RL_VALUE_GATES = ("chance", "logp", "always")
+
+
 @dataclass
 class RLConfig:
     # --- ablation switches (docs/method.md section 8) ---
@@ -44,7 +49,7 @@ class RLConfig:
     value_loss: bool = True           # train the value head with the TD loss
     n_candidates: int = 16            # G
     # --- optimisation ---
-    steps: int = 100
+    steps: int = 100                  # RL steps (after the value warm-up steps)
     users_per_step: int = 64
     updates_per_batch: int = 1        # > 1 reuses a batch with PPO clipping
     lr: float = 1e-4
@@ -52,7 +57,9 @@ class RLConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 5
     schedule: str = "cosine"          # "cosine" | "constant" (after warmup)
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0            # max gradient norm of the policy loss (GRPO + sibling)
+    value_grad_clip: float = 1.0      # max gradient norm of the value loss, clipped on its own
+                                      # (docs/method.md section 9, "Separate gradient clipping")
     clip_eps: float = 0.2
     kl_beta: float = 1e-3
     w_sib: float = 1.0
@@ -60,14 +67,28 @@ class RLConfig:
     adv_eps: float = 1e-4
     # --- rewards and value targets ---
     reward: str = "rule_plus_rank_penalty"
+    # Sibling advantages are computed on this reward (a name of vstar.train.rewards.REWARDS), or
+    # on the step's reward with "same" (the paper; the ablation). docs/method.md section 5.
+    sibling_reward: str = "prefix_partial_credit"
+    sibling_std_floor: float = 0.0    # Eq. 18 divides by max(std, floor) + eps (0: the paper)
     gamma: float = 0.99
     level_weights: list[float] | None = None   # None: (0.3, 0.5, 1.0) for L=3 (see advantages.py)
     prefix_emb: str = "bucket_mean"            # "bucket_mean" | "single_item"
-    value_warmup_steps: int = 0       # steps training only the value head before RL starts
+    # --- the value head (docs/method.md sections 4 and 9) ---
+    value_warmup_steps: int = 20      # value-only steps on the SFT policy's groups, before RL
+                                      # (run only with value_loss; not counted in ``steps``)
+    value_updates_per_step: int = 8   # value-head updates per step: the joint one, then head-only
+                                      # refits on the step's detached states (no backbone pass)
+    value_targets: str = "tree"       # "tree": TD targets on every node VED evaluated too;
+                                      # "candidates": on the returned candidates only
     # Decision: the TD loss trains the value head on the backbone's hidden states without moving
     # the backbone (hidden.detach()). With gradients into the backbone, a tiny generator's policy
     # got worse on our toy check (tests/train/test_train_trainer.py); set True to let them flow.
     value_grad_to_backbone: bool = False
+    value_diag_every: int = 10        # steps between value diagnostics (0: none; needs gate always)
+    value_gate: str = "chance"        # when VED starts using V: one of RL_VALUE_GATES
+    value_gate_margin: float = 0.1    # V's mean rank percentile of the target's prefix must beat
+                                      # the reference (0.5 or log pi's) by this much
     # --- decoders ---
     temperature: float = 1.0          # decoder "sample"
     top_k: int = 0

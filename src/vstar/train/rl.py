@@ -6,10 +6,18 @@ One RL step for a batch of training rows (history x, logged next item y*):
                  (beam search, sampling, or VED guided by the current value head)      [no grad]
     2. reward    R(x, y) for every candidate (default: rule + rank-aware penalty)
     3. advantage GRPO: (R - mean_C R) / (std_C R + eps) per user;
-                 Sibling-GRPO (Eq. 15-18) at the branching decisions of C(x)'s prefix tree;
-                 dense per-level rewards -> TD targets for the value head (docs/method.md section 4)
+                 Sibling-GRPO (Eq. 15-18) at the branching decisions of C(x)'s prefix tree, on
+                 the sibling reward (docs/method.md section 5);
+                 dense per-level rewards -> TD targets for the value head, on the candidates and
+                 on every node VED evaluated (docs/method.md section 4)
     4. loss      L = L_GRPO + w_sib * L_sib + w_V * L_value, KL (k3) to the frozen SFT model
-    5. update    AdamW, gradient clipping, LR schedule (PPO clipping when a batch is reused)
+    5. update    AdamW; the policy loss's and the value loss's gradients clipped separately;
+                 LR schedule (PPO clipping when a batch is reused)
+
+Before RL, ``value_warmup_steps`` steps train the value head alone on the SFT policy's groups.
+Every ``value_diag_every`` steps a diagnostic ranks the target's prefix by V and by log pi; VED
+decodes with V only once that diagnostic says V knows something (``value_gate``); before, VED
+runs with a value of 0 (docs/method.md section 9).
 
 Everything the paper's ablations switch is a field of ``RLConfig`` (``vstar.train.config``); the
 named ablation rows are presets in the method registry (``vstar.experiments.methods``).
@@ -41,13 +49,20 @@ from vstar.decode.ved import value_guided_decode
 from vstar.model.generator import SidGenerator
 from vstar.model.value import ValueHead
 from vstar.model.vocab import SidVocab
-from vstar.train.advantages import (PrefixEmbeddings, dense_value_rewards, grpo_advantages,
-                                    sibling_advantages, td_targets, value_loss)
-from vstar.train.config import RL_DECODERS, RLConfig
+from vstar.train.advantages import (PrefixEmbeddings, SiblingAdvantages, dense_value_rewards,
+                                    grpo_advantages, rank_percentile, return_to_go,
+                                    sibling_advantages, sibling_mass_on_target_path,
+                                    td_targets, tree_value_paths, value_loss,
+                                    within_user_correlation)
+from vstar.train.config import (RL_DECODERS, RL_SIBLING_SAME, RL_VALUE_GATES, RL_VALUE_TARGETS,
+                                RLConfig)
 from vstar.train.losses import grpo_loss, sibling_loss
-from vstar.train.rewards import RewardContext, get_reward
+from vstar.train.rewards import REWARDS, RewardContext, get_reward
 
 log = logging.getLogger(__name__)
+
+DIAG_ROWS = 4096     # candidate rows per scoring call of the value diagnostic (memory bound)
+
 
 @dataclass
 class RLBatch:
@@ -61,6 +76,44 @@ class RLBatch:
     target_items: torch.Tensor
     target_codes: torch.Tensor
     forward_tokens: int
+    decode_stats: dict | None = None         # logged figures of the decoder (VED: see propose)
+    tree_codes: torch.Tensor | None = None   # [B, P, L] extra value paths (VED tree), -1 = pad
+    tree_valid: torch.Tensor | None = None   # [B, P]
+
+
+def check_rl_config(cfg: RLConfig) -> None:
+    """Raise ``InputError`` naming the ``rl.*`` field of a setting the trainer cannot use."""
+    def bad(field: str, msg: str):
+        raise InputError(msg, field=f"rl.{field}")
+
+    if cfg.decoder not in RL_DECODERS:
+        bad("decoder", f"expected one of {RL_DECODERS}, got {cfg.decoder!r}")
+    if cfg.sibling_reward != RL_SIBLING_SAME and cfg.sibling_reward not in REWARDS:
+        bad("sibling_reward", f"expected {RL_SIBLING_SAME!r} or one of {sorted(REWARDS)}, got "
+            f"{cfg.sibling_reward!r}")
+    if not cfg.sibling_std_floor >= 0:
+        bad("sibling_std_floor", f"expected >= 0, got {cfg.sibling_std_floor}")
+    if cfg.value_targets not in RL_VALUE_TARGETS:
+        bad("value_targets", f"expected one of {RL_VALUE_TARGETS}, got {cfg.value_targets!r}")
+    if cfg.value_gate not in RL_VALUE_GATES:
+        bad("value_gate", f"expected one of {RL_VALUE_GATES}, got {cfg.value_gate!r}")
+    if cfg.value_warmup_steps < 0:
+        bad("value_warmup_steps", f"expected >= 0, got {cfg.value_warmup_steps}")
+    if cfg.value_updates_per_step < 1:
+        bad("value_updates_per_step", f"expected >= 1, got {cfg.value_updates_per_step}")
+    if cfg.value_diag_every < 0:
+        bad("value_diag_every", f"expected >= 0, got {cfg.value_diag_every}")
+    if cfg.value_gate != "always" and cfg.value_loss and cfg.value_diag_every == 0:
+        bad("value_diag_every", f"value_gate {cfg.value_gate!r} opens on the value diagnostic: "
+            "expected value_diag_every >= 1 (or value_gate 'always')")
+    for name in ("grad_clip", "value_grad_clip"):
+        if not getattr(cfg, name) > 0:
+            bad(name, f"expected a max gradient norm > 0, got {getattr(cfg, name)}")
+
+
+def _zero_value(hidden: torch.Tensor) -> torch.Tensor:
+    """VED's value before the gate opens: 0 for every state (docs/method.md section 9)."""
+    return hidden.new_zeros(hidden.shape[:-1], dtype=torch.float32)
 
 
 class RLTrainer:
@@ -70,9 +123,7 @@ class RLTrainer:
                  cfg: RLConfig, max_history: int, seed: int = 0,
                  item_emb: np.ndarray | None = None, item_values: np.ndarray | None = None,
                  reward_fn: str | Callable | None = None):
-        if cfg.decoder not in RL_DECODERS:
-            raise InputError(f"expected one of {RL_DECODERS}, got {cfg.decoder!r}",
-                             field="rl.decoder")
+        check_rl_config(cfg)
         self.cfg, self.vocab, self.trie, self.rows = cfg, vocab, trie, rows
         self.max_history = max_history
         # RL runs without dropout (eval mode, gradients still flow): the sampling policy pi_old,
@@ -84,74 +135,287 @@ class RLTrainer:
             p.requires_grad_(False)
         self.value_head = ValueHead(policy.hidden_size, cfg.value_head).eval()
         self.reward_fn = get_reward(reward_fn or cfg.reward)
+        self.sibling_reward_fn = (None if cfg.sibling_reward == RL_SIBLING_SAME
+                                  else get_reward(cfg.sibling_reward))
         self.item_emb = None if item_emb is None else torch.as_tensor(item_emb, dtype=torch.float32)
         self.item_values = None if item_values is None else torch.as_tensor(item_values).float()
         self.prefix_emb = (PrefixEmbeddings(trie.codes, self.item_emb, cfg.prefix_emb)
                            if self.item_emb is not None else None)
+        # value-only steps before RL: only when the value head is trained at all
+        self.n_value_warmup = cfg.value_warmup_steps if cfg.value_loss else 0
+        self.total_steps = self.n_value_warmup + cfg.steps
         self.opt = torch.optim.AdamW([
             {"params": list(policy.parameters()), "lr": cfg.lr},
             {"params": list(self.value_head.parameters()), "lr": cfg.value_lr},
         ], weight_decay=cfg.weight_decay)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, [self._policy_lr_factor, self._value_lr_factor])
         self.rng = np.random.default_rng(seed)
         self.gen = torch.Generator().manual_seed(seed)
         self.step_idx = 0
+        # VED decodes with V from this step on (-1: not yet); docs/method.md section 9
+        self.value_in_ved_since = 0 if cfg.value_gate == "always" else -1
         self.history: list[dict] = []
+        self._value_data = None     # the step's detached value states (refit_value)
 
-    def _lr_factor(self, step: int) -> float:
+    def _lr_factor(self, step: int, n_steps: int) -> float:
         warm = min(1.0, (step + 1) / max(1, self.cfg.warmup_steps))
         if self.cfg.schedule == "constant":
             return warm
-        return warm * 0.5 * (1 + math.cos(math.pi * min(step, self.cfg.steps) / max(1, self.cfg.steps)))
+        return warm * 0.5 * (1 + math.cos(math.pi * min(step, n_steps) / max(1, n_steps)))
+
+    def _policy_lr_factor(self, step: int) -> float:
+        """The policy's schedule starts after the value warm-up (lr 0 during it)."""
+        rl_step = step - self.n_value_warmup
+        return 0.0 if rl_step < 0 else self._lr_factor(rl_step, self.cfg.steps)
+
+    def _value_lr_factor(self, step: int) -> float:
+        return self._lr_factor(step, self.total_steps)
+
+    @property
+    def in_value_warmup(self) -> bool:
+        return self.step_idx < self.n_value_warmup
+
+    @property
+    def value_in_ved(self) -> bool:
+        return 0 <= self.value_in_ved_since <= self.step_idx
+
+    def _encode(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.vocab.encode_histories([self.rows.histories[i] for i in idx],
+                                           self.trie.codes, max_items=self.max_history)
 
     # ------------------------------------------------------------------ 1. propose
     @torch.no_grad()
     def propose(self, idx: np.ndarray) -> RLBatch:
         cfg, G = self.cfg, self.cfg.n_candidates
-        tokens, mask = self.vocab.encode_histories([self.rows.histories[i] for i in idx],
-                                                   self.trie.codes, max_items=self.max_history)
+        tokens, mask = self._encode(idx)
+        tree = None
         if cfg.decoder == "beam":
             res = beam_search(self.policy, self.vocab, self.trie, tokens, mask, G)
         elif cfg.decoder == "sample":
             res = constrained_sample(self.policy, self.vocab, self.trie, tokens, mask, G,
                                      cfg.temperature, cfg.top_k, generator=self.gen)
         else:
-            res = value_guided_decode(self.policy, self.value_head, self.vocab, self.trie, tokens,
+            value_fn = self.value_head if self.value_in_ved else _zero_value
+            res = value_guided_decode(self.policy, value_fn, self.vocab, self.trie, tokens,
                                       mask, G, cfg.ved, generator=self.gen)
+            tree = res.tree
         targets = torch.as_tensor(self.rows.targets[idx], dtype=torch.long)
-        return RLBatch(tokens, mask, res.items, res.codes, res.items >= 0, targets,
-                       self.trie.codes[targets], int(res.forward_tokens))
+        stats = None
+        if getattr(res, "root_widenings", None) is not None:      # VEDResult (issue 8, part 1)
+            stats = {"root_widenings_per_user": float(res.root_widenings.float().mean())}
+        b = RLBatch(tokens, mask, res.items, res.codes, res.items >= 0, targets,
+                    self.trie.codes[targets], int(res.forward_tokens), stats)
+        if tree is not None and cfg.value_loss and cfg.value_targets == "tree":
+            b.tree_codes, b.tree_valid = tree_value_paths(
+                tree.depth, tree.codes, tree.evaluated, tree.parent, b.codes, b.valid,
+                self.trie.codes, generator=self.gen)
+        return b
 
     # ------------------------------------------------------------------ 2-4. rewards, advantages, loss
-    def rewards(self, b: RLBatch) -> torch.Tensor:
-        ctx = RewardContext(b.items, b.codes.clamp(min=0), b.valid, b.target_items, b.target_codes,
-                            item_emb=self.item_emb, item_values=self.item_values)
-        return self.reward_fn(ctx)                                        # [B, G]
+    def _context(self, b: RLBatch) -> RewardContext:
+        return RewardContext(b.items, b.codes.clamp(min=0), b.valid, b.target_items,
+                             b.target_codes, item_emb=self.item_emb, item_values=self.item_values)
 
-    def losses(self, b: RLBatch, adv, sib, dense, logp_old) -> tuple[dict, dict, torch.Tensor]:
-        """The three loss terms (tensors), logged statistics, and logp_old for batch reuse."""
+    def rewards(self, b: RLBatch) -> torch.Tensor:
+        return self.reward_fn(self._context(b))                           # [B, G]
+
+    def sibling_advantages(self, b: RLBatch, rewards: torch.Tensor) -> SiblingAdvantages:
+        """Eq. 15-18 on the sibling reward (``rl.sibling_reward``; docs/method.md section 5)."""
+        r = rewards if self.sibling_reward_fn is None else self.sibling_reward_fn(self._context(b))
+        return sibling_advantages(b.codes.clamp(min=0), r, b.valid, self.cfg.adv_eps,
+                                  self.cfg.sibling_std_floor)
+
+    def _dense(self, codes: torch.Tensor, valid: torch.Tensor, b: RLBatch) -> torch.Tensor:
+        return dense_value_rewards(codes.clamp(min=0), b.target_codes, b.target_items, valid,
+                                   level_weights=self.cfg.level_weights,
+                                   prefix_emb=self.prefix_emb)
+
+    def losses(self, b: RLBatch, adv, sib, dense, logp_old,
+               value_only: bool = False) -> tuple[dict, dict, torch.Tensor]:
+        """The loss terms (tensors), logged statistics, and logp_old for batch reuse.
+
+        ``value_only`` (the value warm-up): only the value term, on detached hidden states.
+        """
         cfg = self.cfg
-        sc = score_candidates(self.policy, self.vocab, self.trie, b.tokens, b.pad_mask, b.codes)
-        with torch.no_grad():
-            logp_ref = score_candidates(self.reference, self.vocab, self.trie, b.tokens,
-                                        b.pad_mask, b.codes).log_probs    # [B, G, L]
-        if logp_old is None:                                              # first use of the batch
-            logp_old = sc.log_probs.detach()
         terms, stats = {}, {}
-        terms["grpo"], g_stats = grpo_loss(sc.log_probs, logp_old, logp_ref, adv, b.valid,
-                                           cfg.clip_eps, cfg.kl_beta)
-        stats.update({f"grpo_{k}": v for k, v in g_stats.items()})
-        if cfg.sibling:                                                   # Eq. 19
-            terms["sib"], s_stats = sibling_loss(sc.log_probs, logp_old, logp_ref, sib, b.valid,
-                                                 cfg.clip_eps, cfg.kl_beta)
-            stats["sib_clip_frac"] = s_stats.get("clip_frac", 0.0)
-        if cfg.value_loss or cfg.value_warmup_steps:
-            hidden = sc.hidden if cfg.value_grad_to_backbone else sc.hidden.detach()
-            values = self.value_head(hidden)                              # [B, G, L]: V(s_1..s_L)
-            terms["value"] = value_loss(values, td_targets(values, dense, cfg.gamma), b.valid)
-            stats["value_mean"] = float(values.detach()[b.valid].mean()) if b.valid.any() else 0.0
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not value_only):
+            sc = score_candidates(self.policy, self.vocab, self.trie, b.tokens, b.pad_mask,
+                                  b.codes)
+        if not value_only:
+            with torch.no_grad():
+                logp_ref = score_candidates(self.reference, self.vocab, self.trie, b.tokens,
+                                            b.pad_mask, b.codes).log_probs    # [B, G, L]
+            if logp_old is None:                                          # first use of the batch
+                logp_old = sc.log_probs.detach()
+            terms["grpo"], g_stats = grpo_loss(sc.log_probs, logp_old, logp_ref, adv, b.valid,
+                                               cfg.clip_eps, cfg.kl_beta)
+            stats.update({f"grpo_{k}": v for k, v in g_stats.items()})
+            if cfg.sibling:                                               # Eq. 19
+                terms["sib"], s_stats = sibling_loss(sc.log_probs, logp_old, logp_ref, sib,
+                                                     b.valid, cfg.clip_eps, cfg.kl_beta)
+                stats["sib_clip_frac"] = s_stats.get("clip_frac", 0.0)
+        if cfg.value_loss:
+            terms["value"], v_stats = self._value_term(b, sc.hidden, dense, value_only)
+            stats.update(v_stats)
         stats.update({f"loss_{k}": float(v.detach()) for k, v in terms.items()})
         return terms, stats, logp_old
+
+    def _value_term(self, b: RLBatch, cand_hidden: torch.Tensor, dense: torch.Tensor,
+                    value_only: bool) -> tuple[torch.Tensor, dict]:
+        """TD loss on the candidates' states and on the VED tree's extra paths (section 4).
+
+        Keeps the detached hidden states, dense rewards and masks in ``self._value_data`` for
+        the head-only refits of :meth:`refit_value`.
+        """
+        cfg = self.cfg
+        to_backbone = cfg.value_grad_to_backbone and not value_only
+        hiddens, denses, masks = [cand_hidden], [dense], [b.valid]
+        n_tree = 0
+        if b.tree_codes is not None and b.tree_codes.shape[1] > 0:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and to_backbone):
+                hiddens.append(score_candidates(self.policy, self.vocab, self.trie, b.tokens,
+                                                b.pad_mask, b.tree_codes).hidden)
+            denses.append(self._dense(b.tree_codes, b.tree_valid, b))
+            masks.append(b.tree_valid)
+            n_tree = int(b.tree_valid.sum())
+        if not to_backbone:
+            hiddens = [h.detach() for h in hiddens]
+        self._value_data = ([h.detach() for h in hiddens], denses, masks)
+        loss, values = self._td_loss(hiddens, denses, masks)
+        v = values.detach()
+        stats = {"value_mean": float(v[b.valid].mean()) if b.valid.any() else 0.0,
+                 "value_paths_tree_per_user": n_tree / b.valid.shape[0],
+                 "value_return_corr": within_user_correlation(
+                     v[..., 1:], return_to_go(dense, cfg.gamma)[..., 1:], b.valid)}
+        return loss, stats
+
+    def _td_loss(self, hiddens, denses, masks) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean squared TD error over all paths; also V of the first part (the candidates)."""
+        values = [self.value_head(h) for h in hiddens]                   # [B, G_i, L] each
+        targets = [td_targets(v, r, self.cfg.gamma) for v, r in zip(values, denses)]
+        loss = value_loss(torch.cat(values, 1), torch.cat(targets, 1), torch.cat(masks, 1))
+        return loss, values[0]
+
+    def refit_value(self, n: int) -> float:
+        """``n`` more head-only updates on the step's (detached) value data: the TD targets are
+        recomputed from the current V each time (docs/method.md section 9, "Value updates per
+        step"). Costs no backbone pass. Returns the last value loss (NaN if n = 0)."""
+        last = float("nan")
+        head = list(self.value_head.parameters())
+        for _ in range(n):
+            loss, _ = self._td_loss(*self._value_data)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(head, self.cfg.value_grad_clip)
+            self.opt.step()                       # the policy has no gradient: left unchanged
+            last = float(loss.detach())
+        return last
+
+    # ------------------------------------------------------------------ 5. update
+    def backward(self, terms: dict, value_only: bool = False) -> tuple[float, float]:
+        """Gradients of the step's loss, the policy loss's and the value loss's each clipped to
+        its own max norm (``grad_clip``, ``value_grad_clip``; docs/method.md section 9).
+
+        Returns the norms before clipping (policy loss, value loss). With
+        ``value_grad_to_backbone`` the value loss's gradient (head and backbone) is taken apart
+        first, clipped on its own and added to the clipped policy gradient, so a large value loss
+        never rescales the policy's update.
+        """
+        cfg = self.cfg
+        pol = [p for p in self.policy.parameters() if p.requires_grad]
+        head = list(self.value_head.parameters())
+        loss_pi = None if value_only else (terms["grpo"] + cfg.w_sib * terms.get("sib", 0.0))
+        loss_v = None
+        if "value" in terms:
+            loss_v = terms["value"] * (1.0 if value_only else cfg.w_value)
+        self.opt.zero_grad(set_to_none=True)
+        shared = cfg.value_grad_to_backbone and not value_only and loss_v is not None
+        if shared:
+            params = pol + head
+            grads = torch.autograd.grad(loss_v, params, retain_graph=loss_pi is not None,
+                                        allow_unused=True)
+            present = [g for g in grads if g is not None]
+            norm_v = float(torch.linalg.vector_norm(torch.stack(
+                [torch.linalg.vector_norm(g) for g in present]))) if present else 0.0
+            scale = min(1.0, cfg.value_grad_clip / (norm_v + 1e-6))
+            norm_p = 0.0
+            if loss_pi is not None:
+                loss_pi.backward()
+                norm_p = float(torch.nn.utils.clip_grad_norm_(pol, cfg.grad_clip))
+            for p, g in zip(params, grads):
+                if g is None:
+                    continue
+                p.grad = g * scale if p.grad is None else p.grad + g * scale
+            return norm_p, norm_v
+        total = (loss_pi if loss_pi is not None else 0.0) + (loss_v if loss_v is not None else 0.0)
+        if isinstance(total, torch.Tensor) and total.requires_grad:
+            total.backward()
+        norm_p = float(torch.nn.utils.clip_grad_norm_(pol, cfg.grad_clip))
+        norm_v = float(torch.nn.utils.clip_grad_norm_(head, cfg.value_grad_clip))
+        return norm_p, norm_v
+
+    # ------------------------------------------------------------------ value diagnostic
+    @torch.no_grad()
+    def value_diagnostic(self, idx: np.ndarray) -> dict:
+        """Where V and log pi rank the target's prefix among its siblings (docs/method.md
+        section 9, "Value diagnostic").
+
+        For each depth d = 1..L-1 and user: the trie-valid children c of the target's parent
+        prefix y*<d; V(x, y*<d, c) (the value VED would read at that node) and
+        log pi(c | x, y*<d) each rank them; logged: the target's mean rank and mean percentile
+        (0 best, 0.5 chance) by V and by log pi, and the mean number of children.
+        """
+        L = self.vocab.n_levels
+        tokens, mask = self._encode(idx)
+        target = self.trie.codes[torch.as_tensor(self.rows.targets[idx], dtype=torch.long)]
+        B, dev = target.shape[0], target.device
+        out: dict = {}
+        pct_v_all, pct_lp_all = [], []
+        node = torch.zeros(B, dtype=torch.long, device=dev)
+        for d in range(1, L):
+            allowed = self.trie.allowed(d - 1, node)                      # [B, K_d]
+            K = allowed.shape[1]
+            v = torch.empty(B, K, device=dev)
+            lp = torch.empty(B, K, device=dev)
+            chunk = max(1, DIAG_ROWS // max(1, B))
+            for lo in range(0, K, chunk):
+                hi = min(K, lo + chunk)
+                cand = target[:, None, :].repeat(1, hi - lo, 1)           # [B, k, L]
+                cand[:, :, d - 1] = torch.arange(lo, hi, device=dev)
+                cand[:, :, d:] = 0        # V(s_{d+1}) and log pi(c_d) do not read later codes
+                sc = score_candidates(self.policy, self.vocab, self.trie, tokens, mask, cand)
+                v[:, lo:hi] = self.value_head(sc.hidden[:, :, d])
+                lp[:, lo:hi] = sc.log_probs[:, :, d - 1]
+            code = target[:, d - 1]
+            r_v, p_v, ok = rank_percentile(v, allowed, code)
+            r_lp, p_lp, _ = rank_percentile(lp, allowed, code)
+            if bool(ok.any()):
+                out.update({f"vdiag_rank_v_l{d}": float(r_v[ok].mean()),
+                            f"vdiag_rank_logp_l{d}": float(r_lp[ok].mean()),
+                            f"vdiag_pct_v_l{d}": float(p_v[ok].mean()),
+                            f"vdiag_pct_logp_l{d}": float(p_lp[ok].mean()),
+                            f"vdiag_children_l{d}": float(allowed[ok].sum(1).float().mean())})
+                pct_v_all.append(p_v[ok])
+                pct_lp_all.append(p_lp[ok])
+            node = self.trie.step(d - 1, node, code)
+        if pct_v_all:
+            out["vdiag_pct_v"] = float(torch.cat(pct_v_all).mean())
+            out["vdiag_pct_logp"] = float(torch.cat(pct_lp_all).mean())
+        return out
+
+    def _update_gate(self, diag: dict) -> None:
+        """Open VED's value term once the diagnostic shows that V knows something (never during
+        the value warm-up: its groups are the SFT policy's, decoded without V)."""
+        cfg = self.cfg
+        if self.value_in_ved_since >= 0 or "vdiag_pct_v" not in diag or self.in_value_warmup:
+            return
+        ref = 0.5 if cfg.value_gate == "chance" else diag["vdiag_pct_logp"]
+        if diag["vdiag_pct_v"] <= ref - cfg.value_gate_margin:
+            self.value_in_ved_since = self.step_idx
+            log.info("rl step %d: VED now decodes with the value head (V ranks the target's "
+                     "prefix at percentile %.3f, reference %.3f, margin %.3f)", self.step_idx,
+                     diag["vdiag_pct_v"], ref, cfg.value_gate_margin)
 
     # ------------------------------------------------------------------ one step
     def step(self) -> dict:
@@ -159,35 +423,39 @@ class RLTrainer:
         t0 = time.perf_counter()
         idx = self.rng.choice(len(self.rows), size=min(cfg.users_per_step, len(self.rows)),
                               replace=False)
+        value_only = self.in_value_warmup
+        diag = {}
+        if cfg.value_loss and cfg.value_diag_every and self.step_idx % cfg.value_diag_every == 0:
+            diag = self.value_diagnostic(idx)                             # V before this update
+            if cfg.value_gate != "always":
+                self._update_gate(diag)
+        t_diag = time.perf_counter() - t0
         b = self.propose(idx)                                             # 1. propose
-        t_decode = time.perf_counter() - t0
+        t_decode = time.perf_counter() - t0 - t_diag
         rewards = self.rewards(b)                                         # 2. reward
         adv = grpo_advantages(rewards, b.valid, cfg.adv_eps)              # 3. advantages
-        sib = sibling_advantages(b.codes.clamp(min=0), rewards, b.valid, cfg.adv_eps)
-        dense = dense_value_rewards(b.codes.clamp(min=0), b.target_codes, b.target_items, b.valid,
-                                    level_weights=cfg.level_weights, prefix_emb=self.prefix_emb)
-        value_only = self.step_idx < cfg.value_warmup_steps
+        sib = self.sibling_advantages(b, rewards)
+        dense = self._dense(b.codes, b.valid, b)
         logp_old = None
         for _ in range(cfg.updates_per_batch):                            # 4-5. loss, update
-            terms, stats, logp_old = self.losses(b, adv, sib, dense, logp_old)
-            if value_only:                                                # value warm-up
-                loss = terms["value"]
-            else:                                    # L = L_GRPO + w_sib L_sib + w_V L_value
-                loss = (terms["grpo"] + cfg.w_sib * terms.get("sib", 0.0)
-                        + (cfg.w_value * terms["value"] if cfg.value_loss else 0.0))
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                list(self.policy.parameters()) + list(self.value_head.parameters()), cfg.grad_clip)
+            terms, stats, logp_old = self.losses(b, adv, sib, dense, logp_old, value_only)
+            norm_p, norm_v = self.backward(terms, value_only)
             self.opt.step()
+        if cfg.value_loss and cfg.value_updates_per_step > 1:
+            stats["loss_value_refit"] = self.refit_value(cfg.value_updates_per_step - 1)
+        self._value_data = None
         self.sched.step()
-        self.step_idx += 1
-        record = self._step_record(b, rewards, adv, sib, stats, float(grad_norm), t_decode,
+        value_in_ved = float(self.value_in_ved)
+        self.step_idx += 1                               # the record's "step": steps done
+        record = self._step_record(b, rewards, adv, sib, stats, t_decode,
                                    time.perf_counter() - t0)
+        record.update({"value_warmup": float(value_only), "value_in_ved": value_in_ved,
+                       "grad_norm_policy": norm_p, "grad_norm_value": norm_v,
+                       "diag_seconds": t_diag, **diag})
         self.history.append(record)
         return record
 
-    def _step_record(self, b, rewards, adv, sib, stats, grad_norm, t_decode, t_step) -> dict:
+    def _step_record(self, b, rewards, adv, sib, stats, t_decode, t_step) -> dict:
         B, G, L = b.codes.shape
         v = b.valid
         uniq_items = [len(set(b.items[i][v[i]].tolist())) / G for i in range(B)]
@@ -195,37 +463,46 @@ class RLTrainer:
             len(set(b.codes[i, v[i], l].tolist())) for i in range(B)])) for l in range(L)}
         hit = (b.items == b.target_items[:, None]) & v
         rv = rewards[v]
+        mass, on_path = sibling_mass_on_target_path(sib, b.codes.clamp(min=0), b.target_codes)
+        total = float(mass.sum())
         return {"step": self.step_idx, "reward_mean": float(rv.mean()) if rv.numel() else 0.0,
                 "reward_std": float(rv.std()) if rv.numel() > 1 else 0.0,
                 "adv_std": float(adv[v].std()) if v.sum() > 1 else 0.0,
                 "sib_adv_std": float(sib.adv[sib.mask].std()) if sib.mask.sum() > 1 else 0.0,
                 "sibling_groups_with_signal": float(sib.n_groups_with_signal.float().mean()),
+                "sib_adv_mass": total / B, "sib_adv_mass_on_target_path": float(on_path.sum()) / B,
+                "sib_adv_share_on_target_path": (float(on_path.sum()) / total if total > 0
+                                                 else float("nan")),
                 "kl": stats.get("grpo_kl_mean", 0.0), "unique_items_per_G": float(np.mean(uniq_items)),
                 **uniq_codes, "target_in_group": float(hit.any(1).float().mean()),
                 "decode_forward_tokens_per_user": b.forward_tokens / B,
-                "grad_norm": grad_norm, "lr": self.sched.get_last_lr()[0],
-                "decode_seconds": t_decode, "step_seconds": t_step, **stats}
+                "lr": self.sched.get_last_lr()[0],
+                "decode_seconds": t_decode, "step_seconds": t_step, **(b.decode_stats or {}),
+                **stats}
 
     # ------------------------------------------------------------------ loop, checkpoints
     def train(self, log_path: str | os.PathLike | None = None,
               checkpoint_path: str | os.PathLike | None = None,
               progress: bool = True) -> list[dict]:
-        """Steps until ``cfg.steps``: each step's record is appended to ``log_path`` (JSON lines)
-        and the state is saved to ``checkpoint_path`` every ``cfg.checkpoint_every`` steps."""
+        """Steps until ``value_warmup_steps + steps`` (the warm-up only with the value loss):
+        each step's record is appended to ``log_path`` (JSON lines) and the state is saved to
+        ``checkpoint_path`` every ``cfg.checkpoint_every`` steps."""
         cfg = self.cfg
-        bar = tqdm(total=cfg.steps, initial=self.step_idx, desc="rl", disable=not progress)
-        while self.step_idx < cfg.steps:
+        bar = tqdm(total=self.total_steps, initial=self.step_idx, desc="rl", disable=not progress)
+        while self.step_idx < self.total_steps:
             rec = self.step()
             if log_path is not None:
                 with open(log_path, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps(rec) + "\n")
-            if self.step_idx % cfg.log_every == 0 or self.step_idx == cfg.steps:
+            if self.step_idx % cfg.log_every == 0 or self.step_idx == self.total_steps:
                 value = f"{rec['loss_value']:.4f}" if "loss_value" in rec else "off"
-                log.info("rl step %d: reward %.4f +- %.4f, adv std %.3f, sibling groups %.2f, "
-                         "KL %.2e, value loss %s, unique items/G %.2f, target in group %.2f, "
-                         "decode tokens/user %.1f, %.2fs/step", rec["step"], rec["reward_mean"],
-                         rec["reward_std"], rec["adv_std"], rec["sibling_groups_with_signal"],
-                         rec["kl"], value, rec["unique_items_per_G"],
+                log.info("rl step %d%s: reward %.4f +- %.4f, adv std %.3f, sibling groups %.2f "
+                         "(share on target path %.2f), KL %.2e, value loss %s, V in VED %d, "
+                         "unique items/G %.2f, target in group %.2f, decode tokens/user %.1f, "
+                         "%.2fs/step", rec["step"], " (value warm-up)" if rec["value_warmup"]
+                         else "", rec["reward_mean"], rec["reward_std"], rec["adv_std"],
+                         rec["sibling_groups_with_signal"], rec["sib_adv_share_on_target_path"],
+                         rec["kl"], value, rec["value_in_ved"], rec["unique_items_per_G"],
                          rec["target_in_group"], rec["decode_forward_tokens_per_user"],
                          rec["step_seconds"])
             if checkpoint_path is not None and cfg.checkpoint_every \
@@ -236,16 +513,19 @@ class RLTrainer:
         return self.history
 
     def save(self, path: str | os.PathLike) -> None:
-        """Policy, value head, optimiser moments, step counter and RNGs: an ``rl_state``
-        checkpoint (``vstar.core.checkpoint``) from which ``load`` continues bit-exactly."""
+        """Policy, value head, optimiser moments, step counter, RNGs and the value gate: an
+        ``rl_state`` checkpoint (``vstar.core.checkpoint``) from which ``load`` continues
+        bit-exactly."""
         checkpoint.save_rl_state(
             path, policy=self.policy.state_dict(), value_head=self.value_head.state_dict(),
             optimizer_state=self.opt.state_dict()["state"], sampler_rng=self.gen.get_state(),
             step=self.step_idx, numpy_rng=self.rng.bit_generator.state,
-            lr_schedule=self.sched.state_dict(), config=asdict(self.cfg))
+            lr_schedule=self.sched.state_dict(), config=asdict(self.cfg),
+            trainer={"value_in_ved_since": self.value_in_ved_since})
 
     def load(self, path: str | os.PathLike) -> None:
-        """Resume from ``save``: weights, optimiser moments, step counter and sampling RNG."""
+        """Resume from ``save``: weights, optimiser moments, step counter, sampling RNG and the
+        value gate."""
         state = checkpoint.load_rl_state(path)
         self.policy.load_state_dict(state.policy)
         self.value_head.load_state_dict(state.value_head)
@@ -259,3 +539,5 @@ class RLTrainer:
         self.sched.load_state_dict(state.lr_schedule)
         for group, lr in zip(self.opt.param_groups, self.sched.get_last_lr()):
             group["lr"] = lr
+        self.value_in_ved_since = int(state.trainer.get(
+            "value_in_ved_since", 0 if self.cfg.value_gate == "always" else -1))
