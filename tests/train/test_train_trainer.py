@@ -47,6 +47,7 @@ def test_rl_step_logs_every_named_curve_and_respects_the_budget(decoder):
         assert key in rec, key
     assert rec["decode_forward_tokens_per_user"] <= (vocab.n_levels - 1) * 8
     assert 0 < rec["unique_items_per_G"] <= 1
+    assert ("root_widenings_per_user" in rec) == (decoder == "ved")    # VEDResult.root_widenings
 
 
 def test_grpo_with_beam_candidates_raises_the_logged_items_probability():

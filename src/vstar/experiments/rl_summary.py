@@ -20,7 +20,8 @@ import numpy as np
 from vstar.core.errors import InputError
 from vstar.core.layout import ExperimentLayout
 
-CURVES = ("target_in_group", "unique_items_per_G", "unique_codes_l1", "unique_codes_l2",
+CURVES = ("target_in_group", "root_widenings_per_user", "unique_items_per_G", "unique_codes_l1",
+          "unique_codes_l2",
           "unique_codes_l3", "sibling_groups_with_signal", "reward_std", "adv_std",
           "sib_adv_std", "kl", "loss_value", "decode_forward_tokens_per_user", "step_seconds")
 

@@ -61,6 +61,7 @@ class RLBatch:
     target_items: torch.Tensor
     target_codes: torch.Tensor
     forward_tokens: int
+    decode_stats: dict | None = None   # VED only: root widenings per user (VEDResult)
 
 
 class RLTrainer:
@@ -119,8 +120,10 @@ class RLTrainer:
             res = value_guided_decode(self.policy, self.value_head, self.vocab, self.trie, tokens,
                                       mask, G, cfg.ved, generator=self.gen)
         targets = torch.as_tensor(self.rows.targets[idx], dtype=torch.long)
+        stats = ({"root_widenings_per_user": float(res.root_widenings.float().mean())}
+                 if cfg.decoder == "ved" else None)
         return RLBatch(tokens, mask, res.items, res.codes, res.items >= 0, targets,
-                       self.trie.codes[targets], int(res.forward_tokens))
+                       self.trie.codes[targets], int(res.forward_tokens), stats)
 
     # ------------------------------------------------------------------ 2-4. rewards, advantages, loss
     def rewards(self, b: RLBatch) -> torch.Tensor:
@@ -204,7 +207,8 @@ class RLTrainer:
                 **uniq_codes, "target_in_group": float(hit.any(1).float().mean()),
                 "decode_forward_tokens_per_user": b.forward_tokens / B,
                 "grad_norm": grad_norm, "lr": self.sched.get_last_lr()[0],
-                "decode_seconds": t_decode, "step_seconds": t_step, **stats}
+                "decode_seconds": t_decode, "step_seconds": t_step, **(b.decode_stats or {}),
+                **stats}
 
     # ------------------------------------------------------------------ loop, checkpoints
     def train(self, log_path: str | os.PathLike | None = None,
