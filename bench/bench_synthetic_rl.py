@@ -2,22 +2,22 @@
 catalogue whose prior hides each user's target behind a low-probability first code.
 
 World (docs/method.md section 3, "Why the widen arm counts only expansions"; bench/README.md):
-a full SID grid of 16 x 4 x 4 = 256 items and 8 user types. A user's history (4 items whose
-first code is t or t+8) reveals its type t. The type's next-item prior, from which the SFT data
-are drawn, is a per-type ranking of the 16 first codes:
+a full SID grid of 16 x 4 x 4 = 256 items and 8 user types; a user's history (4 items of first
+code t) names its type t. First codes 0-7 are *broad*, 8-15 *narrow* (``make_world``):
 
-  - 8 *broad* codes share 88 % of the mass, spread evenly over their 16 items
-    (pair (c1, c2) 2.75 %, item 0.69 %);
-  - then ``t % 3`` *decoy* codes of 2.5 % each, spread over their 16 items;
-  - then the *hidden* code h_t with 2 %, all of it on one item y*_t = (h_t, c2*_t, c3*_t);
-  - the remaining codes share what is left, evenly (<= 1 % per code).
+  - the 128 broad items share 88 % of every type's prior, evenly (pair (c1, c2) 2.75 %, item
+    0.69 %);
+  - all the mass of a narrow code sits on one item (c, c2*_c, c3*_c), whatever the type;
+  - type t puts 2.5 % on each of ``t % 3`` decoy narrow codes, 2 % on its hidden code
+    h_t = 8 + t, and what is left (< 2 %) evenly on the other narrow codes.
 
-The users RL trains on and the held-out users it is evaluated on all want y*_t. Under the SFT
-policy y*_t is the single most likely item (2 % > 0.69 %), yet beam search never returns it: at
-depth 2 its pair (2 %) ranks below the 32 broad pairs (2.75 %), so any beam of width <= 32 prunes
-it, and its first code ranks 9th to 11th, outside VED's initial beam of 8. The reward (rule +
-rank penalty, the default) pays only a hit. Beam + GRPO therefore sees no target and no signal;
-V-STAR sees it only if VED opens h_t (root widening) and deepens it.
+The users RL trains on and the held-out users it is evaluated on all want y*_t, the item of h_t.
+Under the SFT policy y*_t is among the most likely items (about 1.4 % against 0.69 % for a broad
+item; median rank 5), yet beam search never returns it: at depth 2 its pair ranks below the 32
+broad pairs, so any beam of width <= 32 prunes it, and its first code ranks 9th to 11th, outside
+VED's initial beam of 8. The reward (rule + rank penalty, the default) pays only a hit, so
+beam + GRPO sees no target and no signal; V-STAR sees it only if VED opens h_t (root widening)
+and deepens it.
 
 Protocol per seed: SFT a 2-layer generator (32 dims) on 300 steps x 128 fresh prior samples; then
 ``RLTrainer`` from that same SFT model with
