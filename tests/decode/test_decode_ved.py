@@ -216,10 +216,12 @@ class PlantedLM(nn.Module):
     prefers the planted path. hidden = [prefix is a non-empty prefix of the planted SID, depth].
     """
 
-    def __init__(self, vocab: SidVocab, planted: tuple[int, ...]):
+    def __init__(self, vocab: SidVocab, planted: tuple[int, ...],
+                 first_logits: torch.Tensor | None = None):
         super().__init__()
         self.vocab, self.planted = vocab, planted
         self.L = vocab.n_levels
+        self.first_logits = first_logits             # level-1 logits (default: see above)
 
     @property
     def hidden_size(self):
@@ -246,7 +248,9 @@ class PlantedLM(nn.Module):
         logits = torch.full((V,), -30.0)
         sl = self.vocab.level_slice(d)
         K = sl.stop - sl.start
-        if d == 0:
+        if d == 0 and self.first_logits is not None:
+            lv = self.first_logits
+        elif d == 0:
             lv = torch.tensor([3.0, 2.9, -4.0] + [-9.0] * (K - 3))
         elif prefix[0] == self.planted[0]:
             lv = torch.zeros(K)
@@ -312,6 +316,75 @@ def test_ved_finds_a_planted_item_behind_a_low_probability_first_code_and_beam_d
     flat = _ved(model, lambda h: torch.zeros(h.shape[0]), vocab, trie, tokens, mask, n,
                 init_beam=2, budget=budget, expansions_per_round=expansions_per_round)
     assert all(item not in flat.items[b].tolist() for b in range(tokens.shape[0]))
+
+
+# ----------------------------------------------------------------------------- default configuration
+
+
+def _root_widenings(tree):
+    """Expansions whose parent is the root, counted from the tree itself."""
+    return ((tree.origin == EXPANSION) & (tree.depth == 1)).sum(1)
+
+
+def test_at_the_default_configuration_ved_opens_the_first_code_the_value_prefers():
+    """VEDConfig() and G = 16 (init beam 8, budget 32 = beam-16's cost, L = 3, 16 first codes).
+    The prior ranks first codes 0 > 1 > ... > 15, so the initial beam holds 0..7; the planted item
+    (8, 1, 2) sits behind the most probable first code the beam left out, and the value is high on
+    its path only. VED must widen the root (docs/method.md section 3, "widen arm"), find V there and
+    return the planted item first, within its budget; beam search of width 16 (same cost) ranks
+    it nowhere near the top."""
+    sizes = [16, 4, 4]
+    vocab = SidVocab(sizes)
+    codes = np.stack(np.meshgrid(*[np.arange(k) for k in sizes], indexing="ij"), -1).reshape(-1, 3)
+    trie = SidTrie(codes, sizes)
+    planted = (8, 1, 2)
+    model = CountingLM(PlantedLM(vocab, planted, first_logits=-0.4 * torch.arange(16.0)))
+    tokens, mask = vocab.encode_histories([np.arange(1 + u) for u in range(3)],
+                                          torch.as_tensor(codes))
+    item = int(trie.item_of(torch.tensor(planted)))
+    value_fn = lambda h: 20.0 * h[:, 0]                       # noqa: E731  the planted path
+    cfg = VEDConfig()
+    assert (cfg.init_beam, cfg.lam, cfg.beta, cfg.budget, cfg.budget_multiplier) == \
+        (8, 0.1, 1.0, None, 1.0)                              # the defaults this test is about
+    res = value_guided_decode(model, value_fn, vocab, trie, tokens, mask, 16, cfg)
+    assert res.init_beam == 8 and (res.budget == 32).all()
+    widened = _root_widenings(res.tree)
+    assert (widened > 0).all()                                # the root was widened ...
+    star = (res.tree.depth == 1) & (res.tree.codes[:, :, 0] == planted[0])
+    assert (star.sum(1) == 1).all() and (res.tree.origin[star] == EXPANSION).all()
+    assert (res.items[:, 0] == item).all()                    # ... and the value steered there
+    assert torch.equal(res.widenings[:, 0], widened) and torch.equal(res.root_widenings, widened)
+    assert (res.tokens_per_user <= res.budget).all()
+    assert res.forward_tokens == model.decode_tokens == int(res.tokens_per_user.sum())
+    beam = beam_search(model.model, vocab, trie, tokens, mask, width=16)
+    assert all(item not in beam.items[b, :8].tolist() for b in range(3))
+
+
+def test_at_the_default_configuration_an_untrained_head_still_widens_the_root_within_budget():
+    """A random generator, the default (untrained, V ~ 0) value head, VEDConfig(), G = 16: every
+    user's root is widened at least once and the budget (32 tokens) is spent exactly, never
+    exceeded; the counters VED returns match its tree."""
+    codes, vocab, trie, model, tokens, mask = _setup(n_items=150, sizes=(16, 4, 4), n_users=8)
+    counter = CountingLM(model)
+    torch.manual_seed(0)
+    head = ValueHead(model.hidden_size).eval()                # ValueHeadConfig() defaults
+    res = value_guided_decode(counter, head, vocab, trie, tokens, mask, 16, VEDConfig())
+    widened = _root_widenings(res.tree)
+    assert (widened > 0).all()
+    assert torch.equal(res.root_widenings, widened)
+    exp = res.tree.origin == EXPANSION
+    per_depth = torch.stack([(exp & (res.tree.depth == d + 1)).sum(1) for d in range(2)], 1)
+    assert torch.equal(res.widenings, per_depth)
+    assert torch.equal(res.widenings.sum(1), res.n_expansions)
+    assert (res.tokens_per_user == 32).all() and (res.budget == 32).all()
+    assert res.forward_tokens == counter.decode_tokens
+    first = [len({c for c in res.codes[b, :, 0].tolist() if c >= 0}) for b in range(8)]
+    assert res.distinct_first_codes.tolist() == first
+    _check_items(res, trie)
+    # the ablation that counts the initial beam's children as pulls never widens the root here
+    old = value_guided_decode(model, head, vocab, trie, tokens, mask, 16,
+                              VEDConfig(widen_pulls="children"))
+    assert (old.root_widenings == 0).all() and (old.tokens_per_user == 32).all()
 
 
 # ----------------------------------------------------------------------------- degenerate case
@@ -387,7 +460,8 @@ def test_config_is_omegaconf_structured_and_validated():
     assert OmegaConf.to_object(OmegaConf.structured(VEDConfig)).budget is None
     codes, vocab, trie, model, tokens, mask = _setup(n_users=1)
     for bad, field in [({"leaf_score": "max"}, "leaf_score"), ({"init_beam": 0}, "init_beam"),
-                       ({"child_choice": "greedy"}, "child_choice"), ({"beta": -1.0}, "beta")]:
+                       ({"child_choice": "greedy"}, "child_choice"), ({"beta": -1.0}, "beta"),
+                       ({"widen_pulls": "all"}, "widen_pulls")]:
         with pytest.raises(InputError, match=field):
             value_guided_decode(model, _head(), vocab, trie, tokens, mask, 4, VEDConfig(**bad))
 

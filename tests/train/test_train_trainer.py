@@ -64,6 +64,7 @@ def test_rl_step_logs_every_named_curve_and_respects_the_budget(decoder):
     assert 0 < rec["unique_items_per_G"] <= 1
     assert 1 <= rec["vdiag_rank_v_l1"] <= rec["vdiag_children_l1"]
     assert 0 <= rec["vdiag_pct_logp"] <= 1
+    assert ("root_widenings_per_user" in rec) == (decoder == "ved")    # VEDResult.root_widenings
 
 
 def test_grpo_with_beam_candidates_raises_the_logged_items_probability():

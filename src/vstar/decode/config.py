@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 LEAF_SCORES = ("value_plus_logp", "value", "logp")
 CHILD_CHOICES = ("most_probable", "sample")
+WIDEN_PULLS = ("expansions", "children")
 
 
 @dataclass
@@ -20,3 +21,6 @@ class VEDConfig:
     expansions_per_round: int = 4      # selections per user per batched forward
     leaf_score: str = "value_plus_logp"  # one of LEAF_SCORES (see vstar.decode.ved)
     child_choice: str = "most_probable"  # one of CHILD_CHOICES
+    # pulls of the widen arm (docs/method.md section 3, "widen arm"): "expansions" counts the
+    # children VED itself added; "children" (ablation: the old rule) counts the initial beam's too
+    widen_pulls: str = "expansions"    # one of WIDEN_PULLS

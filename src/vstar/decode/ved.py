@@ -36,18 +36,23 @@ one node, as one MCTS simulation would); the initial tree is counted the same wa
 options ("arms") are
   - descend into an evaluated child c of depth <= L-2, with the UCB score of Eq. 13
     ``U(c) = G(c) + beta * sqrt(ln(N(s) + 1) / (N(c) + 1))``;
-  - widen s (add a new child to s), with ``U = Gbar(s) + beta * sqrt(ln(N(s) + 1) / (k(s) + 1))``,
-    k(s) = the number of children s already has, Gbar(s) = the mean G of its evaluated children
-    (G(s) if it has none). **Decision**: this treats "add a child to s" as one more arm of the
-    bandit at s, pulled k(s) times, whose value is what an unseen child is expected to be worth:
-    the average of its siblings (first-play value). It is a form of progressive widening: s gets
-    a new child when that arm's bonus beats its children's (widening and deepening alternate),
-    and a new child (N = 1) is deepened soon after. Without this arm the root would never get a
-    first code the initial beam pruned. We first valued the arm by G(s) itself, but G of
-    different depths are not on one scale (an untrained head gave V(root) = 10 vs ~1.4 below, and
-    the root's entropy spans more codes), so the root was widened with the whole budget and no
-    new items were reached; the siblings' mean compares like with like. G(s) still decides
-    whether s is entered from its parent (Eq. 13) and whether s may be widened at all (Eq. 14).
+  - widen s (add a new child to s), with ``U = Gbar(s) + beta * sqrt(ln(N(s) + 1) / (w(s) + 1))``,
+    w(s) = the number of children of s that VED's own expansions added (the initial beam's are not
+    counted), Gbar(s) = the mean G of its evaluated children (G(s) if it has none). **Decision**:
+    this treats "add a child to s" as one more arm of the bandit at s, valued at what an unseen
+    child is expected to be worth: the average of its siblings (first-play value). It is a form of
+    progressive widening: s gets a new child when that arm's bonus beats its children's, and a new
+    child (N = 1) is deepened soon after. Without this arm the root would never get a first code
+    the initial beam pruned. We first valued the arm by G(s) itself, but G of different depths are
+    not on one scale (an untrained head gave V(root) = 10 vs ~1.4 below), so the root was widened
+    with the whole budget and no new items were reached; the siblings' mean compares like with
+    like. **Decision (pulls)**: an arm's pulls are the times the search chose it, so w(s) counts
+    expansions only. Counting all k(s) children (``widen_pulls="children"``, kept as an ablation)
+    charged the widen arm for the init_beam children the bandit never chose: at the defaults
+    (init beam 8, 16 expansions) the root's arm had bonus sqrt(ln 18 / 9) = 0.57 against 1.20 for
+    a child with N = 1, could only win once every open child had N >= 8, and never fired
+    (docs/method.md section 3). G(s) still decides whether s is entered from its parent (Eq. 13)
+    and whether s may be widened at all (Eq. 14).
 The descent takes the arm with the highest U (ties: the more probable prefix, i.e. higher
 log pi(prefix | x); the widen arm's prefix is the child it would add) and stops when it widens.
 
@@ -119,7 +124,7 @@ import torch
 
 from vstar.core.errors import InputError
 from vstar.decode.beam import DecodeResult, expand_beams, prefill
-from vstar.decode.config import CHILD_CHOICES, LEAF_SCORES, VEDConfig
+from vstar.decode.config import CHILD_CHOICES, LEAF_SCORES, WIDEN_PULLS, VEDConfig
 from vstar.decode.trie import SidTrie, constrained_entropy, constrained_log_probs
 from vstar.model.generator import KVCache
 from vstar.model.interface import SidLM
@@ -188,7 +193,14 @@ class VEDResult(DecodeResult):
     n_expansions: torch.Tensor     # [B] nodes added after the initial tree
     budget: torch.Tensor           # [B] forward-token budget of each user
     n_complete: torch.Tensor       # [B] complete items in the tree (< G: slots were padded)
+    widenings: torch.Tensor        # [B, L-1] expansions per parent depth 0..L-2 (sum: n_expansions)
+    distinct_first_codes: torch.Tensor  # [B] distinct first codes among the returned items
     init_beam: int = 0             # the initial beam width actually used (after shrinking)
+
+    @property
+    def root_widenings(self) -> torch.Tensor:
+        """[B] first codes VED opened beyond the initial beam (expansions of the root)."""
+        return self.widenings[:, 0]
 
 
 def ved_budget(n_levels: int, n_candidates: int, cfg: VEDConfig) -> int:
@@ -219,6 +231,9 @@ def _check_config(cfg: VEDConfig, n_candidates: int) -> None:
     if cfg.child_choice not in CHILD_CHOICES:
         raise InputError(f"expected one of {CHILD_CHOICES}, got {cfg.child_choice!r}",
                          field="child_choice")
+    if cfg.widen_pulls not in WIDEN_PULLS:
+        raise InputError(f"expected one of {WIDEN_PULLS}, got {cfg.widen_pulls!r}",
+                         field="widen_pulls")
 
 
 class _Search:
@@ -247,6 +262,7 @@ class _Search:
         self.priority = torch.full((B, M), float("nan"), device=dev)  # G, Eq. 11
         self.visits = torch.zeros((B, M), dtype=torch.long, device=dev)
         self.n_children = torch.zeros((B, M), dtype=torch.long, device=dev)
+        self.n_expanded = torch.zeros((B, M), dtype=torch.long, device=dev)  # children by expansion
         self.n_valid = torch.zeros((B, M), dtype=torch.long, device=dev)  # trie-valid children
         self.evaluated = torch.zeros((B, M), dtype=torch.bool, device=dev)
         self.origin = torch.full((B, M), -1, dtype=torch.long, device=dev)
@@ -360,6 +376,8 @@ class _Search:
         self.round[b, m] = self.n_rounds
         self.added[b, p, code] = True
         self.n_children.index_put_((b, p), torch.ones_like(b), accumulate=True)
+        if origin == EXPANSION:
+            self.n_expanded.index_put_((b, p), torch.ones_like(b), accumulate=True)
         # back-propagate the visit: the new node and every ancestor (root + path of the parent)
         self.visits[b, m] = 1
         self.visits.index_put_((b, torch.zeros_like(b)), torch.ones_like(b), accumulate=True)
@@ -420,6 +438,7 @@ class _Search:
         g_sum = torch.zeros_like(g).scatter_add_(1, par, g)
         n_kids = torch.zeros_like(g).scatter_add_(1, par, kids.float())
         first_play = torch.where(n_kids > 0, g_sum / n_kids.clamp(min=1), self.priority)
+        pulls = self.n_expanded if self.cfg.widen_pulls == "expansions" else self.n_children
         for _ in range(max(self.L - 1, 1)):
             if not going.any():
                 break
@@ -429,7 +448,7 @@ class _Search:
             u_child = u_child.masked_fill(~is_child, NEG_INF)
             # widen arm: a new child is expected to be like its evaluated siblings
             u_widen = first_play[ar, cur] + beta * torch.sqrt(
-                ln_n / (self.n_children[ar, cur].float() + 1.0))           # [B]
+                ln_n / (pulls[ar, cur].float() + 1.0))                     # [B]
             u_widen = u_widen.masked_fill(~can_widen[ar, cur], NEG_INF)
             u = torch.cat([u_widen[:, None], u_child], 1)                  # [B, 1 + M]
             best_new = self.next_lp[ar, cur].masked_fill(self.added[ar, cur], NEG_INF).amax(1)
@@ -480,6 +499,12 @@ class _Search:
             if not new_b:
                 return
             self.evaluate(torch.cat(new_b), torch.cat(new_m))
+
+    def widenings(self) -> torch.Tensor:
+        """[B, L-1]: expansions per parent depth (column 0: root widenings)."""
+        exp = self.origin == EXPANSION
+        return torch.stack([(exp & (self.depth == d + 1)).sum(1)
+                            for d in range(max(self.L - 1, 1))], 1)
 
     # ------------------------------------------------------------------ (3) best leaves
     def best_leaves(self, n: int):
@@ -568,7 +593,16 @@ def value_guided_decode(model: SidLM, value_fn: ValueFn, vocab: SidVocab, trie: 
     assert bool((search.spent <= budget_t).all()), "VED overspent its budget"
     return VEDResult(items, codes, scores, int(search.spent.sum()), search.spent.clone(),
                      n_invalid, log_probs, search.tree(), search.n_nodes - n_init, budget_t,
-                     n_complete, width)
+                     n_complete, search.widenings(), _distinct_first_codes(codes), width)
+
+
+def _distinct_first_codes(codes: torch.Tensor) -> torch.Tensor:
+    """[B, G, L] codes (-1: empty slot) -> [B] number of distinct first codes per user."""
+    first = codes[:, :, 0]
+    srt = first.sort(1).values
+    new = torch.ones_like(srt, dtype=torch.bool)
+    new[:, 1:] = srt[:, 1:] != srt[:, :-1]
+    return (new & (srt >= 0)).sum(1)
 
 
 def make_ved_decoder(value_fn: ValueFn, n_candidates: int, cfg: VEDConfig | None = None,
