@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vstar.core.validate import (check_fields, count, non_negative, one_of, optional, positive)
+
 LEAF_SCORES = ("value_plus_logp", "value", "logp")
 CHILD_CHOICES = ("most_probable", "sample")
 
@@ -20,3 +22,11 @@ class VEDConfig:
     expansions_per_round: int = 4      # selections per user per batched forward
     leaf_score: str = "value_plus_logp"  # one of LEAF_SCORES (see vstar.decode.ved)
     child_choice: str = "most_probable"  # one of CHILD_CHOICES
+
+    RULES = {"init_beam": count, "lam": non_negative, "beta": non_negative,
+             "budget": optional(count), "budget_multiplier": positive,
+             "expansions_per_round": count, "leaf_score": one_of(*LEAF_SCORES),
+             "child_choice": one_of(*CHILD_CHOICES)}
+
+    def validate(self, prefix: str = "rl.ved") -> None:
+        check_fields(self, prefix, self.RULES)

@@ -9,10 +9,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from vstar.core.validate import (at_least, boolean, check_fields, count, fraction, list_of,
+                                 non_negative, non_negative_int, one_of, optional, positive,
+                                 probability, registered)
+from vstar.data.windows import WINDOW_MODES
 from vstar.decode.config import VEDConfig
 from vstar.model.config import ValueHeadConfig
 
 RL_DECODERS = ("beam", "sample", "ved")
+RL_SCHEDULES = ("cosine", "constant")
+PREFIX_EMBEDDINGS = ("bucket_mean", "single_item")
+SFT_VAL_METRICS = ("NDCG@10", "HR@10")    # what the pipeline's validation callback returns
+
+
+
+def _reward_names() -> list[str]:
+    from vstar.train.rewards import REWARDS   # torch: imported only when a config is checked
+    return list(REWARDS)
 
 
 @dataclass
@@ -31,6 +44,15 @@ class SFTConfig:
     eval_every: int = 1            # epochs between validation evaluations
     windows: str = "chunks"        # "chunks" (one pass per user sequence) or "rows" (exact)
     label_smoothing: float = 0.0   # eps of the level-wise label smoothing (train.sft.sft_loss)
+
+    RULES = {"lr": positive, "weight_decay": non_negative, "batch_size": count,
+             "max_epochs": count, "patience": count, "warmup_steps": count,
+             "grad_clip": positive, "val_metric": one_of(*SFT_VAL_METRICS), "val_beam": count,
+             "val_max_users": non_negative_int, "eval_every": count,
+             "windows": one_of(*WINDOW_MODES), "label_smoothing": fraction}
+
+    def validate(self, prefix: str = "sft") -> None:
+        check_fields(self, prefix, self.RULES)
 
 
 @dataclass
@@ -71,5 +93,25 @@ class RLConfig:
     ved: VEDConfig = field(default_factory=VEDConfig)
     value_head: ValueHeadConfig = field(default_factory=ValueHeadConfig)
     # --- bookkeeping ---
-    checkpoint_every: int = 50
+    checkpoint_every: int = 50        # steps between rl_state checkpoints (0: only at the end)
     log_every: int = 10
+
+    # one rule per field (vstar.core.validate); a new field needs an entry here
+    RULES = {
+        "decoder": one_of(*RL_DECODERS), "sibling": boolean(), "value_loss": boolean(),
+        "n_candidates": at_least(2), "steps": count, "users_per_step": count,
+        "updates_per_batch": count, "lr": positive, "value_lr": positive,
+        "weight_decay": non_negative, "warmup_steps": non_negative_int,
+        "schedule": one_of(*RL_SCHEDULES), "grad_clip": positive, "clip_eps": positive,
+        "kl_beta": non_negative, "w_sib": non_negative, "w_value": non_negative,
+        "adv_eps": positive, "reward": registered(_reward_names), "gamma": probability,
+        "level_weights": optional(list_of(non_negative, nonempty=True)),
+        "prefix_emb": one_of(*PREFIX_EMBEDDINGS), "value_warmup_steps": non_negative_int,
+        "value_grad_to_backbone": boolean(), "temperature": positive, "top_k": non_negative_int,
+        "checkpoint_every": non_negative_int, "log_every": count,
+    }
+
+    def validate(self, prefix: str = "rl") -> None:
+        check_fields(self, prefix, self.RULES)
+        self.ved.validate(f"{prefix}.ved")
+        self.value_head.validate(f"{prefix}.value_head")
