@@ -90,7 +90,9 @@ def list_of(rule: Rule, *, nonempty: bool = False, unique: bool = False,
     words = [w for w in ("non-empty" if nonempty else "", "duplicate-free" if unique else "")
              if w]
     size = f" of {length} items" if length is not None else ""
-    expected = f"a {' '.join(words + ['list'])}{size}, each {rule.expected}"
+
+    def expected() -> str:
+        return f"a {' '.join(words + ['list'])}{size}, each {rule.expected}"
 
     def ok(v: Any) -> bool:
         if isinstance(v, (str, bytes, Mapping)) or not isinstance(v, Iterable):

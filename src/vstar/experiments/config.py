@@ -18,10 +18,10 @@ from omegaconf.errors import OmegaConfBaseException
 
 from vstar.baselines.config import SASRecConfig
 from vstar.core.errors import InputError
-from vstar.core.validate import (Rule, boolean, check_fields, count, list_of, non_negative_int, one_of,
-                                 registered, require, text)
+from vstar.core.validate import (Rule, boolean, check_fields, count, list_of, non_negative_int,
+                                 one_of, require, text)
 from vstar.data.config import DataConfig
-from vstar.experiments.registry import method_names
+from vstar.experiments.registry import get_method
 from vstar.model.config import ModelConfig
 from vstar.sid.config import SidConfig
 from vstar.train.config import RLConfig, SFTConfig
@@ -66,12 +66,14 @@ class RunConfig:
     RULES = {"name": Rule(_folder_name, "a folder name (no '/', not '.' or '..')"),
              "out_dir": text(), "cache_dir": text(),
              "seeds": list_of(non_negative_int, nonempty=True, unique=True),
-             "methods": list_of(registered(method_names), nonempty=True, unique=True),
+             "methods": list_of(text(), nonempty=True, unique=True),
              "num_threads": count, "overwrite": boolean(), "resume": boolean(),
              "progress": boolean()}
 
     def validate(self, prefix: str = "run") -> None:
         check_fields(self, prefix, self.RULES)
+        for m in self.methods:
+            get_method(m)           # InputError naming run.methods for an unregistered method
         require(not (self.resume and self.overwrite), f"{prefix}.resume", self.resume,
                 f"false when {prefix}.overwrite is true (replace a run or continue it, not both)")
 
