@@ -95,6 +95,7 @@ def _code_lines(path: Path) -> list[tuple[int, str]]:
 
 
 RUN_FILES = re.compile(r"""["'](config\.yaml|versions\.json|seed\.txt|log\.txt|metrics\.json|"""
+                       r"""status\.json|provenance\.json|"""
                        r"""ranks_|(generator|sasrec|rl_state)\.safetensors|rl_config\.json|rl_log\.jsonl|"""
                        r"""sft_history\.json|sid\.index\.json|sid_report\.json|sid_key\.json|"""
                        r"""artifacts["'/]|stage_seconds\.json|results\.md|text-emb-|seed\{)""")

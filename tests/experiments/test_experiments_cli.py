@@ -55,10 +55,20 @@ def test_run_writes_a_folder_per_method_and_a_results_table(experiment, capsys):
     assert "vstar" in capsys.readouterr().out
 
 
-def test_rl_resumes_from_its_saved_state(experiment):
+def test_rl_resumes_from_its_saved_state(experiment, monkeypatch):
+    from vstar.train.rl import RLTrainer
+
     cfg = str(experiment / "cfg.yaml")
     assert main(["run", cfg, "run.methods=[sft]"]) == 0
-    assert main(["rl", cfg, "--method", "vstar", "rl.steps=1"]) == 0
+    step = RLTrainer.step
+
+    def ctrl_c_at_step_2(self):
+        if self.step_idx == 1:
+            raise KeyboardInterrupt
+        return step(self)
+    monkeypatch.setattr(RLTrainer, "step", ctrl_c_at_step_2)
+    assert main(["rl", cfg, "--method", "vstar", "rl.steps=2"]) == 130    # Ctrl-C after step 1
+    monkeypatch.setattr(RLTrainer, "step", step)
     assert main(["rl", cfg, "--method", "vstar", "rl.steps=2", "run.resume=true"]) == 0
     log = experiment / "runs" / "toy" / "vstar" / "seed0" / "rl_log.jsonl"
     steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]

@@ -5,8 +5,9 @@
         artifacts/sid_report.json             collisions, codebook use, seconds
         artifacts/sid_key.json                the data + SID config they were built from
         stage_seconds.json, results.md
+        <method>/.seed<k>.lock                the run's lock (held while a process writes it)
         <method>/seed<k>/                     RunLayout: one (method, seed) run
-            config.yaml versions.json seed.txt log.txt
+            config.yaml versions.json seed.txt log.txt status.json provenance.json
             metrics.json                      the test split; other splits in <split>/metrics.json
             ranks_<split>.npy                 1-based rank of each row's target (0: not listed)
             generator.safetensors             SFT / RL generator
@@ -64,6 +65,21 @@ class RunLayout:
     @property
     def log(self) -> Path:
         return self.path / "log.txt"
+
+    @property
+    def status(self) -> Path:
+        """running / finished / failed / interrupted, with the holder and times."""
+        return self.path / "status.json"
+
+    @property
+    def provenance(self) -> Path:
+        """Hashes of the SIDs, item vocabulary and parent checkpoint the run was trained on."""
+        return self.path / "provenance.json"
+
+    @property
+    def lock(self) -> Path:
+        """The run's lock file, beside the folder (so deleting the folder never drops a lock)."""
+        return self.path.parent / f".{self.path.name}.lock"
 
     # results
     def metrics_dir(self, split: str) -> Path:

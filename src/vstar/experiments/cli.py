@@ -244,9 +244,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.fn(args)
     except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(str(err))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C): the run folder is marked interrupted and keeps its last "
+              "checkpoint; continue it with run.resume=true", file=sys.stderr)
+        return 130
+    except OSError as err:                 # read-only out_dir, a file where a folder should be...
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _one_line(text: str) -> str:
+    """Errors print on one line (a multi-line library message is joined)."""
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
 if __name__ == "__main__":

@@ -78,6 +78,11 @@ class RunConfig:
                 f"false when {prefix}.overwrite is true (replace a run or continue it, not both)")
 
 
+# what a resumed run may change (``RunDir.resume``): bookkeeping, and RL steps may grow
+RESUMABLE = ("run.resume", "run.overwrite", "run.progress", "run.num_threads", "run.methods",
+             "run.seeds", "rl.steps", "rl.log_every", "rl.checkpoint_every", "eval.batch_size")
+
+
 @dataclass
 class PipelineConfig:
     data: DataConfig = field(default_factory=DataConfig)

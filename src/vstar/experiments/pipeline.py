@@ -23,16 +23,18 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from vstar.core.io import atomic_path, atomic_write_json
+from vstar.core.errors import InputError
+from vstar.core.io import atomic_path, atomic_write_json, read_json
 from vstar.core.layout import ExperimentLayout
-from vstar.core.repro import set_seed
+from vstar.core.repro import file_sha256, fingerprint, set_seed
 from vstar.data import load_dataset, make_splits
 from vstar.data.types import InteractionData, SplitRows, Splits
 from vstar.eval.metrics import evaluate_ranking, target_ranks
 from vstar.eval.records import write_metrics
 from vstar.experiments.collab import sasrec_item_vectors
 from vstar.experiments.registry import Method, get_method
-from vstar.experiments.rundir import RunDir
+from vstar.experiments.config import RESUMABLE
+from vstar.experiments.rundir import RunDir, run_state
 from vstar.sid import build_sids, item_vectors, load_index_json, save_index_json
 from vstar.sid.types import SemanticIds
 
@@ -53,6 +55,11 @@ class Prepared:
     item_emb: np.ndarray | None
     popularity: np.ndarray          # training interactions per item (long-tail metric)
     stage_seconds: dict = field(default_factory=dict)
+
+    def fingerprints(self) -> dict:
+        """sha256 of the SIDs and of the item vocabulary (what a checkpoint's rows mean)."""
+        return {"sids": fingerprint(self.sids.codes, list(self.sids.codebook_sizes)),
+                "items": fingerprint([str(i) for i in self.data.item_ids])}
 
 
 @dataclass
@@ -183,24 +190,78 @@ def evaluate_splits(ctx: MethodContext, rank: Ranker, train_seconds: float, extr
 # ---------------------------------------------------------------------------------------------
 
 def run_method(cfg: Any, prep: Prepared, method: str, seed: int) -> Path:
-    """One (method, seed): a fresh run folder (or the interrupted one with ``run.resume``), then
-    the method's runner from the registry."""
+    """One (method, seed): a fresh run folder (or, with ``run.resume``, the unfinished one, whose
+    config and SIDs must match; a finished one is kept as is), then the method's runner from the
+    registry. The folder is locked while the runner works."""
     spec = get_method(method)
     torch.set_num_threads(cfg.run.num_threads)
     set_seed(seed)
     experiment = ExperimentLayout.of_config(cfg)
     layout = experiment.run(method, seed)
-    if cfg.run.resume and layout.rl_state.is_file():
-        run = RunDir.open(layout.path, console=False)      # RL picks up its saved state
+    config = dataclasses.asdict(cfg)
+    if cfg.run.resume and layout.versions.is_file():
+        if run_state(layout.path) == "finished":
+            log.info("%s seed %d already finished: kept as is (run.resume)", method, seed)
+            return layout.path
+        run = RunDir.resume(layout.path, config, resumable=RESUMABLE, console=False)
     else:
-        run = RunDir.create(experiment.root, experiment.run_name(method, seed),
-                            dataclasses.asdict(cfg), seed, overwrite=cfg.run.overwrite,
-                            console=False)
+        run = RunDir.create(experiment.root, experiment.run_name(method, seed), config, seed,
+                            overwrite=cfg.run.overwrite, console=False)
+    try:
+        check_provenance(run, prep)
+    except BaseException:
+        run.close()
+        raise
     with run:
         run.logger.info("method %s, seed %d, dataset %s (%s)", method, seed, prep.data.name,
                         prep.splits.protocol)
         spec.runner(MethodContext(cfg, prep, run, seed, spec))
         return run.path
+
+
+def check_provenance(run: RunDir, prep: Prepared) -> None:
+    """A new run records the fingerprints of its SIDs and items; a resumed one must match them."""
+    now = prep.fingerprints()
+    if run.resumed and run.layout.provenance.is_file():
+        saved, _ = read_json(run.layout.provenance)
+        for key, value in now.items():
+            if saved.get(key) != value:
+                raise InputError(f"cannot resume: the run was trained on other {key} than this "
+                                 f"config gives (fingerprint {str(saved.get(key))[:12]} != "
+                                 f"{value[:12]})", file=str(run.layout.provenance))
+        return
+    atomic_write_json(run.layout.provenance, now)
+
+
+def parent_run(ctx: MethodContext, method: str) -> Path:
+    """The generator of the same seed's ``method`` run this run starts from, after checking that
+    run finished and was trained on this run's SIDs and items; records it as the parent (path and
+    sha256) in this run's provenance.json."""
+    parent = ctx.experiment.run(method, ctx.seed)
+    ckpt = parent.generator
+    if not ckpt.is_file():
+        raise InputError(f"this run starts from the {method} generator of seed {ctx.seed}: run "
+                         f"method {method!r} first (put it before the RL methods in run.methods)",
+                         file=str(ckpt))
+    state = run_state(parent.path)
+    if state != "finished":
+        raise InputError(f"the {method} run did not finish (state: {state}); rerun it first",
+                         file=str(parent.path))
+    if parent.provenance.is_file():
+        saved, _ = read_json(parent.provenance)
+        for key, value in ctx.prep.fingerprints().items():
+            if saved.get(key) != value:
+                raise InputError(f"the {method} generator was trained on other {key} than this "
+                                 f"config gives (the experiment's {key} changed since); rerun "
+                                 f"{method!r} or restore them", file=str(parent.provenance))
+    prov, _ = read_json(ctx.run.layout.provenance)
+    sha = file_sha256(ckpt)
+    if ctx.run.resumed and prov.get("parent", {}).get("generator_sha256", sha) != sha:
+        raise InputError("cannot resume: the parent generator changed since this run started",
+                         file=str(ckpt))
+    prov["parent"] = {"run": str(parent.path), "generator_sha256": sha}
+    atomic_write_json(ctx.run.layout.provenance, prov)
+    return ckpt
 
 
 def run_pipeline(cfg: Any) -> list[Path]:
