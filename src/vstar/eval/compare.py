@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -70,6 +71,14 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike],
     for f in files:
         record = read_metrics(f)
         groups.setdefault(tuple(str(record[k]) for k in GROUP_KEYS), []).append(record)
+    records = [r for group in groups.values() for r in group]
+    unknown = [n for n in metrics if not any(n in r["metrics"] or _lookup(r, n) is not None
+                                             for r in records)]
+    if unknown:
+        known = sorted({k for r in records for k in r["metrics"]})
+        raise InputError(f"unknown metric(s) {unknown}: no run has them; metrics are {known}, "
+                         "invalid_rate, or dotted paths like cost.train_seconds",
+                         field="--metrics")
     rows = []
     for key in sorted(groups):
         records = groups[key]
@@ -80,7 +89,8 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike],
         row.update(n=len(records), seeds=sorted(seeds, key=str), metrics=list(metrics),
                    mean={}, std={}, count={})
         for name in metrics:
-            values = [v for v in (_lookup(r, name) for r in records) if v is not None]
+            values = [v for v in (_lookup(r, name) for r in records)
+                      if v is not None and math.isfinite(v)]        # NaN counts as missing
             mean, std = mean_std(values) if values else (None, None)
             row["mean"][name], row["std"][name], row["count"][name] = mean, std, len(values)
         rows.append(row)
@@ -89,7 +99,7 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike],
 
 def _cell(row: dict, name: str, digits: int) -> str:
     mean, std, count = row["mean"][name], row["std"][name], row["count"][name]
-    if mean is None:
+    if mean is None or not math.isfinite(mean):
         return "n/a"
     text = f"{mean:.{digits}f} ± {std:.{digits}f}"
     return text if count == row["n"] else f"{text} (n={count})"

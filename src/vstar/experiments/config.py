@@ -133,6 +133,9 @@ def _read_yaml(path: Path) -> Any:
         loaded = OmegaConf.load(path)
     except UnicodeDecodeError as err:
         raise InputError(f"not UTF-8 text (byte {err.start})", file=str(path)) from None
+    except OSError as err:             # OmegaConf: "Invalid loaded object type: int"
+        raise InputError(f"expected a mapping of sections (data:, sid:, ...): {err}",
+                         file=str(path)) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         raise InputError(f"invalid YAML: {getattr(err, 'problem', None) or _one_line(err)}",

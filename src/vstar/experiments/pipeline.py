@@ -86,7 +86,17 @@ class MethodContext:
 def prepare_data(cfg: Any) -> tuple[InteractionData, Splits, float]:
     t0 = time.perf_counter()
     data = load_dataset(cfg.data)
+    if data.n_interactions == 0 or data.n_items == 0:
+        raise InputError(f"no interactions left to train on (k_core {cfg.data.k_core}, "
+                         f"min_rating {cfg.data.min_rating})", file=cfg.data.path or None,
+                         field="data.k_core" if cfg.data.k_core else None)
     splits = make_splits(data, cfg.data)
+    for split in ("train",) + tuple(cfg.eval.splits):
+        if len(getattr(splits, split)) == 0:
+            raise InputError(f"the {split} split has no rows: {splits.protocol} needs users "
+                             f"with at least 3 interactions ({data.n_users} users, "
+                             f"{data.n_interactions} interactions)", file=cfg.data.path or None,
+                             field="data.protocol")
     seconds = time.perf_counter() - t0
     log.info("data %s: %d users, %d items, %d interactions; %s rows train/valid/test = %d/%d/%d "
              "(%.1fs)", data.name, data.n_users, data.n_items, data.n_interactions,
@@ -102,6 +112,9 @@ def prepare_sids(cfg: Any, data: InteractionData, splits: Splits, experiment: Ex
            "n_items": data.n_items}
     if cfg.sid.vectors == "sasrec":
         key["sasrec"] = dataclasses.asdict(cfg.sasrec)
+    for name in ("index_path", "vectors_path"):        # an edited file gives new SIDs
+        if getattr(cfg.sid, name) and Path(getattr(cfg.sid, name)).is_file():
+            key[f"{name}_sha256"] = file_sha256(getattr(cfg.sid, name))
     cache = Path(cfg.run.cache_dir)
     t0 = time.perf_counter()
     if experiment.sid_key.is_file() and experiment.sid_index.is_file() \

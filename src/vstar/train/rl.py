@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vstar.core import checkpoint
-from vstar.core.errors import InputError
+from vstar.core.errors import InputError, check_finite
 from vstar.data.types import SplitRows
 from vstar.decode.beam import beam_search
 from vstar.decode.sampling import constrained_sample
@@ -162,7 +162,10 @@ class RLTrainer:
         b = self.propose(idx)                                             # 1. propose
         t_decode = time.perf_counter() - t0
         rewards = self.rewards(b)                                         # 2. reward
+        step = self.step_idx + 1
+        check_finite(rewards[b.valid], "reward", step)
         adv = grpo_advantages(rewards, b.valid, cfg.adv_eps)              # 3. advantages
+        check_finite(adv[b.valid], "advantage", step)
         sib = sibling_advantages(b.codes.clamp(min=0), rewards, b.valid, cfg.adv_eps)
         dense = dense_value_rewards(b.codes.clamp(min=0), b.target_codes, b.target_items, b.valid,
                                     level_weights=cfg.level_weights, prefix_emb=self.prefix_emb)
@@ -175,6 +178,7 @@ class RLTrainer:
             else:                                    # L = L_GRPO + w_sib L_sib + w_V L_value
                 loss = (terms["grpo"] + cfg.w_sib * terms.get("sib", 0.0)
                         + (cfg.w_value * terms["value"] if cfg.value_loss else 0.0))
+            check_finite(loss, "loss", step)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from vstar.core.errors import InputError
+from vstar.core.errors import InputError, check_finite
 from vstar.data.types import Splits, SplitRows
 from vstar.data.windows import build_windows
 from vstar.decode.trie import SidTrie
@@ -120,6 +120,7 @@ def train_sft(model: SidGenerator, vocab: SidVocab, trie: SidTrie, splits: Split
             keep = int((tk != PAD).sum(1).max())          # trim right padding of this batch
             loss = sft_loss(model, vocab, tk[:, :keep], tg[:, :keep], lv[:, :keep],
                             cfg.label_smoothing)
+            check_finite(loss, "sft loss", len(losses) + 1 + epoch * steps_per_epoch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
