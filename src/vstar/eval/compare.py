@@ -56,11 +56,11 @@ def _lookup(record: dict, name: str) -> float | None:
 
 
 def compare_runs(run_dirs: Sequence[str | os.PathLike],
-                 metrics: Sequence[str] = DEFAULT_METRICS) -> list[dict[str, Any]]:
+                 metrics: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """One row per (dataset, protocol, split, method) over all runs found under ``run_dirs``.
 
     Each row: dataset, protocol, split, method, n (runs), seeds (sorted), metrics (the names, in
-    order), mean / std / count (dicts by metric name; std has ddof=1, 0 for one run; a metric
+    order; default DEFAULT_METRICS; a name given that no run has is an InputError), mean / std / count (dicts by metric name; std has ddof=1, 0 for one run; a metric
     missing or null in every run of the group has mean and std None and count 0). Rows are
     sorted by the group keys.
     """
@@ -72,8 +72,10 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike],
         record = read_metrics(f)
         groups.setdefault(tuple(str(record[k]) for k in GROUP_KEYS), []).append(record)
     records = [r for group in groups.values() for r in group]
-    unknown = [n for n in metrics if not any(n in r["metrics"] or _lookup(r, n) is not None
-                                             for r in records)]
+    # names asked for (not the defaults) must exist in some run; a dotted path may be absent
+    unknown = [n for n in metrics or () if "." not in n and not any(
+        n in r["metrics"] or _lookup(r, n) is not None for r in records)]
+    metrics = list(metrics or DEFAULT_METRICS)
     if unknown:
         known = sorted({k for r in records for k in r["metrics"]})
         raise InputError(f"unknown metric(s) {unknown}: no run has them; metrics are {known}, "

@@ -43,9 +43,9 @@ def _load(args):
 
 def _print_results(paths, metrics=None) -> str:
     """Print the mean +- std table (rich on a terminal, markdown otherwise); return the markdown."""
-    from vstar.eval.compare import DEFAULT_METRICS, compare_runs, print_table, render_table
+    from vstar.eval.compare import compare_runs, print_table, render_table
 
-    rows = compare_runs(paths, metrics or DEFAULT_METRICS)
+    rows = compare_runs(paths, metrics)
     table = render_table(rows)
     if sys.stdout.isatty():
         print_table(rows)
