@@ -81,8 +81,9 @@ def _read(path: str | os.PathLike, kind: str, device: str = "cpu") -> tuple[dict
         with safe_open(str(path), framework="pt", device=device) as fh:
             raw_meta = fh.metadata() or {}
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    except (SafetensorError, OSError) as err:
-        raise InputError(f"not a readable safetensors file ({err})", file=str(path)) from None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:   # truncated, corrupt
+        raise InputError(f"not a readable safetensors file ({_first_line(err)})",
+                         file=str(path)) from None
     meta = {}
     for key, text in raw_meta.items():
         try:
@@ -99,6 +100,11 @@ def _read(path: str | os.PathLike, kind: str, device: str = "cpu") -> tuple[dict
         raise InputError(f"checkpoint format {meta.get(_FORMAT)!r}, this vstar reads "
                          f"{FORMAT_VERSION}", file=str(path), field=_FORMAT)
     return tensors, meta
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _require(meta: dict, keys: tuple[str, ...], path: str | os.PathLike, kind: str) -> None:
