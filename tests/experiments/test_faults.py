@@ -250,6 +250,24 @@ def test_stale_temp_files_are_removed_when_a_run_is_reopened(experiment):
     _no_temp_files(experiment / "r")
 
 
+def test_a_corrupt_embedding_cache_is_named_and_recomputed(tmp_path, caplog, monkeypatch):
+    import numpy as np
+
+    from vstar.core.layout import CacheLayout
+    from vstar.sid import embed
+
+    texts = ["a", "b"]
+    monkeypatch.setattr(embed, "embed_texts",
+                        lambda t, *a, **k: np.ones((len(t), embed.EMBED_DIM), np.float32))
+    path = CacheLayout(tmp_path).text_embeddings(embed.texts_cache_key(texts))
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"garbage" * 10)
+    emb = embed.embed_texts_cached(texts, tmp_path, show_progress=False)
+    assert emb.shape == (2, embed.EMBED_DIM)
+    assert str(path) in caplog.text and "re-embedding" in caplog.text
+    assert embed.load_embeddings(path)[0].shape == (2, embed.EMBED_DIM)   # replaced
+
+
 # ------------------------------------------------------------------ numbers and metrics names
 def test_nan_in_a_loss_stops_rl_naming_step_and_tensor(experiment, capsys, monkeypatch):
     import torch

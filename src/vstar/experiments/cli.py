@@ -103,9 +103,10 @@ def cmd_sid(args) -> None:
 
 
 def _run_methods(args, methods) -> None:
-    from vstar.experiments.pipeline import prepare, run_method
+    from vstar.experiments.pipeline import check_runs_free, prepare, run_method
 
     cfg = _load(args)
+    check_runs_free(cfg, list(methods))
     prep = prepare(cfg)
     paths = [run_method(cfg, prep, m, seed) for seed in cfg.run.seeds for m in methods]
     _print_results(paths)

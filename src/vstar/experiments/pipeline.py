@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from vstar.core.errors import InputError
-from vstar.core.io import atomic_path, atomic_write_json, read_json
+from vstar.core.io import FolderLock, atomic_path, atomic_write_json, read_json
 from vstar.core.layout import ExperimentLayout
 from vstar.core.repro import file_sha256, fingerprint, set_seed
 from vstar.data import load_dataset, make_splits
@@ -277,9 +277,21 @@ def parent_run(ctx: MethodContext, method: str) -> Path:
     return ckpt
 
 
+def check_runs_free(cfg: Any, methods: list[str]) -> None:
+    """Refuse at once (before data and SIDs are prepared, which may rewrite the experiment's
+    shared artifacts) if another process holds one of the run folders this call would write."""
+    experiment = ExperimentLayout.of_config(cfg)
+    for seed in cfg.run.seeds:
+        for method in methods:
+            layout = experiment.run(method, seed)
+            if layout.lock.is_file():
+                FolderLock(layout.lock).acquire(layout.path).release()
+
+
 def run_pipeline(cfg: Any) -> list[Path]:
     """All methods x seeds of one config; returns the run folders."""
     torch.set_num_threads(cfg.run.num_threads)
+    check_runs_free(cfg, list(cfg.run.methods))
     prep = prepare(cfg)
     runs = []
     for seed in cfg.run.seeds:
