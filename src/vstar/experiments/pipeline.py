@@ -182,9 +182,14 @@ def evaluate_split(ctx: MethodContext, split: str, ranked: np.ndarray, cost: dic
                          invalid_rate=float(cost.get("invalid_rate", 0.0)), cost=cost,
                          extra=extra)
     log.info("%s seed %d %s: %s", ctx.method.name, ctx.seed, split,
-             ", ".join(f"{k} {metrics[k]:.4f}" for k in ("HR@1", "HR@5", "HR@10", "NDCG@10")
+             ", ".join(f"{k} {_number(metrics[k])}" for k in ("HR@1", "HR@5", "HR@10", "NDCG@10")
                        if k in metrics))
     return {"path": str(path), **metrics}
+
+
+def _number(value: Any) -> str:
+    """A metric for a log line: NaN / Inf / missing never print as numbers."""
+    return f"{value:.4f}" if isinstance(value, (int, float)) and np.isfinite(value) else "n/a"
 
 
 def evaluate_splits(ctx: MethodContext, rank: Ranker, train_seconds: float, extra: dict,
