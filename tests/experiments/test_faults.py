@@ -241,6 +241,37 @@ def test_interrupted_and_resumed_rl_ends_with_the_weights_of_an_uninterrupted_ru
         assert all((resumed[k] == reference[k]).all() for k in reference), stop
 
 
+def test_interrupted_and_resumed_sft_ends_with_the_weights_and_metrics_of_an_uninterrupted_run(
+        experiment, monkeypatch):
+    from safetensors.torch import load_file
+
+    from vstar.train import sft
+
+    cfg = str(experiment / "cfg.yaml")
+    args = ["sft", cfg, "sft.max_epochs=3", "sft.patience=3", "model.dropout=0.1"]
+    assert main(args) == 0
+    run = experiment / "runs" / "toy" / "sft" / "seed0"
+    reference = load_file(run / "generator.safetensors")
+    metrics = json.loads((run / "metrics.json").read_text())["metrics"]
+    loss = sft.sft_loss
+    for stop in (5, 9):                                  # batches: 4 per epoch here
+        calls = []
+
+        def interrupt(*a, stop=stop, calls=calls, **k):
+            calls.append(1)
+            if len(calls) == stop:
+                raise KeyboardInterrupt
+            return loss(*a, **k)
+        monkeypatch.setattr(sft, "sft_loss", interrupt)
+        assert main(args + ["run.overwrite=true"]) == 130
+        monkeypatch.setattr(sft, "sft_loss", loss)
+        assert (run / "sft_state.safetensors").is_file()
+        assert main(args + ["run.resume=true"]) == 0
+        resumed = load_file(run / "generator.safetensors")
+        assert all((resumed[k] == reference[k]).all() for k in reference), stop
+        assert json.loads((run / "metrics.json").read_text())["metrics"] == metrics
+
+
 def test_stale_temp_files_are_removed_when_a_run_is_reopened(experiment):
     from vstar.experiments.rundir import RunDir
 

@@ -13,7 +13,7 @@
             generator.safetensors             SFT / RL generator
             sasrec.safetensors
             rl_state.safetensors rl_config.json rl_log.jsonl
-            sft_history.json
+            sft_history.json sft_state.safetensors   SFT per-epoch state (resume)
 
     <run.cache_dir>/                          CacheLayout
         embeddings/text-emb-<key>.safetensors
@@ -103,6 +103,10 @@ class RunLayout:
     @property
     def rl_state(self) -> Path:
         return self.path / "rl_state.safetensors"
+
+    @property
+    def sft_state(self) -> Path:
+        return self.path / "sft_state.safetensors"
 
     @property
     def rl_config(self) -> Path:

@@ -134,7 +134,9 @@ def run_sft(ctx: MethodContext) -> dict:
 
     t0 = time.perf_counter()
     model, history = train_sft(model, vocab, trie, splits, cfg.sft, seed=ctx.seed,
-                               validate=validate, progress=cfg.run.progress)
+                               validate=validate, progress=cfg.run.progress,
+                               checkpoint_path=ctx.run.layout.sft_state,
+                               resume=ctx.run.resumed)
     train_s = time.perf_counter() - t0
     atomic_write_json(ctx.run.layout.sft_history, history)
     save_generator(ctx.run.layout.generator, model, vocab)
