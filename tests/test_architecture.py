@@ -95,10 +95,11 @@ def _code_lines(path: Path) -> list[tuple[int, str]]:
 
 
 RUN_FILES = re.compile(r"""["'](config\.yaml|versions\.json|seed\.txt|log\.txt|metrics\.json|"""
-                       r"""ranks_|(generator|sasrec|rl_state)\.safetensors|rl_config\.json|rl_log\.jsonl|"""
+                       r"""status\.json|provenance\.json|"""
+                       r"""ranks_|(generator|sasrec|rl_state|sft_state)\.safetensors|rl_config\.json|rl_log\.jsonl|"""
                        r"""sft_history\.json|sid\.index\.json|sid_report\.json|sid_key\.json|"""
                        r"""artifacts["'/]|stage_seconds\.json|results\.md|text-emb-|seed\{)""")
-CHECKPOINT_KEYS = re.compile(r"""["'](policy\.|value\.|opt\.|sampler_rng|vstar_kind|"""
+CHECKPOINT_KEYS = re.compile(r"""["'](policy\.|value\.|opt\.|sampler_rng|torch_rng|best\.|vstar_kind|"""
                              r"""generator_config|model_config|numpy_rng|lr_schedule)["']""")
 
 

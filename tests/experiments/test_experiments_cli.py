@@ -8,37 +8,6 @@ import pytest
 from vstar.experiments.cli import main
 
 
-@pytest.fixture()
-def experiment(tmp_path):
-    rng = np.random.default_rng(0)
-    n_items, n_users = 30, 50
-    lines = ["user_id,item_id,timestamp"]
-    for u in range(n_users):
-        start = rng.integers(0, n_items)
-        for t in range(8):  # each user walks the catalogue: item (start + 2t) mod n
-            lines.append(f"u{u},i{(start + 2 * t) % n_items},{t}")
-    (tmp_path / "inter.csv").write_text("\n".join(lines) + "\n")
-    (tmp_path / "items.csv").write_text("item_id,price\n" + "".join(
-        f"i{i},{1 + i % 3}\n" for i in range(n_items)))
-    vectors = rng.normal(size=(n_items, 8)).astype(np.float32)
-    np.save(tmp_path / "vectors.npy", vectors)
-    (tmp_path / "cfg.yaml").write_text(f"""
-data: {{format: table, path: {tmp_path / 'inter.csv'}, item_path: {tmp_path / 'items.csv'},
-        name: toy, max_history: 5, value_cols: [price]}}
-sid: {{method: rkmeans, codebook_sizes: [4, 4], collisions: reassign,
-       vectors_path: {tmp_path / 'vectors.npy'}}}
-model: {{n_layer: 1, n_head: 2, n_embd: 16, dropout: 0.0}}
-sft: {{max_epochs: 2, val_beam: 5, batch_size: 16}}
-sasrec: {{max_epochs: 2, hidden: 16, batch_size: 16}}
-rl: {{steps: 2, users_per_step: 8, n_candidates: 4, checkpoint_every: 1, ved: {{init_beam: 2}},
-     value_warmup_steps: 3}}
-eval: {{beam_width: 10, ks: [1, 5, 10], batch_size: 16}}
-run: {{name: toy, out_dir: {tmp_path / 'runs'}, cache_dir: {tmp_path / 'cache'}, seeds: [0],
-      methods: [popularity, sasrec, sft, grpo_beam, vstar], progress: false}}
-""")
-    return tmp_path
-
-
 def test_run_writes_a_folder_per_method_and_a_results_table(experiment, capsys):
     assert main(["run", str(experiment / "cfg.yaml")]) == 0
     exp = experiment / "runs" / "toy"
@@ -63,10 +32,20 @@ def test_run_writes_a_folder_per_method_and_a_results_table(experiment, capsys):
     assert "vstar" in capsys.readouterr().out
 
 
-def test_rl_resumes_from_its_saved_state(experiment):
+def test_rl_resumes_from_its_saved_state(experiment, monkeypatch):
+    from vstar.train.rl import RLTrainer
+
     cfg = str(experiment / "cfg.yaml")
     assert main(["run", cfg, "run.methods=[sft]"]) == 0
-    assert main(["rl", cfg, "--method", "vstar", "rl.steps=1"]) == 0
+    step = RLTrainer.step
+
+    def ctrl_c_at_step_2(self):
+        if self.step_idx == 1:
+            raise KeyboardInterrupt
+        return step(self)
+    monkeypatch.setattr(RLTrainer, "step", ctrl_c_at_step_2)
+    assert main(["rl", cfg, "--method", "vstar", "rl.steps=2"]) == 130    # Ctrl-C after step 1
+    monkeypatch.setattr(RLTrainer, "step", step)
     assert main(["rl", cfg, "--method", "vstar", "rl.steps=2", "run.resume=true"]) == 0
     log = experiment / "runs" / "toy" / "vstar" / "seed0" / "rl_log.jsonl"
     steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]

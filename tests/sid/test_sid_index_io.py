@@ -31,10 +31,12 @@ def test_round_trip_keeps_codes_and_row_order(tmp_path):
     assert back.codebook_sizes == [4, 8, 2]  # max code + 1
 
 
-def test_configured_sizes_round_up_never_down(tmp_path):
-    p = write(tmp_path, '{"1": ["<a_5>", "<b_0>"], "2": ["<a_0>", "<b_300>"]}')
-    sids = load_index_json(p, [1, 2], codebook_sizes=[256, 256])
-    assert sids.codebook_sizes == [256, 301]
+def test_configured_sizes_are_kept_and_a_code_outside_them_is_an_error(tmp_path):
+    p = write(tmp_path, '{"1": ["<a_5>", "<b_0>"], "2": ["<a_0>", "<b_30>"]}')
+    assert load_index_json(p, [1, 2], codebook_sizes=[256, 256]).codebook_sizes == [256, 256]
+    with pytest.raises(InputError, match=r"field '2': code 30 at level 2 is outside the "
+                                         r"configured codebook of size 16"):
+        load_index_json(p, [1, 2], codebook_sizes=[8, 16])      # never silently widened
 
 
 @pytest.mark.parametrize("text, message", [

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vstar.core.validate import (Rule, check_fields, count, fraction, non_negative, one_of,
+                                 positive, require)
+from vstar.data.windows import WINDOW_MODES
+
 
 @dataclass
 class SASRecConfig:
@@ -33,3 +37,15 @@ class SASRecConfig:
     eval_batch_size: int = 512    # rows per batch when ranking the full catalogue
     # run (the seed comes from run.seeds, the torch threads from run.num_threads)
     device: str = "cpu"
+
+    RULES = {"hidden": count, "layers": count, "heads": count, "dropout": fraction,
+             "max_len": count, "windows": one_of(*WINDOW_MODES), "lr": positive,
+             "weight_decay": non_negative, "batch_size": count, "max_epochs": count,
+             "patience": count, "eval_every": count, "eval_k": count, "eval_batch_size": count,
+             "device": Rule(lambda v: v in ("cpu", "cuda", "mps") or str(v).startswith("cuda:"),
+                            "'cpu', 'cuda', 'cuda:<n>' or 'mps'")}
+
+    def validate(self, prefix: str = "sasrec") -> None:
+        check_fields(self, prefix, self.RULES)
+        require(self.hidden % self.heads == 0, f"{prefix}.heads", self.heads,
+                f"a divisor of {prefix}.hidden={self.hidden}")

@@ -12,6 +12,9 @@ is expected is a clear error naming the file, not a shape mismatch three calls l
     rl_state      save_rl_state / load_rl_state      policy + value head weights, optimiser
                                                      moments, step, RNG states, LR schedule,
                                                      the RL config (enough to resume bit-exactly)
+    sft_state     save_sft_state / load_sft_state    SFT after an epoch: weights, best weights,
+                                                     optimiser moments, RNG states, LR schedule,
+                                                     early-stopping state and history
     sasrec        save_sasrec / load_sasrec          SASRec weights, its config and n_items
     embeddings    save_embeddings / load_embeddings  a float32 [N, D] matrix of item embeddings
 
@@ -32,12 +35,14 @@ from vstar.core.errors import InputError
 from vstar.core.io import atomic_path, to_jsonable
 
 FORMAT_VERSION = 1
-KINDS = ("generator", "rl_state", "sasrec", "embeddings")
+KINDS = ("generator", "rl_state", "sft_state", "sasrec", "embeddings")
 
 _KIND, _FORMAT = "vstar_kind", "vstar_format"
 # rl_state sections: tensors are stored as "<section>.<key>"
 _POLICY, _VALUE, _OPT = "policy.", "value.", "opt."
 _SAMPLER_RNG = "sampler_rng"
+# sft_state sections
+_MODEL, _BEST, _TORCH_RNG = "model.", "best.", "torch_rng"
 EMBEDDINGS_KEY = "embeddings"   # also the tensor name of user-supplied vector files
 
 
@@ -81,8 +86,9 @@ def _read(path: str | os.PathLike, kind: str, device: str = "cpu") -> tuple[dict
         with safe_open(str(path), framework="pt", device=device) as fh:
             raw_meta = fh.metadata() or {}
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    except (SafetensorError, OSError) as err:
-        raise InputError(f"not a readable safetensors file ({err})", file=str(path)) from None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:   # truncated, corrupt
+        raise InputError(f"not a readable safetensors file ({_first_line(err)})",
+                         file=str(path)) from None
     meta = {}
     for key, text in raw_meta.items():
         try:
@@ -99,6 +105,11 @@ def _read(path: str | os.PathLike, kind: str, device: str = "cpu") -> tuple[dict
         raise InputError(f"checkpoint format {meta.get(_FORMAT)!r}, this vstar reads "
                          f"{FORMAT_VERSION}", file=str(path), field=_FORMAT)
     return tensors, meta
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _require(meta: dict, keys: tuple[str, ...], path: str | os.PathLike, kind: str) -> None:
@@ -206,6 +217,60 @@ def load_rl_state(path: str | os.PathLike) -> RLState:
     return RLState(policy, value, opt, tensors[_SAMPLER_RNG], int(meta["step"]),
                    meta["numpy_rng"], meta["lr_schedule"], meta["config"],
                    dict(meta.get("trainer") or {}))
+
+
+# ---------------------------------------------------------------------------------------------
+# SFT state (per-epoch checkpoint, resume)
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class SFTState:
+    model: dict                 # generator state_dict after ``epoch`` epochs
+    best_model: dict | None     # the best validated state_dict so far (None: none yet)
+    optimizer_state: dict       # {param id: {name: tensor}}
+    torch_rng: Any              # torch CPU RNG state (dropout)
+    epoch: int                  # epochs done
+    numpy_rng: dict             # numpy bit_generator.state (batch order)
+    lr_schedule: dict
+    early_stopping: dict        # best score, evaluations without gain
+    history: list               # per-epoch records so far
+
+
+def save_sft_state(path: str | os.PathLike, *, model: Mapping[str, Any],
+                   best_model: Mapping[str, Any] | None,
+                   optimizer_state: Mapping[int, Mapping[str, Any]], torch_rng: Any, epoch: int,
+                   numpy_rng: Mapping[str, Any], lr_schedule: Mapping[str, Any],
+                   early_stopping: Mapping[str, Any], history: list) -> Path:
+    import torch
+
+    tensors: dict[str, Any] = {f"{_MODEL}{k}": v for k, v in model.items()}
+    tensors.update({f"{_BEST}{k}": v for k, v in (best_model or {}).items()})
+    for pid, state in optimizer_state.items():
+        for name, v in state.items():
+            tensors[f"{_OPT}{pid}.{name}"] = torch.as_tensor(v)
+    tensors[_TORCH_RNG] = torch_rng
+    return _write(path, "sft_state", tensors,
+                  {"epoch": int(epoch), "numpy_rng": dict(numpy_rng),
+                   "lr_schedule": dict(lr_schedule), "early_stopping": dict(early_stopping),
+                   "history": list(history)})
+
+
+def load_sft_state(path: str | os.PathLike) -> SFTState:
+    tensors, meta = _read(path, "sft_state")
+    _require(meta, ("epoch", "numpy_rng", "lr_schedule", "early_stopping", "history"), path,
+             "sft_state")
+    model = {k[len(_MODEL):]: v for k, v in tensors.items() if k.startswith(_MODEL)}
+    best = {k[len(_BEST):]: v for k, v in tensors.items() if k.startswith(_BEST)}
+    opt: dict[int, dict] = {}
+    for key, v in tensors.items():
+        if key.startswith(_OPT):
+            pid, name = key[len(_OPT):].split(".", 1)
+            opt.setdefault(int(pid), {})[name] = v
+    if not model or _TORCH_RNG not in tensors:
+        raise InputError("an SFT state needs model and RNG tensors", file=str(path))
+    return SFTState(model, best or None, opt, tensors[_TORCH_RNG], int(meta["epoch"]),
+                    meta["numpy_rng"], meta["lr_schedule"], meta["early_stopping"],
+                    meta["history"])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,3 +17,26 @@ class InputError(ValueError):
             where.append(f"field {field!r}")
         self.file, self.line, self.field = file, line, field
         super().__init__(f"{', '.join(where)}: {what}" if where else what)
+
+
+class NonFiniteError(InputError):
+    """NaN or Inf in a training quantity (loss, reward, advantage) or a metric."""
+
+
+def check_finite(value, what: str, step: int | None = None) -> None:
+    """NonFiniteError naming ``what`` (and the step) if a tensor, array or number has a NaN/Inf.
+
+    The usual cause is a learning rate too high or a reward that divides by zero."""
+    import math
+
+    if hasattr(value, "isfinite"):                       # torch tensor
+        ok = bool(value.detach().isfinite().all())
+    elif hasattr(value, "dtype"):                        # numpy array
+        import numpy as np
+        ok = bool(np.isfinite(value).all())
+    else:
+        ok = math.isfinite(float(value))
+    if not ok:
+        at = f" at step {step}" if step is not None else ""
+        raise NonFiniteError(f"non-finite values (NaN or Inf) in {what}{at}; the run stops here "
+                             "(a learning rate too high?)", field=what)

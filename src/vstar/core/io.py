@@ -111,3 +111,69 @@ def to_jsonable(value: Any, field: str) -> Any:
         return value
     raise InputError(f"value of type {type(value).__name__} cannot be written as JSON",
                      field=field)
+
+
+class FolderLock:
+    """An exclusive lock (``fcntl.flock``) on ``path``, a lock file whose text names the holder.
+
+        lock = FolderLock(layout.lock).acquire(layout.path)   # InputError if another holds it
+        ...
+        lock.release()
+
+    The kernel drops the lock when the holding process dies (kill -9 included), so a stale lock
+    file never blocks anyone; the file itself is kept (deleting it would let two processes lock
+    two different files of the same name).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._fh = None
+
+    def acquire(self, folder: str | os.PathLike) -> "FolderLock":
+        import fcntl
+        import socket
+
+        from vstar.core.repro import utc_now
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise InputError(f"run folder is in use by {holder}; wait for that run to finish "
+                             "or choose another run.name", file=str(folder)) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on host {socket.gethostname()} since {utc_now()}\n")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    @property
+    def held(self) -> bool:
+        return self._fh is not None
+
+    def release(self) -> None:
+        """Unlock (idempotent)."""
+        import fcntl
+
+        if self._fh is not None:
+            self._fh.seek(0)
+            self._fh.truncate()
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the ``.<name>.*.tmp`` files ``atomic_path`` leaves when a process is killed mid-write
+    (call only while holding the folder's lock). Returns what was removed."""
+    removed = []
+    for tmp in Path(folder).rglob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed

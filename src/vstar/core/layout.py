@@ -5,14 +5,15 @@
         artifacts/sid_report.json             collisions, codebook use, seconds
         artifacts/sid_key.json                the data + SID config they were built from
         stage_seconds.json, results.md
+        <method>/.seed<k>.lock                the run's lock (held while a process writes it)
         <method>/seed<k>/                     RunLayout: one (method, seed) run
-            config.yaml versions.json seed.txt log.txt
+            config.yaml versions.json seed.txt log.txt status.json provenance.json
             metrics.json                      the test split; other splits in <split>/metrics.json
             ranks_<split>.npy                 1-based rank of each row's target (0: not listed)
             generator.safetensors             SFT / RL generator
             sasrec.safetensors
             rl_state.safetensors rl_config.json rl_log.jsonl
-            sft_history.json
+            sft_history.json sft_state.safetensors   SFT per-epoch state (resume)
 
     <run.cache_dir>/                          CacheLayout
         embeddings/text-emb-<key>.safetensors
@@ -65,6 +66,21 @@ class RunLayout:
     def log(self) -> Path:
         return self.path / "log.txt"
 
+    @property
+    def status(self) -> Path:
+        """running / finished / failed / interrupted, with the holder and times."""
+        return self.path / "status.json"
+
+    @property
+    def provenance(self) -> Path:
+        """Hashes of the SIDs, item vocabulary and parent checkpoint the run was trained on."""
+        return self.path / "provenance.json"
+
+    @property
+    def lock(self) -> Path:
+        """The run's lock file, beside the folder (so deleting the folder never drops a lock)."""
+        return self.path.parent / f".{self.path.name}.lock"
+
     # results
     def metrics_dir(self, split: str) -> Path:
         return self.path if split == "test" else self.path / split
@@ -87,6 +103,10 @@ class RunLayout:
     @property
     def rl_state(self) -> Path:
         return self.path / "rl_state.safetensors"
+
+    @property
+    def sft_state(self) -> Path:
+        return self.path / "sft_state.safetensors"
 
     @property
     def rl_config(self) -> Path:

@@ -107,3 +107,31 @@ def collect_versions(seed: int | None = None) -> dict[str, Any]:
         "time": utc_now(),
     })
     return info
+
+
+def fingerprint(*parts: Any) -> str:
+    """sha256 (hex) of arrays (their dtype, shape and bytes) and JSON-able values, in order."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            arr = np.ascontiguousarray(part)
+            h.update(f"{arr.dtype.str}{arr.shape}".encode())
+            h.update(arr.tobytes())
+        else:
+            h.update(json.dumps(part, sort_keys=True, default=str).encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 (hex) of a file's bytes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -14,6 +14,8 @@ from vstar.data.movielens import DEFAULT_CACHE, load_movielens_100k
 from vstar.data.splits import leave_one_out, time_split
 from vstar.data.types import InteractionData, Splits
 from vstar.core.errors import InputError
+from vstar.core.validate import (check_fields, count, list_of, non_negative,
+                                 non_negative_int, number, one_of, optional, require, text)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,22 @@ class DataConfig:
     rating_col: str = "rating"
     text_cols: list[str] = field(default_factory=list)   # item table text columns (all if empty)
     value_cols: list[str] = field(default_factory=list)  # numeric item table columns
+
+    RULES = {"format": one_of(*FORMATS), "path": text(nonempty=False),
+             "item_path": optional(text(nonempty=False)), "name": text(nonempty=False),
+             "k_core": non_negative_int, "protocol": one_of(*PROTOCOLS), "max_history": count,
+             "split_ratios": list_of(non_negative, length=3),
+             "min_rating": optional(number),
+             "user_col": text(), "item_col": text(), "time_col": text(nonempty=False),
+             "rating_col": text(nonempty=False), "text_cols": list_of(text()),
+             "value_cols": list_of(text())}
+
+    def validate(self, prefix: str = "data") -> None:
+        check_fields(self, prefix, self.RULES)
+        require(self.format == "movielens100k" or bool(self.path.strip()), f"{prefix}.path",
+                self.path, f"the file or folder of the {self.format!r} data")
+        require(abs(sum(self.split_ratios) - 1.0) <= 1e-6, f"{prefix}.split_ratios",
+                list(self.split_ratios), "3 non-negative numbers summing to 1")
 
 
 def load_dataset(cfg: DataConfig | Any) -> InteractionData:

@@ -11,6 +11,8 @@ import numpy as np
 
 from vstar.data.types import SplitRows
 
+WINDOW_MODES = ("chunks", "rows")    # the values of sft.windows and sasrec.windows
+
 
 def build_windows(rows: SplitRows, max_history: int, mode: str = "chunks"
                   ) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -27,8 +29,8 @@ def build_windows(rows: SplitRows, max_history: int, mode: str = "chunks"
       sequence instead of one window per row. Falls back to ``"rows"`` for a user whose rows are not
       a single chronological sequence.
     """
-    if mode not in ("rows", "chunks"):
-        raise ValueError(f"sft.windows must be 'rows' or 'chunks', got {mode!r}")
+    if mode not in WINDOW_MODES:
+        raise ValueError(f"sft.windows must be one of {WINDOW_MODES}, got {mode!r}")
     by_user: dict[int, list[int]] = {}
     for r in range(len(rows)):
         by_user.setdefault(int(rows.users[r]), []).append(r)

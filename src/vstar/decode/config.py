@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vstar.core.validate import (check_fields, count, non_negative, one_of, optional, positive)
+
 LEAF_SCORES = ("value_plus_logp", "value", "logp")
 CHILD_CHOICES = ("most_probable", "sample")
 WIDEN_PULLS = ("expansions", "children")
@@ -24,3 +26,11 @@ class VEDConfig:
     # pulls of the widen arm (docs/method.md section 3, "widen arm"): "expansions" counts the
     # children VED itself added; "children" (ablation: the old rule) counts the initial beam's too
     widen_pulls: str = "expansions"    # one of WIDEN_PULLS
+
+    RULES = {"init_beam": count, "lam": non_negative, "beta": non_negative,
+             "budget": optional(count), "budget_multiplier": positive,
+             "expansions_per_round": count, "leaf_score": one_of(*LEAF_SCORES),
+             "child_choice": one_of(*CHILD_CHOICES), "widen_pulls": one_of(*WIDEN_PULLS)}
+
+    def validate(self, prefix: str = "rl.ved") -> None:
+        check_fields(self, prefix, self.RULES)

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -55,11 +56,11 @@ def _lookup(record: dict, name: str) -> float | None:
 
 
 def compare_runs(run_dirs: Sequence[str | os.PathLike],
-                 metrics: Sequence[str] = DEFAULT_METRICS) -> list[dict[str, Any]]:
+                 metrics: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """One row per (dataset, protocol, split, method) over all runs found under ``run_dirs``.
 
     Each row: dataset, protocol, split, method, n (runs), seeds (sorted), metrics (the names, in
-    order), mean / std / count (dicts by metric name; std has ddof=1, 0 for one run; a metric
+    order; default DEFAULT_METRICS; a name given that no run has is an InputError), mean / std / count (dicts by metric name; std has ddof=1, 0 for one run; a metric
     missing or null in every run of the group has mean and std None and count 0). Rows are
     sorted by the group keys.
     """
@@ -70,6 +71,16 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike],
     for f in files:
         record = read_metrics(f)
         groups.setdefault(tuple(str(record[k]) for k in GROUP_KEYS), []).append(record)
+    records = [r for group in groups.values() for r in group]
+    # names asked for (not the defaults) must exist in some run; a dotted path may be absent
+    unknown = [n for n in metrics or () if "." not in n and not any(
+        n in r["metrics"] or _lookup(r, n) is not None for r in records)]
+    metrics = list(metrics or DEFAULT_METRICS)
+    if unknown:
+        known = sorted({k for r in records for k in r["metrics"]})
+        raise InputError(f"unknown metric(s) {unknown}: no run has them; metrics are {known}, "
+                         "invalid_rate, or dotted paths like cost.train_seconds",
+                         field="--metrics")
     rows = []
     for key in sorted(groups):
         records = groups[key]
@@ -80,7 +91,8 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike],
         row.update(n=len(records), seeds=sorted(seeds, key=str), metrics=list(metrics),
                    mean={}, std={}, count={})
         for name in metrics:
-            values = [v for v in (_lookup(r, name) for r in records) if v is not None]
+            values = [v for v in (_lookup(r, name) for r in records)
+                      if v is not None and math.isfinite(v)]        # NaN counts as missing
             mean, std = mean_std(values) if values else (None, None)
             row["mean"][name], row["std"][name], row["count"][name] = mean, std, len(values)
         rows.append(row)
@@ -89,7 +101,7 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike],
 
 def _cell(row: dict, name: str, digits: int) -> str:
     mean, std, count = row["mean"][name], row["std"][name], row["count"][name]
-    if mean is None:
+    if mean is None or not math.isfinite(mean):
         return "n/a"
     text = f"{mean:.{digits}f} ± {std:.{digits}f}"
     return text if count == row["n"] else f"{text} (n={count})"

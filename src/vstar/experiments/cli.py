@@ -43,9 +43,9 @@ def _load(args):
 
 def _print_results(paths, metrics=None) -> str:
     """Print the mean +- std table (rich on a terminal, markdown otherwise); return the markdown."""
-    from vstar.eval.compare import DEFAULT_METRICS, compare_runs, print_table, render_table
+    from vstar.eval.compare import compare_runs, print_table, render_table
 
-    rows = compare_runs(paths, metrics or DEFAULT_METRICS)
+    rows = compare_runs(paths, metrics)
     table = render_table(rows)
     if sys.stdout.isatty():
         print_table(rows)
@@ -103,9 +103,10 @@ def cmd_sid(args) -> None:
 
 
 def _run_methods(args, methods) -> None:
-    from vstar.experiments.pipeline import prepare, run_method
+    from vstar.experiments.pipeline import check_runs_free, prepare, run_method
 
     cfg = _load(args)
+    check_runs_free(cfg, list(methods))
     prep = prepare(cfg)
     paths = [run_method(cfg, prep, m, seed) for seed in cfg.run.seeds for m in methods]
     _print_results(paths)
@@ -244,9 +245,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.fn(args)
     except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(str(err))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C): the run folder is marked interrupted and keeps its last "
+              "checkpoint; continue it with run.resume=true", file=sys.stderr)
+        return 130
+    except OSError as err:                 # read-only out_dir, a file where a folder should be...
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _one_line(text: str) -> str:
+    """Errors print on one line (a multi-line library message is joined)."""
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
 if __name__ == "__main__":

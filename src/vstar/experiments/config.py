@@ -12,16 +12,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+import yaml
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vstar.baselines.config import SASRecConfig
 from vstar.core.errors import InputError
+from vstar.core.validate import (Rule, boolean, check_fields, count, list_of, non_negative_int,
+                                 one_of, require, text)
 from vstar.data.config import DataConfig
 from vstar.experiments.registry import get_method
 from vstar.model.config import ModelConfig
 from vstar.sid.config import SidConfig
 from vstar.train.config import RLConfig, SFTConfig
+
+EVAL_SPLITS = ("valid", "test")
+
+
+def _folder_name(v: Any) -> bool:
+    return isinstance(v, str) and bool(v.strip()) and "/" not in v and v not in (".", "..")
+
 
 @dataclass
 class EvalConfig:
@@ -29,6 +39,16 @@ class EvalConfig:
     beam_width: int = 50          # generative ranking = constrained beam search of this width
     batch_size: int = 256         # users decoded at once
     splits: list[str] = field(default_factory=lambda: ["test"])
+
+    RULES = {"ks": list_of(count, nonempty=True, unique=True), "beam_width": count,
+             "batch_size": count,
+             "splits": list_of(one_of(*EVAL_SPLITS), nonempty=True, unique=True)}
+
+    def validate(self, prefix: str = "eval") -> None:
+        check_fields(self, prefix, self.RULES)
+        require(max(self.ks) <= self.beam_width, f"{prefix}.ks", list(self.ks),
+                f"cut-offs <= {prefix}.beam_width={self.beam_width} (a ranking lists that many "
+                "items)")
 
 
 @dataclass
@@ -43,6 +63,25 @@ class RunConfig:
     resume: bool = False          # RL: continue an interrupted run folder from rl_state.safetensors
     progress: bool = True
 
+    RULES = {"name": Rule(_folder_name, "a folder name (no '/', not '.' or '..')"),
+             "out_dir": text(), "cache_dir": text(),
+             "seeds": list_of(non_negative_int, nonempty=True, unique=True),
+             "methods": list_of(text(), nonempty=True, unique=True),
+             "num_threads": count, "overwrite": boolean(), "resume": boolean(),
+             "progress": boolean()}
+
+    def validate(self, prefix: str = "run") -> None:
+        check_fields(self, prefix, self.RULES)
+        for m in self.methods:
+            get_method(m)           # InputError naming run.methods for an unregistered method
+        require(not (self.resume and self.overwrite), f"{prefix}.resume", self.resume,
+                f"false when {prefix}.overwrite is true (replace a run or continue it, not both)")
+
+
+# what a resumed run may change (``RunDir.resume``): bookkeeping, and RL steps may grow
+RESUMABLE = ("run.resume", "run.overwrite", "run.progress", "run.num_threads", "run.methods",
+             "run.seeds", "rl.steps", "rl.log_every", "rl.checkpoint_every", "eval.batch_size")
+
 
 @dataclass
 class PipelineConfig:
@@ -55,30 +94,66 @@ class PipelineConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
+    def validate(self) -> "PipelineConfig":
+        """Every section's rules (``vstar.core.validate``); InputError naming the first bad
+        field, its value and what was expected. Returns self."""
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).validate(f.name)
+        return self
+
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> "PipelineConfig":
-    """Schema defaults <- YAML file <- ``key=value`` overrides; returns plain typed dataclasses."""
+    """Schema defaults <- YAML file <- ``key=value`` overrides; returns plain typed dataclasses,
+    validated (``PipelineConfig.validate``) before anything runs."""
     cfg = OmegaConf.structured(PipelineConfig)
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise InputError("config file not found", file=str(path))
-        try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
-        except OmegaConfBaseException as err:
-            raise InputError(f"invalid config: {err.msg if hasattr(err, 'msg') else err}",
-                             file=str(path), field=getattr(err, "full_key", None)) from None
+        cfg = OmegaConf.merge(cfg, _read_yaml(Path(path)))  # type: ignore[assignment]
     for item in overrides or []:
         if "=" not in item:
             raise InputError(f"override {item!r} must look like key=value (e.g. sft.lr=1e-3)")
         try:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
-        except OmegaConfBaseException as err:
-            raise InputError(f"invalid override {item!r}: {err.msg if hasattr(err, 'msg') else err}",
+        except (OmegaConfBaseException, yaml.YAMLError) as err:
+            raise InputError(f"invalid override {item!r}: {_one_line(err)}",
                              field=getattr(err, "full_key", None)) from None
-    for m in cfg.run.methods:
-        get_method(m)               # InputError naming run.methods for an unregistered method
-    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    try:
+        typed = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:
+        raise InputError(f"invalid config: {_one_line(err)}", file=None if path is None
+                         else str(path), field=getattr(err, "full_key", None)) from None
+    return typed.validate()  # type: ignore[union-attr]
+
+
+def _read_yaml(path: Path) -> Any:
+    """The YAML file as an OmegaConf mapping merged onto the schema; InputError naming the file
+    (and line) for a missing, non-UTF-8, unparsable or non-mapping file, or an unknown key."""
+    if not path.is_file():
+        raise InputError("config file not found", file=str(path))
+    try:
+        loaded = OmegaConf.load(path)
+    except UnicodeDecodeError as err:
+        raise InputError(f"not UTF-8 text (byte {err.start})", file=str(path)) from None
+    except OSError as err:             # OmegaConf: "Invalid loaded object type: int"
+        raise InputError(f"expected a mapping of sections (data:, sid:, ...): {err}",
+                         file=str(path)) from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        raise InputError(f"invalid YAML: {getattr(err, 'problem', None) or _one_line(err)}",
+                         file=str(path), line=None if mark is None else mark.line + 1) from None
+    if not isinstance(loaded, DictConfig):
+        raise InputError(f"expected a mapping of sections (data:, sid:, ...), got a "
+                         f"{type(loaded).__name__.removesuffix('Config').lower()}", file=str(path))
+    try:
+        return OmegaConf.merge(OmegaConf.structured(PipelineConfig), loaded)
+    except OmegaConfBaseException as err:
+        raise InputError(f"invalid config: {_one_line(err)}", file=str(path),
+                         field=getattr(err, "full_key", None)) from None
+
+
+def _one_line(err: Exception) -> str:
+    """OmegaConf appends 'full_key: ...' / 'object_type=...' lines: keep the first one."""
+    text = str(getattr(err, "msg", None) or err)
+    return text.strip().splitlines()[0] if text.strip() else type(err).__name__
 
 
 def to_container(cfg: Any) -> dict:

@@ -33,7 +33,7 @@ from vstar.data.types import SplitRows
 from vstar.decode.rank import rank_rows
 from vstar.decode.trie import SidTrie
 from vstar.experiments.collab import ranking_metrics, sasrec_validation
-from vstar.experiments.pipeline import MethodContext, Ranker
+from vstar.experiments.pipeline import MethodContext, Ranker, parent_run
 from vstar.experiments.registry import Method, register
 from vstar.model.generator import (SidGenerator, load_generator, make_vocab, new_generator,
                                    save_generator)
@@ -77,6 +77,27 @@ def sid_tables(ctx: MethodContext) -> tuple[SidVocab, SidTrie]:
             SidTrie(sids.codes, sids.codebook_sizes))
 
 
+def keep_logged_steps(log_path, step: int) -> list[dict]:
+    """Cut ``rl_log.jsonl`` back to the records of steps <= ``step`` (those a resumed state has
+    seen; later ones were logged after its last checkpoint and will be redone) and return them."""
+    import json
+
+    from vstar.core.io import atomic_write_text
+
+    if not log_path.is_file():
+        return []
+    kept = []
+    for line in log_path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:      # a line cut by a kill mid-write
+            continue
+        if isinstance(record, dict) and record.get("step", step + 1) <= step:
+            kept.append(record)
+    atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in kept))
+    return kept
+
+
 # ---------------------------------------------------------------------------------------------
 # runners
 # ---------------------------------------------------------------------------------------------
@@ -113,7 +134,9 @@ def run_sft(ctx: MethodContext) -> dict:
 
     t0 = time.perf_counter()
     model, history = train_sft(model, vocab, trie, splits, cfg.sft, seed=ctx.seed,
-                               validate=validate, progress=cfg.run.progress)
+                               validate=validate, progress=cfg.run.progress,
+                               checkpoint_path=ctx.run.layout.sft_state,
+                               resume=ctx.run.resumed)
     train_s = time.perf_counter() - t0
     atomic_write_json(ctx.run.layout.sft_history, history)
     save_generator(ctx.run.layout.generator, model, vocab)
@@ -126,22 +149,26 @@ def run_rl(ctx: MethodContext) -> dict:
     """RL from the same seed's SFT generator with ``rl.*`` + the method's preset, then the same
     beam-search evaluation."""
     cfg, prep, layout = ctx.cfg, ctx.prep, ctx.run.layout
-    sft_ckpt = ctx.experiment.run("sft", ctx.seed).generator
-    if not sft_ckpt.is_file():
-        raise InputError(f"RL starts from the SFT generator of seed {ctx.seed}: run method 'sft' "
-                         "first (put it before the RL methods in run.methods)", file=str(sft_ckpt))
+    sft_ckpt = parent_run(ctx, "sft")        # finished, same SIDs and items; recorded as parent
     vocab, trie = sid_tables(ctx)
     policy = load_generator(sft_ckpt, vocab, trie.codes)
     rcfg = dataclasses.replace(cfg.rl, **ctx.method.preset)
+    rcfg.validate()
     atomic_write_json(layout.rl_config, dataclasses.asdict(rcfg))
     values = None
     if cfg.data.value_cols and cfg.data.value_cols[0] in prep.data.item_features:
         values = prep.data.item_features[cfg.data.value_cols[0]]
     trainer = RLTrainer(policy, vocab, trie, prep.splits.train, rcfg, prep.splits.max_history,
                         seed=ctx.seed, item_emb=prep.item_emb, item_values=values)
-    if layout.rl_state.is_file():
+    if ctx.run.resumed and layout.rl_state.is_file():     # only when asked (run.resume=true)
         trainer.load(layout.rl_state)
+        if trainer.step_idx > rcfg.steps:
+            raise InputError(f"got {rcfg.steps}, expected at least the {trainer.step_idx} steps "
+                             f"the saved state already took", field="rl.steps")
+        trainer.history = keep_logged_steps(layout.rl_log, trainer.step_idx)
         log.info("resumed RL from %s at step %d", layout.rl_state, trainer.step_idx)
+    elif layout.rl_log.is_file():
+        layout.rl_log.unlink()                            # a resume without state starts over
     t0 = time.perf_counter()
     trainer.train(layout.rl_log, layout.rl_state, progress=cfg.run.progress)
     train_s = time.perf_counter() - t0

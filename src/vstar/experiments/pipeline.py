@@ -24,16 +24,17 @@ import numpy as np
 import torch
 
 from vstar.core.errors import InputError
-from vstar.core.io import atomic_path, atomic_write_json
+from vstar.core.io import FolderLock, atomic_path, atomic_write_json, read_json
 from vstar.core.layout import ExperimentLayout
-from vstar.core.repro import set_seed
+from vstar.core.repro import file_sha256, fingerprint, set_seed
 from vstar.data import load_dataset, make_splits
 from vstar.data.types import InteractionData, SplitRows, Splits
 from vstar.eval.metrics import evaluate_ranking, target_ranks
 from vstar.eval.records import write_metrics
 from vstar.experiments.collab import fuse_vectors, sasrec_item_vectors
 from vstar.experiments.registry import Method, get_method
-from vstar.experiments.rundir import RunDir
+from vstar.experiments.config import RESUMABLE
+from vstar.experiments.rundir import RunDir, run_state
 from vstar.sid import build_sids, item_vectors, load_index_json, save_index_json
 from vstar.sid.types import SemanticIds
 
@@ -54,6 +55,11 @@ class Prepared:
     item_emb: np.ndarray | None
     popularity: np.ndarray          # training interactions per item (long-tail metric)
     stage_seconds: dict = field(default_factory=dict)
+
+    def fingerprints(self) -> dict:
+        """sha256 of the SIDs and of the item vocabulary (what a checkpoint's rows mean)."""
+        return {"sids": fingerprint(self.sids.codes, list(self.sids.codebook_sizes)),
+                "items": fingerprint([str(i) for i in self.data.item_ids])}
 
 
 @dataclass
@@ -80,7 +86,17 @@ class MethodContext:
 def prepare_data(cfg: Any) -> tuple[InteractionData, Splits, float]:
     t0 = time.perf_counter()
     data = load_dataset(cfg.data)
+    if data.n_interactions == 0 or data.n_items == 0:
+        raise InputError(f"no interactions left to train on (k_core {cfg.data.k_core}, "
+                         f"min_rating {cfg.data.min_rating})", file=cfg.data.path or None,
+                         field="data.k_core" if cfg.data.k_core else None)
     splits = make_splits(data, cfg.data)
+    for split in ("train",) + tuple(cfg.eval.splits):
+        if len(getattr(splits, split)) == 0:
+            raise InputError(f"the {split} split has no rows: {splits.protocol} needs users "
+                             f"with at least 3 interactions ({data.n_users} users, "
+                             f"{data.n_interactions} interactions)", file=cfg.data.path or None,
+                             field="data.protocol")
     seconds = time.perf_counter() - t0
     log.info("data %s: %d users, %d items, %d interactions; %s rows train/valid/test = %d/%d/%d "
              "(%.1fs)", data.name, data.n_users, data.n_items, data.n_interactions,
@@ -96,6 +112,9 @@ def prepare_sids(cfg: Any, data: InteractionData, splits: Splits, experiment: Ex
            "n_items": data.n_items}
     if cfg.sid.vectors in ("sasrec", "fused"):
         key["sasrec"] = dataclasses.asdict(cfg.sasrec)
+    for name in ("index_path", "vectors_path"):        # an edited file gives new SIDs
+        if getattr(cfg.sid, name) and Path(getattr(cfg.sid, name)).is_file():
+            key[f"{name}_sha256"] = file_sha256(getattr(cfg.sid, name))
     cache = Path(cfg.run.cache_dir)
     t0 = time.perf_counter()
     if experiment.sid_key.is_file() and experiment.sid_index.is_file() \
@@ -169,9 +188,14 @@ def evaluate_split(ctx: MethodContext, split: str, ranked: np.ndarray, cost: dic
                          invalid_rate=float(cost.get("invalid_rate", 0.0)), cost=cost,
                          extra=extra)
     log.info("%s seed %d %s: %s", ctx.method.name, ctx.seed, split,
-             ", ".join(f"{k} {metrics[k]:.4f}" for k in ("HR@1", "HR@5", "HR@10", "NDCG@10")
+             ", ".join(f"{k} {_number(metrics[k])}" for k in ("HR@1", "HR@5", "HR@10", "NDCG@10")
                        if k in metrics))
     return {"path": str(path), **metrics}
+
+
+def _number(value: Any) -> str:
+    """A metric for a log line: NaN / Inf / missing never print as numbers."""
+    return f"{value:.4f}" if isinstance(value, (int, float)) and np.isfinite(value) else "n/a"
 
 
 def evaluate_splits(ctx: MethodContext, rank: Ranker, train_seconds: float, extra: dict,
@@ -190,19 +214,28 @@ def evaluate_splits(ctx: MethodContext, rank: Ranker, train_seconds: float, extr
 # ---------------------------------------------------------------------------------------------
 
 def run_method(cfg: Any, prep: Prepared, method: str, seed: int) -> Path:
-    """One (method, seed): a fresh run folder (or the interrupted one with ``run.resume``), then
-    the method's runner from the registry."""
+    """One (method, seed): a fresh run folder (or, with ``run.resume``, the unfinished one, whose
+    config and SIDs must match; a finished one is kept as is), then the method's runner from the
+    registry. The folder is locked while the runner works."""
     spec = get_method(method)
     torch.set_num_threads(cfg.run.num_threads)
     set_seed(seed)
     experiment = ExperimentLayout.of_config(cfg)
     layout = experiment.run(method, seed)
-    if cfg.run.resume and layout.rl_state.is_file():
-        run = RunDir.open(layout.path, console=False)      # RL picks up its saved state
+    config = dataclasses.asdict(cfg)
+    if cfg.run.resume and layout.versions.is_file():
+        if run_state(layout.path) == "finished":
+            log.info("%s seed %d already finished: kept as is (run.resume)", method, seed)
+            return layout.path
+        run = RunDir.resume(layout.path, config, resumable=RESUMABLE, console=False)
     else:
-        run = RunDir.create(experiment.root, experiment.run_name(method, seed),
-                            dataclasses.asdict(cfg), seed, overwrite=cfg.run.overwrite,
-                            console=False)
+        run = RunDir.create(experiment.root, experiment.run_name(method, seed), config, seed,
+                            overwrite=cfg.run.overwrite, console=False)
+    try:
+        check_provenance(run, prep)
+    except BaseException:
+        run.close()
+        raise
     with run:
         run.logger.info("method %s, seed %d, dataset %s (%s)", method, seed, prep.data.name,
                         prep.splits.protocol)
@@ -210,9 +243,66 @@ def run_method(cfg: Any, prep: Prepared, method: str, seed: int) -> Path:
         return run.path
 
 
+def check_provenance(run: RunDir, prep: Prepared) -> None:
+    """A new run records the fingerprints of its SIDs and items; a resumed one must match them."""
+    now = prep.fingerprints()
+    if run.resumed and run.layout.provenance.is_file():
+        saved, _ = read_json(run.layout.provenance)
+        for key, value in now.items():
+            if saved.get(key) != value:
+                raise InputError(f"cannot resume: the run was trained on other {key} than this "
+                                 f"config gives (fingerprint {str(saved.get(key))[:12]} != "
+                                 f"{value[:12]})", file=str(run.layout.provenance))
+        return
+    atomic_write_json(run.layout.provenance, now)
+
+
+def parent_run(ctx: MethodContext, method: str) -> Path:
+    """The generator of the same seed's ``method`` run this run starts from, after checking that
+    run finished and was trained on this run's SIDs and items; records it as the parent (path and
+    sha256) in this run's provenance.json."""
+    parent = ctx.experiment.run(method, ctx.seed)
+    ckpt = parent.generator
+    if not ckpt.is_file():
+        raise InputError(f"this run starts from the {method} generator of seed {ctx.seed}: run "
+                         f"method {method!r} first (put it before the RL methods in run.methods)",
+                         file=str(ckpt))
+    state = run_state(parent.path)
+    if state != "finished":
+        raise InputError(f"the {method} run did not finish (state: {state}); rerun it first",
+                         file=str(parent.path))
+    if parent.provenance.is_file():
+        saved, _ = read_json(parent.provenance)
+        for key, value in ctx.prep.fingerprints().items():
+            if saved.get(key) != value:
+                raise InputError(f"the {method} generator was trained on other {key} than this "
+                                 f"config gives (the experiment's {key} changed since); rerun "
+                                 f"{method!r} or restore them", file=str(parent.provenance))
+    prov, _ = read_json(ctx.run.layout.provenance)
+    sha = file_sha256(ckpt)
+    if ctx.run.resumed and prov.get("parent", {}).get("generator_sha256", sha) != sha:
+        raise InputError("cannot resume: the parent generator changed since this run started",
+                         file=str(ckpt))
+    prov["parent"] = {"run": str(parent.path), "generator_sha256": sha}
+    atomic_write_json(ctx.run.layout.provenance, prov)
+    return ckpt
+
+
+def check_runs_free(cfg: Any, methods: list[str]) -> None:
+    """Refuse at once (before data and SIDs are prepared, which may rewrite the experiment's
+    shared artifacts) if another process holds one of the run folders this call would write."""
+    experiment = ExperimentLayout.of_config(cfg)
+    for seed in cfg.run.seeds:
+        for method in methods:
+            layout = experiment.run(method, seed)
+            if layout.lock.is_file():
+                FolderLock(layout.lock).acquire(layout.path).release()
+
+
 def run_pipeline(cfg: Any) -> list[Path]:
     """All methods x seeds of one config; returns the run folders."""
     torch.set_num_threads(cfg.run.num_threads)
+    check_runs_free(cfg, list(cfg.run.methods))
     prep = prepare(cfg)
     runs = []
     for seed in cfg.run.seeds:

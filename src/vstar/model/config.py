@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vstar.core.validate import (boolean, check_fields, count, fraction, non_negative, one_of,
+                                 require)
+
 HISTORY_INPUTS = ("codes", "items")
 
 
@@ -23,6 +26,14 @@ class ModelConfig:
     history: str = "items"
     item_id_embedding: bool = True
 
+    RULES = {"n_layer": count, "n_head": count, "n_embd": count, "dropout": fraction,
+             "history": one_of(*HISTORY_INPUTS), "item_id_embedding": boolean()}
+
+    def validate(self, prefix: str = "model") -> None:
+        check_fields(self, prefix, self.RULES)
+        require(self.n_embd % self.n_head == 0, f"{prefix}.n_head", self.n_head,
+                f"a divisor of {prefix}.n_embd={self.n_embd}")
+
 
 @dataclass
 class ValueHeadConfig:
@@ -31,3 +42,8 @@ class ValueHeadConfig:
     hidden: int = 128        # width of the MLP's hidden layer
     dropout: float = 0.0     # on the input hidden state and on the MLP's hidden layer
     init_std: float = 1e-3   # std of the last layer's initial weights (near zero: V starts ~ 0)
+
+    RULES = {"hidden": count, "dropout": fraction, "init_std": non_negative}
+
+    def validate(self, prefix: str = "rl.value_head") -> None:
+        check_fields(self, prefix, self.RULES)

@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from vstar.core.errors import InputError
+from vstar.core.validate import (check_fields, count, fraction, list_of, non_negative,
+                                 non_negative_int, one_of, optional, positive, require, text)
 
 METHODS = ("rkmeans", "balanced_kmeans", "rqvae", "index_json")
 VECTOR_SOURCES = ("text", "sasrec", "fused")
@@ -56,26 +57,19 @@ class SidConfig:
     rqvae_beta: float = 0.25            # commitment-loss weight
     rqvae_dropout: float = 0.0
 
-    def validate(self) -> None:
+    RULES = {
+        "method": one_of(*METHODS), "codebook_sizes": list_of(count, nonempty=True),
+        "index_path": optional(text()), "vectors_path": optional(text()),
+        "vectors": one_of(*VECTOR_SOURCES), "collisions": one_of(*COLLISION_METHODS),
+        "seed": non_negative_int, "embed_batch_size": count, "kmeans_niter": count,
+        "balanced_iters": count, "rqvae_epochs": count, "rqvae_batch_size": count,
+        "rqvae_lr": positive, "rqvae_weight_decay": non_negative,
+        "rqvae_hidden": list_of(count), "rqvae_latent_dim": count, "rqvae_beta": non_negative,
+        "rqvae_dropout": fraction,
+    }
+
+    def validate(self, prefix: str = "sid") -> None:
         """Raise InputError naming the first field that does not make sense."""
-        if self.method not in METHODS:
-            raise InputError(f"unknown method {self.method!r}, expected one of {METHODS}",
-                             field="sid.method")
-        if self.vectors not in VECTOR_SOURCES:
-            raise InputError(f"unknown vector source {self.vectors!r}, expected one of "
-                             f"{VECTOR_SOURCES}", field="sid.vectors")
-        if self.collisions not in COLLISION_METHODS:
-            raise InputError(f"unknown collision handling {self.collisions!r}, expected one of "
-                             f"{COLLISION_METHODS}", field="sid.collisions")
-        if self.method != "index_json":
-            if len(self.codebook_sizes) < 1 or any(int(k) < 1 for k in self.codebook_sizes):
-                raise InputError(f"expected a non-empty list of positive codebook sizes, got "
-                                 f"{list(self.codebook_sizes)}", field="sid.codebook_sizes")
-        if self.method == "index_json" and not self.index_path:
-            raise InputError("method 'index_json' needs the path of the index file",
-                             field="sid.index_path")
-        for name in ("kmeans_niter", "balanced_iters", "rqvae_epochs", "rqvae_batch_size",
-                     "rqvae_latent_dim", "embed_batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise InputError(f"expected a positive integer, got {getattr(self, name)}",
-                                 field=f"sid.{name}")
+        check_fields(self, prefix, self.RULES)
+        require(self.method != "index_json" or bool(self.index_path), f"{prefix}.index_path",
+                self.index_path, "the path of the index file (method 'index_json' reads it)")

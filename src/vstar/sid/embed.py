@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 from pathlib import Path
 from typing import Sequence
@@ -20,6 +21,8 @@ from vstar.core.layout import CacheLayout
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 EMBED_DIM = 384
+
+log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=1)
@@ -80,10 +83,13 @@ def embed_texts_cached(texts: Sequence[str], cache_dir: str | os.PathLike | None
     if path.is_file():
         try:
             emb, model = load_embeddings(path)
-            if model == MODEL_NAME and emb.shape == (len(texts), EMBED_DIM):
+            if model == MODEL_NAME and emb.shape == (len(texts), EMBED_DIM) \
+                    and np.isfinite(emb).all():
                 return emb.astype(np.float32, copy=False)
-        except InputError:
-            pass                                   # stale or foreign file: recompute below
+            log.warning("embedding cache %s was made by another model or for other texts: "
+                        "re-embedding", path)
+        except InputError as err:                  # corrupt file: recompute below
+            log.warning("embedding cache unreadable (%s): re-embedding", err)
     emb = embed_texts(texts, batch_size, show_progress)
     save_embeddings(path, emb, model=MODEL_NAME)
     return emb

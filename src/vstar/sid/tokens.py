@@ -8,8 +8,8 @@
 
 The letter names the level (a = first level, b = second, ...; at most 26 levels), the number is
 the code. Codebook sizes are not stored in these formats; ``codes_from_sids`` takes, per level,
-max code + 1 over the SIDs, raised to the configured size where one is given (a configured size
-never shrinks a level: codes must fit their codebook).
+max code + 1 over the SIDs, or the configured size where one is given; a code outside its
+configured codebook is an InputError naming the file and item (never a silent widening).
 """
 
 from __future__ import annotations
@@ -101,6 +101,14 @@ def codes_from_sids(sids: Sequence[str | Sequence[str]],
     codes = np.asarray(rows, dtype=np.int64)                   # [n_items, n_levels]
     sizes = [int(m) + 1 for m in codes.max(axis=0)]
     if codebook_sizes is not None:
-        sizes = [max(s, int(codebook_sizes[l])) if l < len(codebook_sizes) else s
+        for level in range(min(len(sizes), len(codebook_sizes))):
+            if sizes[level] > int(codebook_sizes[level]):       # never widen a configured level
+                i = int(np.argmax(codes[:, level]))
+                key = str(keys[i]) if keys is not None else str(i)
+                raise InputError(f"code {int(codes[i, level])} at level {level + 1} is outside "
+                                 f"the configured codebook of size {int(codebook_sizes[level])} "
+                                 f"(codes 0..{int(codebook_sizes[level]) - 1}; set "
+                                 "sid.codebook_sizes to the index's sizes)", file=file, field=key)
+        sizes = [int(codebook_sizes[l]) if l < len(codebook_sizes) else s
                  for l, s in enumerate(sizes)]
     return SemanticIds(codes=codes, codebook_sizes=sizes)

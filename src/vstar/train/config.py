@@ -9,11 +9,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from vstar.core.validate import (at_least, boolean, check_fields, count, fraction, list_of,
+                                 non_negative, non_negative_int, one_of, optional, positive,
+                                 probability, registered, require)
+from vstar.data.windows import WINDOW_MODES
 from vstar.decode.config import VEDConfig
 from vstar.model.config import ValueHeadConfig
 
 RL_DECODERS = ("beam", "sample", "ved")
 SFT_LOSSES = ("level", "trie")
+SFT_VAL_METRICS = ("NDCG@10", "HR@10")    # what the pipeline's validation callback returns
+RL_SCHEDULES = ("cosine", "constant")
+PREFIX_EMBEDDINGS = ("bucket_mean", "single_item")
+RL_SIBLING_SAME = "same"               # sibling_reward: the step's own reward (the paper)
+RL_VALUE_TARGETS = ("tree", "candidates")
+RL_VALUE_GATES = ("chance", "logp", "always")
+
+
+def _reward_names() -> list[str]:
+    from vstar.train.rewards import REWARDS   # torch: imported only when a config is checked
+    return list(REWARDS)
 
 
 @dataclass
@@ -36,9 +51,16 @@ class SFTConfig:
                                    # the SID trie allows after the prefix (what decoding ranks)
 
 
-RL_SIBLING_SAME = "same"               # sibling_reward: the step's own reward (the paper)
-RL_VALUE_TARGETS = ("tree", "candidates")
-RL_VALUE_GATES = ("chance", "logp", "always")
+
+    RULES = {"lr": positive, "weight_decay": non_negative, "batch_size": count,
+             "max_epochs": count, "patience": count, "warmup_steps": count,
+             "grad_clip": positive, "val_metric": one_of(*SFT_VAL_METRICS), "val_beam": count,
+             "val_max_users": non_negative_int, "eval_every": count,
+             "windows": one_of(*WINDOW_MODES), "label_smoothing": fraction,
+             "loss": one_of(*SFT_LOSSES)}
+
+    def validate(self, prefix: str = "sft") -> None:
+        check_fields(self, prefix, self.RULES)
 
 
 @dataclass
@@ -95,5 +117,34 @@ class RLConfig:
     ved: VEDConfig = field(default_factory=VEDConfig)
     value_head: ValueHeadConfig = field(default_factory=ValueHeadConfig)
     # --- bookkeeping ---
-    checkpoint_every: int = 50
+    checkpoint_every: int = 50        # steps between rl_state checkpoints (0: only at the end)
     log_every: int = 10
+
+    # one rule per field (vstar.core.validate); a new field needs an entry here
+    RULES = {
+        "decoder": one_of(*RL_DECODERS), "sibling": boolean(), "value_loss": boolean(),
+        "n_candidates": at_least(2), "steps": count, "users_per_step": count,
+        "updates_per_batch": count, "lr": positive, "value_lr": positive,
+        "weight_decay": non_negative, "warmup_steps": non_negative_int,
+        "schedule": one_of(*RL_SCHEDULES), "grad_clip": positive, "clip_eps": positive,
+        "kl_beta": non_negative, "w_sib": non_negative, "w_value": non_negative,
+        "adv_eps": positive, "reward": registered(_reward_names), "gamma": probability,
+        "level_weights": optional(list_of(non_negative, nonempty=True)),
+        "prefix_emb": one_of(*PREFIX_EMBEDDINGS), "value_warmup_steps": non_negative_int,
+        "value_grad_to_backbone": boolean(), "temperature": positive, "top_k": non_negative_int,
+        "checkpoint_every": non_negative_int, "log_every": count,
+        "value_grad_clip": positive,
+        "sibling_reward": registered(lambda: [RL_SIBLING_SAME] + _reward_names()),
+        "sibling_std_floor": non_negative, "value_updates_per_step": count,
+        "value_targets": one_of(*RL_VALUE_TARGETS), "value_diag_every": non_negative_int,
+        "value_gate": one_of(*RL_VALUE_GATES), "value_gate_margin": non_negative,
+    }
+
+    def validate(self, prefix: str = "rl") -> None:
+        check_fields(self, prefix, self.RULES)
+        require(self.value_gate == "always" or not self.value_loss or self.value_diag_every >= 1,
+                f"{prefix}.value_diag_every", self.value_diag_every,
+                f">= 1: value_gate {self.value_gate!r} opens on the value diagnostic (or set "
+                f"value_gate 'always')")
+        self.ved.validate(f"{prefix}.ved")
+        self.value_head.validate(f"{prefix}.value_head")

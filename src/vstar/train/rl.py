@@ -39,7 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vstar.core import checkpoint
-from vstar.core.errors import InputError
+from vstar.core.errors import InputError, check_finite
 from vstar.data.types import SplitRows
 from vstar.decode.beam import beam_search
 from vstar.decode.sampling import constrained_sample
@@ -433,12 +433,17 @@ class RLTrainer:
         b = self.propose(idx)                                             # 1. propose
         t_decode = time.perf_counter() - t0 - t_diag
         rewards = self.rewards(b)                                         # 2. reward
+        step = self.step_idx + 1
+        check_finite(rewards[b.valid], "reward", step)
         adv = grpo_advantages(rewards, b.valid, cfg.adv_eps)              # 3. advantages
+        check_finite(adv[b.valid], "advantage", step)
         sib = self.sibling_advantages(b, rewards)
         dense = self._dense(b.codes, b.valid, b)
         logp_old = None
         for _ in range(cfg.updates_per_batch):                            # 4-5. loss, update
             terms, stats, logp_old = self.losses(b, adv, sib, dense, logp_old, value_only)
+            for name, term in terms.items():
+                check_finite(term, f"loss_{name}", step)
             norm_p, norm_v = self.backward(terms, value_only)
             self.opt.step()
         if cfg.value_loss and cfg.value_updates_per_step > 1:

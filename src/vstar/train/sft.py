@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import time
 from typing import Callable
 
@@ -21,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from vstar.core.errors import InputError
+from vstar.core import checkpoint
+from vstar.core.errors import InputError, check_finite
 from vstar.data.types import Splits, SplitRows
 from vstar.data.windows import build_windows
 from vstar.decode.trie import SidTrie
@@ -131,7 +133,8 @@ def held_out_loss(model: SidGenerator, vocab: SidVocab, tokens, targets, levels,
 
 def train_sft(model: SidGenerator, vocab: SidVocab, trie: SidTrie, splits: Splits,
               cfg: SFTConfig, seed: int = 0, validate: Validate | None = None,
-              progress: bool = True) -> tuple[SidGenerator, list[dict]]:
+              progress: bool = True, checkpoint_path: str | os.PathLike | None = None,
+              resume: bool = False) -> tuple[SidGenerator, list[dict]]:
     """Train with AdamW + warmup/cosine LR; keep the best validation state (early stopping).
 
     Every ``cfg.eval_every`` epochs, ``validate(model, rows)`` scores a fixed seeded subset of
@@ -139,6 +142,11 @@ def train_sft(model: SidGenerator, vocab: SidVocab, trie: SidTrie, splits: Split
     beam-search ranking of width ``cfg.val_beam``, ``vstar.experiments.pipeline``). Without
     ``validate`` the model of the last epoch is kept. Returns the model and the per-epoch history
     (train loss, validation metrics, seconds).
+
+    With ``checkpoint_path`` the whole training state (weights, best weights, optimiser, LR
+    schedule, RNGs, early-stopping state, history) is saved there after every epoch (an
+    ``sft_state`` checkpoint); with ``resume`` and that file present, training continues from it
+    and ends with exactly the weights and history of an uninterrupted run.
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -165,7 +173,24 @@ def train_sft(model: SidGenerator, vocab: SidVocab, trie: SidTrie, splits: Split
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps)
                                               * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     best, best_state, bad, history = -1.0, None, 0, []
-    for epoch in range(cfg.max_epochs):
+    start = 0
+    if resume and checkpoint_path is not None and os.path.isfile(checkpoint_path):
+        state = checkpoint.load_sft_state(checkpoint_path)
+        model.load_state_dict(state.model)
+        best_state = state.best_model
+        opt_state = opt.state_dict()
+        for pid, tensors in state.optimizer_state.items():
+            opt_state["state"].setdefault(pid, {}).update(tensors)
+        opt.load_state_dict(opt_state)
+        sched.load_state_dict(state.lr_schedule)
+        torch.set_rng_state(state.torch_rng)
+        rng.bit_generator.state = state.numpy_rng
+        best, bad = float(state.early_stopping["best"]), int(state.early_stopping["bad"])
+        history, start = list(state.history), state.epoch
+        log.info("SFT resumed from %s after epoch %d", checkpoint_path, start)
+    for epoch in range(start, cfg.max_epochs):
+        if bad >= cfg.patience:                        # resumed after the early stop
+            break
         model.train()
         t0 = time.perf_counter()
         perm = torch.as_tensor(rng.permutation(len(windows)))
@@ -178,6 +203,7 @@ def train_sft(model: SidGenerator, vocab: SidVocab, trie: SidTrie, splits: Split
             loss = sft_loss(model, vocab, tk[:, :keep], tg[:, :keep], lv[:, :keep],
                             cfg.label_smoothing, loss_trie,
                             None if nodes is None else nodes[idx][:, :keep])
+            check_finite(loss, "sft loss", len(losses) + 1 + epoch * steps_per_epoch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -206,6 +232,13 @@ def train_sft(model: SidGenerator, vocab: SidVocab, trie: SidTrie, splits: Split
                  "%.1fs", epoch, record["train_loss"], record.get("valid_nll", float("nan")),
                  cfg.val_metric, record.get(cfg.val_metric, float("nan")), best,
                  record["train_seconds"])
+        if checkpoint_path is not None:
+            checkpoint.save_sft_state(
+                checkpoint_path, model=model.state_dict(), best_model=best_state,
+                optimizer_state=opt.state_dict()["state"], torch_rng=torch.get_rng_state(),
+                epoch=epoch + 1, numpy_rng=rng.bit_generator.state,
+                lr_schedule=sched.state_dict(), early_stopping={"best": best, "bad": bad},
+                history=history)
         if bad >= cfg.patience:
             log.info("SFT: early stop after epoch %d (no gain for %d evaluations)", epoch, bad)
             break
