@@ -355,3 +355,76 @@ def test_two_concurrent_runs_with_the_same_name_the_second_is_refused(experiment
     run = experiment / "runs" / "toy" / "sasrec" / "seed0"
     assert "lr: 0.001" in (run / "config.yaml").read_text()
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
+
+
+# ------------------------------------------------------------------ kill -9 and resume
+def _kill_and_resume(experiment, args: list[str], run: Path, state_name: str, seed: int):
+    """Run ``args`` in a subprocess, SIGKILL it at 3 random moments after its first checkpoint
+    (each time resuming the previous kill's state), then resume to the end; returns the final
+    generator weights and metrics."""
+    import random
+    import signal
+
+    from safetensors.torch import load_file
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
+    base = [sys.executable, "-m", "vstar"] + args + ["run.num_threads=1"]
+    rnd = random.Random(seed)
+    kills = 0
+    for attempt in range(3):
+        cmd = base + (["run.overwrite=true"] if attempt == 0 else ["run.resume=true"])
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True)
+        state = run / state_name
+        before = state.stat().st_mtime_ns if state.is_file() else None
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and (
+                not state.is_file() or state.stat().st_mtime_ns == before):
+            time.sleep(0.01)                                 # until this process checkpointed
+        time.sleep(rnd.uniform(0.0, 0.6))                    # then a random moment
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.communicate(timeout=120)
+    assert kills == 3, "the run finished before it could be killed three times"
+    done = subprocess.run(base + ["run.resume=true"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    _no_temp_files(run)
+    return load_file(run / "generator.safetensors"), json.loads(
+        (run / "metrics.json").read_text())["metrics"]
+
+
+@pytest.mark.parametrize("seed", [0])
+def test_sft_killed_at_three_random_points_resumes_to_the_uninterrupted_weights(experiment,
+                                                                               seed):
+    from safetensors.torch import load_file
+
+    args = ["sft", str(experiment / "cfg.yaml"), "sft.max_epochs=40", "sft.patience=40",
+            "model.dropout=0.1", "sid.vectors=text"]
+    run = experiment / "runs" / "toy" / "sft" / "seed0"
+    assert main(args + ["run.num_threads=1"]) == 0
+    reference = load_file(run / "generator.safetensors")
+    metrics = json.loads((run / "metrics.json").read_text())["metrics"]
+    weights, resumed_metrics = _kill_and_resume(experiment, args, run, "sft_state.safetensors",
+                                                seed)
+    assert weights.keys() == reference.keys()
+    assert all((weights[k] == reference[k]).all() for k in reference)
+    assert resumed_metrics == metrics
+
+
+@pytest.mark.parametrize("seed", [0])
+def test_rl_killed_at_three_random_points_resumes_to_the_uninterrupted_weights(experiment, seed):
+    from safetensors.torch import load_file
+
+    cfg = str(experiment / "cfg.yaml")
+    assert main(["run", cfg, "run.methods=[sft]", "sid.vectors=text", "run.num_threads=1"]) == 0
+    args = ["rl", cfg, "--method", "vstar", "rl.steps=60", "rl.checkpoint_every=1",
+            "sid.vectors=text"]
+    run = experiment / "runs" / "toy" / "vstar" / "seed0"
+    assert main(args + ["run.num_threads=1"]) == 0
+    reference = load_file(run / "generator.safetensors")
+    metrics = json.loads((run / "metrics.json").read_text())["metrics"]
+    weights, resumed_metrics = _kill_and_resume(experiment, args, run, "rl_state.safetensors",
+                                                seed)
+    assert all((weights[k] == reference[k]).all() for k in reference)
+    assert resumed_metrics == metrics

@@ -183,6 +183,8 @@ def train_sft(model: SidGenerator, vocab: SidVocab, trie: SidTrie, splits: Split
             opt_state["state"].setdefault(pid, {}).update(tensors)
         opt.load_state_dict(opt_state)
         sched.load_state_dict(state.lr_schedule)
+        for group, lr in zip(opt.param_groups, sched.get_last_lr()):   # the restored schedule's
+            group["lr"] = lr                                          # rate, not step 0's
         torch.set_rng_state(state.torch_rng)
         rng.bit_generator.state = state.numpy_rng
         best, bad = float(state.early_stopping["best"]), int(state.early_stopping["bad"])
