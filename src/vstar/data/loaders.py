@@ -154,6 +154,8 @@ def load_lcrec(inter_path: str | Path, item_path: str | Path | None = None,
     if not isinstance(inter, dict):
         raise InputError("expected a JSON object {\"<user>\": [item, ...]}", file=file, line=1)
     users, items = [], []
+    as_number: dict[str, str] = {}                  # id text -> first user who wrote it as a number
+    as_string: dict[str, str] = {}
     for user, seq in inter.items():
         if not isinstance(seq, list) or not seq:
             what = "empty history list" if isinstance(seq, list) else f"a {type(seq).__name__}"
@@ -163,6 +165,13 @@ def load_lcrec(inter_path: str | Path, item_path: str | Path | None = None,
             if isinstance(it, bool) or not isinstance(it, (int, str)):
                 raise InputError(f"user {user!r}: item id {it!r} is not an integer or string",
                                  file=file, line=_key_line(text, user), field=user)
+            seen, other = (as_number, as_string) if isinstance(it, int) else (as_string, as_number)
+            seen.setdefault(str(it), user)
+            if str(it) in other:                    # 1 and "1": one id or two? refuse to guess
+                raise InputError(f"item id {str(it)!r} is written both as a number and as a "
+                                 f"string (users {other[str(it)]!r} and {user!r}); write every "
+                                 f"id the same way", file=file, line=_key_line(text, user),
+                                 field=user)
             users.append(user)
             items.append(str(it))
 
