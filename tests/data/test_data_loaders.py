@@ -56,6 +56,7 @@ def test_item_text_order_skips_empty_fields_and_truncates_description():
     ('{\n "u1": [1, 2],\n "u2": [3,, 4]\n}', 3, "invalid JSON"),
     ('{\n "u1": [1],\n "u1": [2]\n}', 3, "duplicate key 'u1'"),
     ('{"u1": [1],\n "u2": []}', 2, "empty history"),
+    ('{"u1": [1, 2],\n "u2": ["2", 3]}', 2, "both as a number and as a string"),
 ])
 def test_lcrec_errors_name_file_and_line(tmp_path, text, line, needle):
     inter = _write(tmp_path / "bad.inter.json", text)
