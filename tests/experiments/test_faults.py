@@ -428,3 +428,18 @@ def test_rl_killed_at_three_random_points_resumes_to_the_uninterrupted_weights(e
                                                 seed)
     assert all((weights[k] == reference[k]).all() for k in reference)
     assert resumed_metrics == metrics
+
+
+def test_a_nan_metric_stops_the_run_naming_the_metric(experiment, capsys, monkeypatch):
+    from vstar.experiments import pipeline
+
+    real = pipeline.evaluate_ranking
+
+    def nan_ndcg(*a, **k):
+        return dict(real(*a, **k), **{"NDCG@10": float("nan")})
+    monkeypatch.setattr(pipeline, "evaluate_ranking", nan_ndcg)
+    assert main(["run", str(experiment / "cfg.yaml"), "run.methods=[popularity]"]) != 0
+    err = capsys.readouterr().err
+    assert "NDCG@10" in err and "non-finite" in err
+    record = experiment / "runs" / "toy" / "popularity" / "seed0" / "metrics.json"
+    assert not record.exists()

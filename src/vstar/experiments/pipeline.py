@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from vstar.core.errors import InputError
+from vstar.core.errors import InputError, check_finite
 from vstar.core.io import FolderLock, atomic_path, atomic_write_json, read_json
 from vstar.core.layout import ExperimentLayout
 from vstar.core.repro import file_sha256, fingerprint, set_seed
@@ -179,6 +179,9 @@ def evaluate_split(ctx: MethodContext, split: str, ranked: np.ndarray, cost: dic
     rows = getattr(prep.splits, split)
     metrics = evaluate_ranking(ranked, rows.targets, n_items=prep.data.n_items, ks=list(cfg.eval.ks),
                                item_emb=prep.item_emb, popularity=prep.popularity)
+    for name, value in metrics.items():             # None = undefined (e.g. ILD@1), not NaN
+        if value is not None:
+            check_finite(value, f"{split} metric {name}")
     with atomic_path(layout.ranks(split)) as tmp:   # per-row target ranks for paired tests
         with open(tmp, "wb") as fh:
             np.save(fh, target_ranks(ranked, rows.targets))
