@@ -109,23 +109,26 @@ class SidTrie:
         """nodes [...] at ``depth`` -> bool [..., K_depth] of trie-valid next codes."""
         nodes = nodes.long()
         ok = self._valid(depth, nodes)
-        safe = torch.where(ok, nodes, 0)
         K = self.codebook_sizes[depth]
         if self.layout == "dense":
-            return (self.children[depth][safe] >= 0) & ok[..., None]
-        flat, okf = safe.reshape(-1), ok.reshape(-1)
+            return (self.children[depth][torch.where(ok, nodes, 0)] >= 0) & ok[..., None]
+        # one mask row per distinct node (beams repeat the root and share parents), then gather
+        flat = torch.where(ok, nodes, -1).reshape(-1)
+        uniq, inv = torch.unique(flat, return_inverse=True)
+        valid = uniq >= 0
+        u = torch.where(valid, uniq, 0)
         off = self.edge_offsets[depth]
-        start = off[flat]
-        count = torch.where(okf, off[flat + 1] - start, 0)
-        mask = torch.zeros(flat.shape[0], K, dtype=torch.bool, device=nodes.device)
+        start = off[u]
+        count = torch.where(valid, off[u + 1] - start, 0)
+        mask = torch.zeros(uniq.shape[0], K, dtype=torch.bool, device=nodes.device)
         total = int(count.sum())
         if total:
-            row = torch.repeat_interleave(torch.arange(flat.shape[0], device=nodes.device), count,
+            row = torch.repeat_interleave(torch.arange(uniq.shape[0], device=nodes.device), count,
                                           output_size=total)
             first = torch.cumsum(count, 0) - count                       # row's first flat slot
             pos = torch.arange(total, device=nodes.device) - first[row] + start[row]
-            mask[row, self.edge_keys[depth][pos] - flat[row] * K] = True
-        return mask.reshape(*nodes.shape, K)
+            mask[row, self.edge_keys[depth][pos] - u[row] * K] = True
+        return mask[inv.reshape(-1)].reshape(*nodes.shape, K)
 
     def step(self, depth: int, nodes: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """Child ids (or item indices at the last level) of ``nodes`` via ``codes``; -1 if invalid."""
