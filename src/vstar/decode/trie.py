@@ -113,22 +113,31 @@ class SidTrie:
         if self.layout == "dense":
             return (self.children[depth][torch.where(ok, nodes, 0)] >= 0) & ok[..., None]
         # one mask row per distinct node (beams repeat the root and share parents), then gather
+        # (per row instead when that saves fewer scattered edges than the gather copies bytes,
+        # scaled by their measured relative cost)
         flat = torch.where(ok, nodes, -1).reshape(-1)
+        off = self.edge_offsets[depth]
         uniq, inv = torch.unique(flat, return_inverse=True)
         valid = uniq >= 0
         u = torch.where(valid, uniq, 0)
-        off = self.edge_offsets[depth]
         start = off[u]
         count = torch.where(valid, off[u + 1] - start, 0)
-        mask = torch.zeros(uniq.shape[0], K, dtype=torch.bool, device=nodes.device)
         total = int(count.sum())
+        saved = int(count[inv].sum()) - total
+        if 64 * saved < flat.numel() * K:                                # scatter per row
+            valid = flat >= 0
+            u = torch.where(valid, flat, 0)
+            start = off[u]
+            count = torch.where(valid, off[u + 1] - start, 0)
+            total, inv = int(count.sum()), None
+        mask = torch.zeros(u.shape[0], K, dtype=torch.bool, device=nodes.device)
         if total:
-            row = torch.repeat_interleave(torch.arange(uniq.shape[0], device=nodes.device), count,
+            row = torch.repeat_interleave(torch.arange(u.shape[0], device=nodes.device), count,
                                           output_size=total)
             first = torch.cumsum(count, 0) - count                       # row's first flat slot
             pos = torch.arange(total, device=nodes.device) - first[row] + start[row]
             mask[row, self.edge_keys[depth][pos] - u[row] * K] = True
-        return mask[inv.reshape(-1)].reshape(*nodes.shape, K)
+        return (mask if inv is None else mask[inv.reshape(-1)]).reshape(*nodes.shape, K)
 
     def step(self, depth: int, nodes: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """Child ids (or item indices at the last level) of ``nodes`` via ``codes``; -1 if invalid."""
