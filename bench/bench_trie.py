@@ -49,7 +49,8 @@ UNITS = {
     "prefix_ids_mb": "bytes of prefix_ids (one int64 per item and depth), MiB",
     "n_nodes": "nodes per depth",
     "allowed_ms": "ms of one allowed(depth, nodes) on `batch` nodes, per depth, median",
-    "step_ms": "ms of one step(depth, nodes, codes) on `batch` pairs (half valid), per depth, median",
+    "step_ms": "ms of one step(depth, nodes, codes) on `batch` pairs (half valid), per depth, "
+               "median",
     "item_of_ms": "ms of item_of on `item_queries` SIDs (half in the catalogue), median",
     "lookups_per_second": "allowed rows per second at the last depth (batch / allowed_ms)",
 }

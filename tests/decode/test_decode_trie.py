@@ -137,7 +137,8 @@ def test_decoders_identical_on_both_layouts():
         assert torch.equal(a.items, b.items) and torch.equal(a.codes, b.codes)
         assert torch.equal(a.scores, b.scores) and a.n_invalid == b.n_invalid == 0
     samples = [constrained_sample(model, vocab, t, tokens, mask, 8,
-                                  generator=torch.Generator().manual_seed(3)) for t in (dense, sparse)]
+                                  generator=torch.Generator().manual_seed(3))
+               for t in (dense, sparse)]
     assert torch.equal(samples[0].items, samples[1].items)
     assert torch.equal(samples[0].scores, samples[1].scores)
     cand = torch.as_tensor(codes[:5])[None].expand(tokens.shape[0], 5, 3).clone()

@@ -9,8 +9,8 @@ Two layouts hold the edges, with the same API and the same results (``allowed``,
 ``item_of``, ``n_nodes``, ``prefix_ids``, ``codes``, ``to``):
 
 - ``"dense"``: ``children[d]`` is a ``[n_d, K_d]`` int64 table (child id or -1). One gather per
-  lookup (``step`` is fastest this way), but it costs ``8 * n_d * K_d`` bytes per depth: 129 MiB for 1 M items with
-  3 x 256 codes, 5 GiB with 3 x 1024, impossible with 3 x 8192.
+  lookup (``step`` is fastest this way), but it costs ``8 * n_d * K_d`` bytes per depth:
+  129 MiB for 1 M items with 3 x 256 codes, 5 GiB with 3 x 1024, impossible with 3 x 8192.
 - ``"sparse"``: CSR per depth. ``edge_keys[d]`` holds the sorted int64 keys ``p * K_d + c`` of the
   depth's edges (one per node of depth d+1, or per item at the last level) and
   ``edge_offsets[d][p]`` where node p's slice starts. Because nodes are numbered in
