@@ -5,8 +5,10 @@
     sft     SFT training throughput                     -> sft_throughput.json
     synthetic_rl  beam + GRPO vs V-STAR where the target hides behind a low-probability first
             code (target-in-group per step, HR@10)      -> synthetic_rl.json (+ .png)
+    trie    SidTrie build seconds, peak memory and lookups, 1 M and 10 M items, dense vs sparse
+                                                        -> trie_scale.json
 
-    .venv/bin/python bench/run_all.py [--quick] [--only decode|ved|sft|synthetic_rl ...] [--threads 1]
+    .venv/bin/python bench/run_all.py [--quick] [--only decode|ved|sft|synthetic_rl|trie ...] [--threads 1]
         [--device cpu|cuda] [--out-dir bench/results] [--repeats N] [--seed 0]
 
 --quick: tiny sizes, 1 repeat (a smoke test of the harness, well under a minute); without
@@ -27,10 +29,12 @@ if str(Path(__file__).resolve().parent) not in sys.path:
 import bench_decode  # noqa: E402
 import bench_sft  # noqa: E402
 import bench_synthetic_rl  # noqa: E402
+import bench_trie  # noqa: E402
 import bench_ved  # noqa: E402
 import harness  # noqa: E402
 
-BENCHMARKS = {m.NAME: m for m in (bench_decode, bench_ved, bench_sft, bench_synthetic_rl)}
+BENCHMARKS = {m.NAME: m for m in (bench_decode, bench_ved, bench_sft, bench_synthetic_rl,
+                                     bench_trie)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -531,8 +531,7 @@ class _Search:
         ok = found.gather(1, top)
         m, c = top // K, top % K
         node = self.trie_node.gather(1, m)
-        last = self.trie.children[L - 1]                                   # [n_nodes, K_L]
-        items = torch.where(ok, last[node, c.clamp(max=last.shape[1] - 1)], -1)
+        items = torch.where(ok, self.trie.step(L - 1, node, c), -1)        # -1 if no such item
         codes = torch.cat([self.codes.gather(1, m[:, :, None].expand(B, k, L))[:, :, : L - 1],
                            c[:, :, None]], 2)
         codes = torch.where(ok[:, :, None], codes, -1)
