@@ -179,8 +179,8 @@ def evaluate_split(ctx: MethodContext, split: str, ranked: np.ndarray, cost: dic
     rows = getattr(prep.splits, split)
     metrics = evaluate_ranking(ranked, rows.targets, n_items=prep.data.n_items, ks=list(cfg.eval.ks),
                                item_emb=prep.item_emb, popularity=prep.popularity)
-    for name, value in metrics.items():             # None = undefined (e.g. ILD@1), not NaN
-        if value is not None:
+    for name, value in metrics.items():    # accuracy is always defined; diversity metrics are
+        if name.startswith(("HR@", "NDCG@")):  # NaN where undefined (ILD@1: no pairs)
             check_finite(value, f"{split} metric {name}")
     with atomic_path(layout.ranks(split)) as tmp:   # per-row target ranks for paired tests
         with open(tmp, "wb") as fh:
