@@ -16,9 +16,11 @@ Endpoints:
 Micro-batching: requests wait at most ``max_wait_ms`` (or until ``max_batch`` have arrived) and
 are decoded together; requests with the same (decoder, width, budget) share one decode call.
 
-Decoding (``decode/``): ``beam`` is constrained beam search of width ``k`` (``k`` plus the
-history's distinct items when ``exclude_history``, so that ``k`` items are left after removing
-them; the ranking is then exactly the batch decoder's with those items removed). ``budget`` is
+Decoding (``decode/``): ``beam`` is constrained beam search of width ``k``; with
+``exclude_history`` the width is the smallest power of two >= ``k`` + the history's distinct items
+(so that ``k`` items are left after removing them, and requests of similar lengths share one
+decode call); the answer is exactly the batch decoder's ranking at that width, history removed.
+VED likewise returns that many candidates. ``budget`` is
 the decode forward-token budget per user: for beam search it sets the width to
 ``budget // (L-1)`` (which must be at least the width above); for VED it replaces the run's
 ``rl.ved`` budget. ``ved`` needs the value head of an RL run folder: on an SFT folder it is a 422.
@@ -158,7 +160,10 @@ class Recommender:
                                           "(serve an RL run folder, or use 'beam')")
         hist = np.asarray([self.index[h] for h in req.history], dtype=np.int64)
         exclude = set(hist.tolist()) if req.exclude_history else set()
-        width = min(self.n_items, req.k + len(exclude))
+        width = req.k
+        if exclude:      # room for the history's items; a power of two, so that requests batch
+            width = 1 << (req.k + len(exclude) - 1).bit_length()
+        width = min(self.n_items, width)
         budget = req.budget
         if budget is not None:
             if not 1 <= budget <= 10_000_000:
