@@ -61,10 +61,10 @@ def test_beam_answers_equal_the_batch_decoder(client, rl_run, history):
     assert body["items"] == _direct(rl_run, history, 7)
     assert len(body["scores"]) == 7 and body["scores"] == sorted(body["scores"], reverse=True)
     assert body["cost"]["forward_tokens"] > 0 and body["cost"]["decode_ms"] >= 0
-    # exclude_history (the default): the ranking of a beam 2^ceil(log2(k + |history|)) wide,
-    # history removed
+    # exclude_history (the default): the ranking of a beam k + |history| wide (rounded up to a
+    # multiple of 8), history removed
     r = client.post("/recommend", json={"history": history, "k": 7})
-    width = min(rl_run.data.n_items, 1 << (7 + len(set(history)) - 1).bit_length())
+    width = min(rl_run.data.n_items, -(-(7 + len(set(history))) // 8) * 8)
     assert r.json()["items"] == [i for i in _direct(rl_run, history, width)
                                  if i not in history][:7]
 

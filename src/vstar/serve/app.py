@@ -17,7 +17,7 @@ Micro-batching: requests wait at most ``max_wait_ms`` (or until ``max_batch`` ha
 are decoded together; requests with the same (decoder, width, budget) share one decode call.
 
 Decoding (``decode/``): ``beam`` is constrained beam search of width ``k``; with
-``exclude_history`` the width is the smallest power of two >= ``k`` + the history's distinct items
+``exclude_history`` the width is ``k`` + the history's distinct items rounded up to a multiple of 8
 (so that ``k`` items are left after removing them, and requests of similar lengths share one
 decode call); the answer is exactly the batch decoder's ranking at that width, history removed.
 VED likewise returns that many candidates. ``budget`` is
@@ -49,6 +49,9 @@ from vstar.core.errors import InputError
 from vstar.decode.beam import beam_search
 from vstar.decode.ved import value_guided_decode
 from vstar.experiments.budget import LoadedRun, load_run
+
+
+WIDTH_STEP = 8    # exclude_history: the beam width is k + |history| rounded up to a multiple of this
 
 
 @dataclasses.dataclass
@@ -161,8 +164,8 @@ class Recommender:
         hist = np.asarray([self.index[h] for h in req.history], dtype=np.int64)
         exclude = set(hist.tolist()) if req.exclude_history else set()
         width = req.k
-        if exclude:      # room for the history's items; a power of two, so that requests batch
-            width = 1 << (req.k + len(exclude) - 1).bit_length()
+        if exclude:      # room for the history's items, rounded up so that requests batch
+            width = -(-(req.k + len(exclude)) // WIDTH_STEP) * WIDTH_STEP
         width = min(self.n_items, width)
         budget = req.budget
         if budget is not None:
