@@ -116,7 +116,8 @@ def load_run(run_dir: str | os.PathLike, threads: int | None = None) -> LoadedRu
         model, value_head, rl_cfg = load_rl_run(layout.path, vocab, trie.codes)
     else:
         if not layout.generator.is_file():
-            raise InputError("no generator checkpoint in the run folder", file=str(layout.generator))
+            raise InputError("no generator checkpoint in the run folder",
+                             file=str(layout.generator))
         model, value_head, rl_cfg = load_generator(layout.generator, vocab, trie.codes), None, None
     return LoadedRun(layout, cfg, data, splits, vocab, trie, model, value_head, rl_cfg)
 
@@ -141,8 +142,9 @@ def run_budget_curve(run_dir: str | os.PathLike, split: str = "test",
     if run.value_head is None:
         raise InputError("no RL state: expected the folder of an RL run "
                          "(<experiment>/<rl method>/seed<k>)", file=str(run.layout.rl_state))
-    layout, experiment, cfg, data, splits = run.layout, run.layout.experiment, run.cfg, run.data, run.splits
-    model, value_head, rl_cfg, vocab, trie = run.model, run.value_head, run.rl_cfg, run.vocab, run.trie
+    layout, experiment, cfg = run.layout, run.layout.experiment, run.cfg
+    data, splits, vocab, trie = run.data, run.splits, run.vocab, run.trie
+    model, value_head, rl_cfg = run.model, run.value_head, run.rl_cfg
     rows = getattr(splits, split)
     if max_users is not None:
         if max_users < 1:

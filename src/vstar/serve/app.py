@@ -51,7 +51,7 @@ from vstar.decode.ved import value_guided_decode
 from vstar.experiments.budget import LoadedRun, load_run
 
 
-WIDTH_STEP = 8    # exclude_history: the beam width is k + |history| rounded up to a multiple of this
+WIDTH_STEP = 8    # exclude_history: beam width k + |history|, rounded up to a multiple of this
 
 
 @dataclasses.dataclass
