@@ -18,7 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "vstar"
 # the stages before it. core/ is the foundation of every stage; testing.py serves the tests.
 STAGES = {
     "core": 0, "data": 1, "sid": 2, "model": 3, "decode": 4, "train": 5, "baselines": 5,
-    "eval": 6, "experiments": 7, "__main__": 7, "testing": 8,
+    "eval": 6, "experiments": 7, "serve": 7, "__main__": 7, "testing": 8,
 }
 
 

@@ -16,7 +16,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from vstar.core import checkpoint
 from vstar.core.errors import InputError
 from vstar.core.io import atomic_write_json
 from vstar.core.layout import RunLayout
+from vstar.data.types import InteractionData, Splits
 from vstar.decode.config import VEDConfig
 from vstar.decode.trie import SidTrie
 from vstar.eval.budget import budget_curve, plot_budget_curve
@@ -69,6 +70,58 @@ def load_rl_run(run_dir: str | os.PathLike, vocab: SidVocab, item_codes=None
     return model, head.eval(), rl_cfg
 
 
+@dataclasses.dataclass
+class LoadedRun:
+    """Everything a trained run folder decodes with (``load_run``)."""
+
+    layout: RunLayout
+    cfg: Any                       # the composed config of the run (config.yaml)
+    data: InteractionData
+    splits: Splits
+    vocab: SidVocab
+    trie: SidTrie
+    model: SidGenerator
+    value_head: ValueHead | None   # None for an SFT-only folder
+    rl_cfg: RLConfig | None        # the RL config the value head was trained with
+
+
+def load_run(run_dir: str | os.PathLike, threads: int | None = None) -> LoadedRun:
+    """The generator, SIDs, vocab and trie of a run folder ``<experiment>/<method>/seed<k>``,
+    plus its value head and RL config when it is an RL run (an SFT folder has neither).
+
+    Data and SIDs are rebuilt from the run's config.yaml and the experiment's artifacts.
+    """
+    from vstar.experiments.config import load_config
+    from vstar.experiments.pipeline import prepare_data
+    from vstar.sid import load_index_json
+
+    layout = RunLayout.of(run_dir)
+    if not layout.config.is_file():
+        raise InputError("no config.yaml: expected a run folder <experiment>/<method>/seed<k>",
+                         file=str(layout.config))
+    cfg = load_config(layout.config)
+    torch.set_num_threads(threads or cfg.run.num_threads)
+    experiment = layout.experiment
+    if not experiment.sid_report.is_file():
+        raise InputError("the experiment's SID report is missing", file=str(experiment.sid_report))
+    report = json.loads(experiment.sid_report.read_text())
+    if "codebook_sizes" not in report:
+        raise InputError("expected the key 'codebook_sizes'", file=str(experiment.sid_report),
+                         field="codebook_sizes")
+    data, splits, _ = prepare_data(cfg)
+    sids = load_index_json(experiment.sid_index, data.item_ids, report["codebook_sizes"])
+    vocab = make_vocab(cfg.model, sids.codebook_sizes, sids.n_items)
+    trie = SidTrie(sids.codes, sids.codebook_sizes)
+    if layout.rl_state.is_file():
+        model, value_head, rl_cfg = load_rl_run(layout.path, vocab, trie.codes)
+    else:
+        if not layout.generator.is_file():
+            raise InputError("no generator checkpoint in the run folder",
+                             file=str(layout.generator))
+        model, value_head, rl_cfg = load_generator(layout.generator, vocab, trie.codes), None, None
+    return LoadedRun(layout, cfg, data, splits, vocab, trie, model, value_head, rl_cfg)
+
+
 def run_budget_curve(run_dir: str | os.PathLike, split: str = "test",
                      widths: Sequence[int] = (10, 20, 50), max_users: int | None = None,
                      out_dir: str | os.PathLike = "bench/results", batch_size: int | None = None,
@@ -83,27 +136,15 @@ def run_budget_curve(run_dir: str | os.PathLike, split: str = "test",
     from vstar.experiments.pipeline import prepare_data
     from vstar.sid import load_index_json
 
-    layout = RunLayout.of(run_dir)
     if split not in ("valid", "test"):
         raise InputError(f"split must be 'valid' or 'test', got {split!r}", field="split")
-    if not layout.config.is_file():
-        raise InputError("no config.yaml: expected a run folder <experiment>/<method>/seed<k>",
-                         file=str(layout.config))
-    cfg = load_config(layout.config)
-    torch.set_num_threads(threads or cfg.run.num_threads)
-    experiment = layout.experiment
-    if not experiment.sid_report.is_file():
-        raise InputError("the experiment's SID report is missing", file=str(experiment.sid_report))
-    report = json.loads(experiment.sid_report.read_text())
-    if "codebook_sizes" not in report:
-        raise InputError("expected the key 'codebook_sizes'", file=str(experiment.sid_report),
-                         field="codebook_sizes")
-
-    data, splits, _ = prepare_data(cfg)
-    sids = load_index_json(experiment.sid_index, data.item_ids, report["codebook_sizes"])
-    vocab = make_vocab(cfg.model, sids.codebook_sizes, sids.n_items)
-    trie = SidTrie(sids.codes, sids.codebook_sizes)
-    model, value_head, rl_cfg = load_rl_run(layout.path, vocab, trie.codes)
+    run = load_run(run_dir, threads=threads)
+    if run.value_head is None:
+        raise InputError("no RL state: expected the folder of an RL run "
+                         "(<experiment>/<rl method>/seed<k>)", file=str(run.layout.rl_state))
+    layout, experiment, cfg = run.layout, run.layout.experiment, run.cfg
+    data, splits, vocab, trie = run.data, run.splits, run.vocab, run.trie
+    model, value_head, rl_cfg = run.model, run.value_head, run.rl_cfg
     rows = getattr(splits, split)
     if max_users is not None:
         if max_users < 1:

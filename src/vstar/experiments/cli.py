@@ -9,6 +9,7 @@
     vstar compare runs/scientific                           # mean +- std table over run folders
     vstar paired runs/scientific vstar sft --metric NDCG@10 # paired test of two methods, per user
     vstar budget runs/scientific/vstar/seed0 --widths 10 20 # beam vs VED at equal decode budgets
+    vstar serve runs/scientific/vstar/seed0 --port 8000     # HTTP: POST /recommend, GET /metadata
     vstar rl-summary runs/scientific grpo_beam vstar        # mean of every logged RL curve
 
 The CLI owns no logic: it parses arguments and calls ``vstar.experiments``. The methods offered by
@@ -152,6 +153,14 @@ def cmd_budget(args) -> None:
     print(f"budget curve: {json_path}, {png_path}")
 
 
+def cmd_serve(args) -> None:
+    from vstar.serve.app import serve
+
+    serve(args.run_dir, host=args.host, port=args.port, max_batch=args.max_batch,
+          max_wait_ms=args.max_wait_ms, max_history=args.max_history, max_k=args.max_k,
+          threads=args.threads)
+
+
 def cmd_rl_summary(args) -> None:
     from vstar.experiments.rl_summary import render_rl_summary, rl_summary
 
@@ -219,6 +228,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="default: the config's run one")
     p.add_argument("--out-dir", type=Path, default=Path("bench/results"))
     p.set_defaults(fn=cmd_budget)
+    p = sub.add_parser("serve", help="HTTP service: top-k items of a run folder (POST /recommend)")
+    p.add_argument("run_dir", type=Path, help="run folder <experiment>/<method>/seed<k> (SFT or RL)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=int, default=32, help="most requests per decode call")
+    p.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="longest a request waits for others to batch with")
+    p.add_argument("--max-history", type=int, default=1000, help="longest history accepted")
+    p.add_argument("--max-k", type=int, default=1000, help="largest k accepted")
+    p.add_argument("--threads", type=int, default=None, help="default: the config's run one")
+    p.set_defaults(fn=cmd_serve)
     p = sub.add_parser("rl-summary", help="mean over steps of every logged RL curve, per method")
     p.add_argument("experiment", type=Path, help="experiment folder <out_dir>/<name>")
     p.add_argument("methods", nargs="+", help="RL methods (folders of the experiment)")
