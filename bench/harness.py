@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from vstar.core.io import atomic_write_json
+from vstar.core.io import atomic_write_json, to_jsonable
 from vstar.core.repro import collect_versions, set_seed
 from vstar.model import ModelConfig, SidGenerator, SidVocab, new_generator
 
@@ -153,8 +153,9 @@ def make_record(name: str, what: str, method: str, params: dict, dev: torch.devi
 
 
 def write_record(out_dir: str | Path, filename: str, record: dict) -> Path:
+    """Write ``record`` as strict JSON: NaN / Inf (e.g. a figure a method does not have) -> null."""
     path = Path(out_dir) / filename
-    atomic_write_json(path, record)
+    atomic_write_json(path, to_jsonable(record, filename))
     return path
 
 
