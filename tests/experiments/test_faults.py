@@ -359,9 +359,9 @@ def test_two_concurrent_runs_with_the_same_name_the_second_is_refused(experiment
 
 # ------------------------------------------------------------------ kill -9 and resume
 def _kill_and_resume(experiment, args: list[str], run: Path, state_name: str, seed: int):
-    """Run ``args`` in a subprocess, SIGKILL it at 3 random moments after its first checkpoint
-    (each time resuming the previous kill's state), then resume to the end; returns the final
-    generator weights and metrics."""
+    """Run ``args`` in a subprocess and SIGKILL it at a random moment after its 1st-4th new
+    checkpoint, three times (each time resuming the previous kill's state), then resume to the
+    end; returns the final generator weights and metrics."""
     import random
     import signal
 
@@ -376,12 +376,15 @@ def _kill_and_resume(experiment, args: list[str], run: Path, state_name: str, se
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 text=True)
         state = run / state_name
-        before = state.stat().st_mtime_ns if state.is_file() else None
+        last = state.stat().st_mtime_ns if state.is_file() else None
+        wanted, seen = rnd.randint(1, 4), 0              # checkpoints this process must write
         deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None and (
-                not state.is_file() or state.stat().st_mtime_ns == before):
-            time.sleep(0.01)                                 # until this process checkpointed
-        time.sleep(rnd.uniform(0.0, 0.6))                    # then a random moment
+        while time.time() < deadline and proc.poll() is None and seen < wanted:
+            stamp = state.stat().st_mtime_ns if state.is_file() else None
+            if stamp is not None and stamp != last:      # (a deleted old file is no checkpoint)
+                seen, last = seen + 1, stamp
+            time.sleep(0.002)
+        time.sleep(rnd.uniform(0.0, 0.02))                  # then a random moment after it
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             kills += 1
@@ -399,7 +402,7 @@ def test_sft_killed_at_three_random_points_resumes_to_the_uninterrupted_weights(
                                                                                seed):
     from safetensors.torch import load_file
 
-    args = ["sft", str(experiment / "cfg.yaml"), "sft.max_epochs=40", "sft.patience=40",
+    args = ["sft", str(experiment / "cfg.yaml"), "sft.max_epochs=120", "sft.patience=120",
             "model.dropout=0.1", "sid.vectors=text"]
     run = experiment / "runs" / "toy" / "sft" / "seed0"
     assert main(args + ["run.num_threads=1"]) == 0
@@ -418,7 +421,7 @@ def test_rl_killed_at_three_random_points_resumes_to_the_uninterrupted_weights(e
 
     cfg = str(experiment / "cfg.yaml")
     assert main(["run", cfg, "run.methods=[sft]", "sid.vectors=text", "run.num_threads=1"]) == 0
-    args = ["rl", cfg, "--method", "vstar", "rl.steps=60", "rl.checkpoint_every=1",
+    args = ["rl", cfg, "--method", "vstar", "rl.steps=80", "rl.checkpoint_every=1",
             "sid.vectors=text"]
     run = experiment / "runs" / "toy" / "vstar" / "seed0"
     assert main(args + ["run.num_threads=1"]) == 0
