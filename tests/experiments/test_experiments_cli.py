@@ -8,6 +8,17 @@ import pytest
 from vstar.experiments.cli import main
 
 
+def _assert_rl_logs(exp):
+    """vstar logs 3 value warm-up steps then the 2 RL steps; its run summary averages the RL
+    steps only, so the policy-loss curves are in it."""
+    assert (exp / "vstar" / "seed0" / "rl_log.jsonl").read_text().count("\n") == 5
+    assert (exp / "grpo_beam" / "seed0" / "rl_log.jsonl").read_text().count("\n") == 2
+    summary = json.loads((exp / "vstar" / "seed0" / "metrics.json").read_text())
+    summary = summary["extra"]["rl_summary"]
+    assert "loss_grpo" in summary and "value_warmup" not in summary
+    assert "sib_adv_share_on_target_path" in summary and "grad_norm_value" in summary
+
+
 def test_run_writes_a_folder_per_method_and_a_results_table(experiment, capsys):
     assert main(["run", str(experiment / "cfg.yaml")]) == 0
     exp = experiment / "runs" / "toy"
@@ -19,14 +30,7 @@ def test_run_writes_a_folder_per_method_and_a_results_table(experiment, capsys):
         assert 0.0 <= record["metrics"]["HR@10"] <= 1.0
         for name in ("config.yaml", "versions.json", "log.txt", "ranks_test.npy"):
             assert (run / name).is_file(), (method, name)
-    # 3 value warm-up steps (vstar trains the value head), then the 2 RL steps
-    assert (exp / "vstar" / "seed0" / "rl_log.jsonl").read_text().count("\n") == 5
-    assert (exp / "grpo_beam" / "seed0" / "rl_log.jsonl").read_text().count("\n") == 2
-    # the run's RL summary averages the RL steps only, so the policy-loss curves are in it
-    summary = json.loads((exp / "vstar" / "seed0" / "metrics.json").read_text())
-    summary = summary["extra"]["rl_summary"]
-    assert "loss_grpo" in summary and "value_warmup" not in summary
-    assert "sib_adv_share_on_target_path" in summary and "grad_norm_value" in summary
+    _assert_rl_logs(exp)
     assert (exp / "artifacts" / "sid.index.json").is_file()
     assert "| toy |" in (exp / "results.md").read_text()
     assert "vstar" in capsys.readouterr().out
@@ -109,14 +113,7 @@ def test_item_level_history_runs_every_stage_and_method(experiment):
     for method in ("sft", "grpo_beam", "vstar"):
         record = json.loads((exp / method / "seed0" / "metrics.json").read_text())
         assert record["invalid_rate"] == 0.0 and 0.0 <= record["metrics"]["HR@10"] <= 1.0
-    # 3 value warm-up steps (vstar trains the value head), then the 2 RL steps
-    assert (exp / "vstar" / "seed0" / "rl_log.jsonl").read_text().count("\n") == 5
-    assert (exp / "grpo_beam" / "seed0" / "rl_log.jsonl").read_text().count("\n") == 2
-    # the run's RL summary averages the RL steps only, so the policy-loss curves are in it
-    summary = json.loads((exp / "vstar" / "seed0" / "metrics.json").read_text())
-    summary = summary["extra"]["rl_summary"]
-    assert "loss_grpo" in summary and "value_warmup" not in summary
-    assert "sib_adv_share_on_target_path" in summary and "grad_norm_value" in summary
+    _assert_rl_logs(exp)
     assert main(["budget", str(exp / "vstar" / "seed0"), "--widths", "2", "--max-users", "4",
                  "--out-dir", str(experiment / "curve")]) == 0
 

@@ -181,19 +181,33 @@ class RLState:
     trainer: dict = field(default_factory=dict)   # the trainer's own small state (JSON values)
 
 
+def _pack_optimizer(optimizer_state: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
+    """An optimizer's per-parameter state as flat tensors ``opt.<param id>.<name>``."""
+    import torch
+
+    return {f"{_OPT}{pid}.{name}": torch.as_tensor(v)
+            for pid, state in optimizer_state.items() for name, v in state.items()}
+
+
+def _unpack_optimizer(tensors: Mapping[str, Any]) -> dict[int, dict]:
+    """The inverse of ``_pack_optimizer``: {param id: {name: tensor}}."""
+    opt: dict[int, dict] = {}
+    for key, v in tensors.items():
+        if key.startswith(_OPT):
+            pid, name = key[len(_OPT):].split(".", 1)
+            opt.setdefault(int(pid), {})[name] = v
+    return opt
+
+
 def save_rl_state(path: str | os.PathLike, *, policy: Mapping[str, Any],
                   value_head: Mapping[str, Any], optimizer_state: Mapping[int, Mapping[str, Any]],
                   sampler_rng: Any, step: int, numpy_rng: Mapping[str, Any],
                   lr_schedule: Mapping[str, Any], config: Mapping[str, Any],
                   trainer: Mapping[str, Any] | None = None) -> Path:
-    import torch
-
     # _write detaches, copies to contiguous CPU tensors and un-shares tied weights
     tensors: dict[str, Any] = {f"{_POLICY}{k}": v for k, v in policy.items()}
     tensors.update({f"{_VALUE}{k}": v for k, v in value_head.items()})
-    for pid, state in optimizer_state.items():
-        for name, v in state.items():
-            tensors[f"{_OPT}{pid}.{name}"] = torch.as_tensor(v)
+    tensors.update(_pack_optimizer(optimizer_state))
     tensors[_SAMPLER_RNG] = sampler_rng
     return _write(path, "rl_state", tensors,
                   {"step": int(step), "numpy_rng": dict(numpy_rng),
@@ -206,11 +220,7 @@ def load_rl_state(path: str | os.PathLike) -> RLState:
     _require(meta, ("step", "numpy_rng", "lr_schedule", "config"), path, "rl_state")
     policy = {k[len(_POLICY):]: v for k, v in tensors.items() if k.startswith(_POLICY)}
     value = {k[len(_VALUE):]: v for k, v in tensors.items() if k.startswith(_VALUE)}
-    opt: dict[int, dict] = {}
-    for key, v in tensors.items():
-        if key.startswith(_OPT):
-            pid, name = key[len(_OPT):].split(".", 1)
-            opt.setdefault(int(pid), {})[name] = v
+    opt = _unpack_optimizer(tensors)
     if not policy or not value or _SAMPLER_RNG not in tensors:
         raise InputError("an RL state needs policy, value-head and sampler tensors",
                          file=str(path))
@@ -241,13 +251,9 @@ def save_sft_state(path: str | os.PathLike, *, model: Mapping[str, Any],
                    optimizer_state: Mapping[int, Mapping[str, Any]], torch_rng: Any, epoch: int,
                    numpy_rng: Mapping[str, Any], lr_schedule: Mapping[str, Any],
                    early_stopping: Mapping[str, Any], history: list) -> Path:
-    import torch
-
     tensors: dict[str, Any] = {f"{_MODEL}{k}": v for k, v in model.items()}
     tensors.update({f"{_BEST}{k}": v for k, v in (best_model or {}).items()})
-    for pid, state in optimizer_state.items():
-        for name, v in state.items():
-            tensors[f"{_OPT}{pid}.{name}"] = torch.as_tensor(v)
+    tensors.update(_pack_optimizer(optimizer_state))
     tensors[_TORCH_RNG] = torch_rng
     return _write(path, "sft_state", tensors,
                   {"epoch": int(epoch), "numpy_rng": dict(numpy_rng),
@@ -261,11 +267,7 @@ def load_sft_state(path: str | os.PathLike) -> SFTState:
              "sft_state")
     model = {k[len(_MODEL):]: v for k, v in tensors.items() if k.startswith(_MODEL)}
     best = {k[len(_BEST):]: v for k, v in tensors.items() if k.startswith(_BEST)}
-    opt: dict[int, dict] = {}
-    for key, v in tensors.items():
-        if key.startswith(_OPT):
-            pid, name = key[len(_OPT):].split(".", 1)
-            opt.setdefault(int(pid), {})[name] = v
+    opt = _unpack_optimizer(tensors)
     if not model or _TORCH_RNG not in tensors:
         raise InputError("an SFT state needs model and RNG tensors", file=str(path))
     return SFTState(model, best or None, opt, tensors[_TORCH_RNG], int(meta["epoch"]),
