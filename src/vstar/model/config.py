@@ -25,9 +25,13 @@ class ModelConfig:
     # Defaults: what won on validation (README, "The generator").
     history: str = "items"
     item_id_embedding: bool = True
+    # A learned per-token bias on the (tied) output layer: a code's prior log-odds need not be
+    # carried by the hidden state.
+    output_bias: bool = False
 
     RULES = {"n_layer": count, "n_head": count, "n_embd": count, "dropout": fraction,
-             "history": one_of(*HISTORY_INPUTS), "item_id_embedding": boolean()}
+             "history": one_of(*HISTORY_INPUTS), "item_id_embedding": boolean(),
+             "output_bias": boolean()}
 
     def validate(self, prefix: str = "model") -> None:
         check_fields(self, prefix, self.RULES)
