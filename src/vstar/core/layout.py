@@ -175,6 +175,12 @@ class ExperimentLayout:
         return self.artifacts / "sid_key.json"
 
     @property
+    def teacher(self) -> Path:
+        """The SASRec fitted on the training split with ``sid.seed``: its item vectors make
+        ``sid.vectors="sasrec"`` SIDs, and it is the teacher of ``sft.distill``."""
+        return self.artifacts / "teacher_sasrec.safetensors"
+
+    @property
     def stage_seconds(self) -> Path:
         return self.root / "stage_seconds.json"
 

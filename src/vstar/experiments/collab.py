@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from vstar.baselines.sasrec import SASRec, train_sasrec
+from vstar.baselines.sasrec import SASRec, load_sasrec, train_sasrec
 from vstar.data.types import Splits
 from vstar.eval.metrics import hit_rate, ndcg, target_ranks
 
@@ -37,12 +38,24 @@ def sasrec_validation(splits: Splits, cfg: Any) -> Callable[[SASRec], dict]:
     return validate
 
 
-def sasrec_item_vectors(cfg: Any, splits: Splits, n_items: int) -> np.ndarray:
-    """float32 [n_items, sasrec.hidden]: the item embeddings of a SASRec fitted on ``splits``."""
+def teacher_sasrec(cfg: Any, splits: Splits, n_items: int, path: Path,
+                   retrain: bool = False) -> SASRec:
+    """The SASRec of an experiment (``ExperimentLayout.teacher``): fitted on ``splits`` with the
+    config's ``sasrec`` section and seed ``sid.seed``, early-stopped on the validation split.
+    Loaded from ``path`` unless absent or ``retrain``; a fresh one is saved there (atomically)."""
     scfg = dataclasses.replace(cfg.sasrec, max_len=splits.max_history)
-    log.info("collaborative SID vectors: training SASRec (seed %d)", cfg.sid.seed)
-    model = train_sasrec(splits, n_items, scfg, seed=cfg.sid.seed,
-                         validate=sasrec_validation(splits, scfg))
+    if path.is_file() and not retrain:
+        log.info("SASRec teacher loaded from %s", path)
+        return load_sasrec(path, scfg, n_items)
+    log.info("training the experiment's SASRec (seed %d) -> %s", cfg.sid.seed, path)
+    return train_sasrec(splits, n_items, scfg, seed=cfg.sid.seed,
+                        validate=sasrec_validation(splits, scfg), checkpoint_path=path)
+
+
+def sasrec_item_vectors(cfg: Any, splits: Splits, n_items: int, path: Path) -> np.ndarray:
+    """float32 [n_items, sasrec.hidden]: the item embeddings of a SASRec fitted on ``splits``
+    (trained afresh and saved to ``path``, see ``teacher_sasrec``)."""
+    model = teacher_sasrec(cfg, splits, n_items, path, retrain=True)
     return model.item_emb.weight[1:].detach().cpu().numpy().astype(np.float32)
 
 

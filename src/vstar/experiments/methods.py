@@ -32,7 +32,7 @@ from vstar.core.io import atomic_write_json
 from vstar.data.types import SplitRows
 from vstar.decode.rank import rank_rows
 from vstar.decode.trie import SidTrie
-from vstar.experiments.collab import ranking_metrics, sasrec_validation
+from vstar.experiments.collab import ranking_metrics, sasrec_validation, teacher_sasrec
 from vstar.experiments.pipeline import MethodContext, Ranker, parent_run
 from vstar.experiments.registry import Method, register
 from vstar.model.generator import (SidGenerator, load_generator, make_vocab, new_generator,
@@ -133,8 +133,10 @@ def run_sft(ctx: MethodContext) -> dict:
         return ranking_metrics(ranked, rows.targets, 10)
 
     t0 = time.perf_counter()
+    teacher = (teacher_sasrec(cfg, splits, ctx.prep.data.n_items, ctx.experiment.teacher)
+               if cfg.sft.distill > 0 else None)
     model, history = train_sft(model, vocab, trie, splits, cfg.sft, seed=ctx.seed,
-                               validate=validate, progress=cfg.run.progress,
+                               validate=validate, progress=cfg.run.progress, teacher=teacher,
                                checkpoint_path=ctx.run.layout.sft_state,
                                resume=ctx.run.resumed)
     train_s = time.perf_counter() - t0

@@ -127,7 +127,8 @@ def prepare_sids(cfg: Any, data: InteractionData, splits: Splits, experiment: Ex
         return sids, report, emb, time.perf_counter() - t0
     vectors, source = None, "given"
     if cfg.sid.vectors in ("sasrec", "fused"):
-        vectors, source = sasrec_item_vectors(cfg, splits, data.n_items), "sasrec item embeddings"
+        vectors, source = (sasrec_item_vectors(cfg, splits, data.n_items, experiment.teacher),
+                           "sasrec item embeddings")
     if cfg.sid.vectors == "fused":
         text, text_source = item_vectors(cfg.sid, data.item_text, data.n_items, cache)
         if text is None:

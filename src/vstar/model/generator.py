@@ -179,6 +179,9 @@ class SidGenerator(nn.Module):
             item_x = self.wte(self.item_code_tokens[item]).sum(-2)          # [n, D]
             if self.item_emb is not None:
                 item_x = item_x + self.item_emb(item)
+            if self.training and self.cfg.item_dropout > 0:
+                keep = torch.rand(item.shape[0], 1, device=item_x.device) >= self.cfg.item_dropout
+                item_x = item_x * keep
             x = x.index_put(where, item_x)
         return x
 

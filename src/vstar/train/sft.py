@@ -74,14 +74,65 @@ def target_nodes(targets: torch.Tensor, levels: torch.Tensor, vocab: SidVocab,
     return nodes
 
 
+@torch.no_grad()
+def teacher_code_targets(teacher: torch.nn.Module, windows: list[np.ndarray],
+                         flags: list[np.ndarray], item_codes: torch.Tensor, vocab: SidVocab,
+                         targets: torch.Tensor, chunk: int = 1024
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A SASRec teacher's distribution over each supervised code, for distillation.
+
+    For the item at window position i the teacher reads the window's (at most ``max_len``)
+    items before it, right-aligned as when it ranks a history, and gives p(item); the soft target of SID level l is that distribution summed over the items that share
+    the true item's first l codes, grouped by their level-l code (so it is the teacher's
+    p(code_l | history, true prefix), the quantity the generator's level-l softmax estimates).
+
+    Returns (soft [S, K_max] float32, row [N, T] long): ``soft[row[n, t]]`` is the target of the
+    supervised token ``targets[n, t]`` (``encode_windows``'s layout), row -1 elsewhere.
+    """
+    L, K = vocab.n_levels, max(vocab.codebook_sizes)
+    max_len = teacher.cfg.max_len
+    was_training = teacher.training
+    teacher.eval()
+    codes = torch.as_tensor(item_codes).long()                                  # [I, L]
+    prefixes, items = [], []                    # what the teacher reads, what follows it
+    for w, f in zip(windows, flags):
+        for i in np.flatnonzero(f):
+            prefixes.append(w[max(0, i - max_len):i])
+            items.append(int(w[i]))
+    soft = torch.zeros(len(items) * L, K)
+    for s in range(0, len(items), chunk):
+        part = prefixes[s:s + chunk]
+        inputs = torch.zeros(len(part), max(len(h) for h in part), dtype=torch.long)
+        for r, h in enumerate(part):            # right-aligned, as the teacher ranks histories
+            inputs[r, inputs.shape[1] - len(h):] = torch.from_numpy(np.asarray(h) + 1)
+        p = torch.softmax(teacher(inputs), dim=-1)                               # [c, I]
+        c = len(part)
+        true = codes[torch.as_tensor(items[s:s + chunk])]                       # [c, L]
+        same = torch.ones_like(p, dtype=torch.bool)
+        for lvl in range(L):
+            q = torch.zeros(c, K).scatter_add_(1, codes[:, lvl].expand(c, -1), p * same)
+            soft[(s + torch.arange(c)) * L + lvl] = q / q.sum(1, keepdim=True)
+            same &= codes[None, :, lvl] == true[:, lvl, None]
+    teacher.train(was_training)
+    row = torch.full(targets.shape, -1, dtype=torch.long)
+    sup = targets >= 0                          # row-major: window n, then its items in order
+    row[sup] = torch.arange(int(sup.sum()))
+    if int(sup.sum()) != len(soft):
+        raise ValueError(f"{int(sup.sum())} supervised tokens but {len(soft)} teacher targets")
+    return soft, row
+
+
 def sft_loss(model: SidGenerator, vocab: SidVocab, tokens, targets, levels,
              label_smoothing: float = 0.0, trie: SidTrie | None = None,
-             nodes: torch.Tensor | None = None) -> torch.Tensor:
+             nodes: torch.Tensor | None = None, soft: torch.Tensor | None = None,
+             distill: float = 0.0) -> torch.Tensor:
     """Mean cross-entropy of the supervised code tokens, softmax over each token's level, or,
     given ``trie`` and the targets' ``nodes`` (``target_nodes``), over the trie-valid codes.
 
     ``label_smoothing`` eps: (1 - eps) * NLL + eps * the mean NLL over the codes the softmax
-    covers (the token's level, or its trie-valid codes)."""
+    covers (the token's level, or its trie-valid codes). ``soft`` [N, T, K_max] (the teacher's
+    code distributions, ``teacher_code_targets``) and ``distill`` a: (1 - a) * that loss +
+    a * KL(soft || the generator's distribution)."""
     pad_mask = tokens != PAD
     if vocab.item_history:                            # item-level history: its training layout
         logits = model(tokens, pad_mask=pad_mask, teacher_forced=True).logits
@@ -100,12 +151,22 @@ def sft_loss(model: SidGenerator, vocab: SidVocab, tokens, targets, levels,
             rows = (lv == l).nonzero(as_tuple=True)[0]
             in_level[rows, vocab.level_slice(l)] = trie.allowed(l, nd[rows])
     lg = lg.masked_fill(~in_level, float("-inf"))
-    if not label_smoothing:
+    if not label_smoothing and not distill:
         return F.cross_entropy(lg, tg)
     lp = torch.log_softmax(lg, dim=-1)                                          # [M, V]
     nll = -lp.gather(1, tg[:, None]).squeeze(1)
     uniform = -(lp.masked_fill(~in_level, 0.0).sum(1) / in_level.sum(1))
-    return ((1.0 - label_smoothing) * nll + label_smoothing * uniform).mean()
+    loss = ((1.0 - label_smoothing) * nll + label_smoothing * uniform).mean()
+    if not distill:
+        return loss
+    q = soft[sel]                                                               # [M, K_max]
+    kl = torch.zeros((), device=lg.device)
+    for l in range(vocab.n_levels):
+        rows = (lv == l).nonzero(as_tuple=True)[0]
+        sl = vocab.level_slice(l)
+        ql, lpl = q[rows, :sl.stop - sl.start], lp[rows, sl]
+        kl = kl + torch.where(ql > 0, ql * (ql.clamp(min=1e-30).log() - lpl), 0.0).sum()
+    return (1.0 - distill) * loss + distill * kl / len(tg)
 
 
 @torch.no_grad()
@@ -158,7 +219,8 @@ class WeightAverage:
 def train_sft(model: SidGenerator, vocab: SidVocab, trie: SidTrie, splits: Splits,
               cfg: SFTConfig, seed: int = 0, validate: Validate | None = None,
               progress: bool = True, checkpoint_path: str | os.PathLike | None = None,
-              resume: bool = False) -> tuple[SidGenerator, list[dict]]:
+              resume: bool = False, teacher: torch.nn.Module | None = None
+              ) -> tuple[SidGenerator, list[dict]]:
     """Train with AdamW + warmup/cosine LR; keep the best validation state (early stopping).
 
     Every ``cfg.eval_every`` epochs, ``validate(model, rows)`` scores a fixed seeded subset of
@@ -180,6 +242,14 @@ def train_sft(model: SidGenerator, vocab: SidVocab, trie: SidTrie, splits: Split
         raise InputError(f"expected one of {SFT_LOSSES}, got {cfg.loss!r}", field="sft.loss")
     nodes = target_nodes(targets, levels, vocab, trie) if cfg.loss == "trie" else None
     loss_trie = trie if cfg.loss == "trie" else None
+    soft = soft_row = None
+    if cfg.distill > 0:
+        if teacher is None:
+            raise InputError("sft.distill > 0 needs a teacher model", field="sft.distill")
+        soft, soft_row = teacher_code_targets(teacher, windows, flags, trie.codes, vocab,
+                                              targets)
+        log.info("SFT: distilling %d code distributions of the SASRec teacher (weight %.2f)",
+                 len(soft), cfg.distill)
     log.info("SFT: %d training rows in %d windows, %d supervised tokens", len(splits.train),
              len(windows), int((targets >= 0).sum()))
     val = splits.valid
@@ -231,7 +301,9 @@ def train_sft(model: SidGenerator, vocab: SidVocab, trie: SidTrie, splits: Split
             keep = int((tk != PAD).sum(1).max())          # trim right padding of this batch
             loss = sft_loss(model, vocab, tk[:, :keep], tg[:, :keep], lv[:, :keep],
                             cfg.label_smoothing, loss_trie,
-                            None if nodes is None else nodes[idx][:, :keep])
+                            None if nodes is None else nodes[idx][:, :keep],
+                            None if soft is None else soft[soft_row[idx][:, :keep].clamp(min=0)],
+                            cfg.distill)
             check_finite(loss, "sft loss", len(losses) + 1 + epoch * steps_per_epoch)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,0 +1,106 @@
+"""Distillation from a SASRec teacher (sft.distill): the soft targets are the teacher's code
+marginals given the true prefix, and the loss they give is a real KL."""
+
+import itertools
+
+import numpy as np
+import torch
+
+from vstar.baselines.config import SASRecConfig
+from vstar.baselines.sasrec import SASRec
+from vstar.data.types import SplitRows, Splits
+from vstar.data.windows import build_windows
+from vstar.decode import SidTrie
+from vstar.model import ModelConfig, SidGenerator, SidVocab
+from vstar.model.generator import make_vocab, new_generator
+from vstar.train.sft import (SFTConfig, encode_windows, sft_loss, teacher_code_targets,
+                             train_sft)
+
+
+def _world(seed=0, n_items=24):
+    rng = np.random.default_rng(seed)
+    codes = np.array(list(itertools.product(range(3), range(4), range(2))))  # 24 distinct SIDs
+    codes = codes[rng.permutation(n_items)]
+    seqs = [list(rng.integers(0, n_items, size=int(rng.integers(3, 12)))) for _ in range(15)]
+    users, hists, targets = [], [], []
+    for u, s in enumerate(seqs):
+        for t in range(1, len(s)):
+            users.append(u)
+            hists.append(np.asarray(s[max(0, t - 5):t]))
+            targets.append(s[t])
+    rows = SplitRows(np.asarray(users), hists, np.asarray(targets))
+    torch.manual_seed(seed)
+    teacher = SASRec(SASRecConfig(hidden=16, heads=2, max_len=5), n_items).eval()
+    return codes, rows, teacher
+
+
+def test_soft_targets_are_the_teachers_code_marginals_given_the_true_prefix():
+    codes, rows, teacher = _world()
+    vocab = SidVocab([3, 4, 2])
+    windows, flags = build_windows(rows, 5, "chunks")
+    _, targets, levels = encode_windows(windows, flags, torch.as_tensor(codes), vocab)
+    soft, row = teacher_code_targets(teacher, windows, flags, torch.as_tensor(codes), vocab,
+                                     targets, chunk=7)
+    assert soft.shape == (int((targets >= 0).sum()), 4)
+    checked = 0
+    for n, (w, f) in enumerate(zip(windows, flags)):
+        for i in np.flatnonzero(f):
+            hist = torch.as_tensor(w[:i] + 1)[None]
+            with torch.no_grad():
+                p = torch.softmax(teacher(hist), -1)[0].numpy()          # brute force
+            true = codes[w[i]]
+            for lvl in range(3):
+                same = np.all(codes[:, :lvl] == true[:lvl], axis=1)
+                q = np.bincount(codes[same, lvl], weights=p[same], minlength=4)
+                t = 3 * i + lvl                   # item i's level-lvl code is predicted here
+                got = soft[row[n, t]].numpy()
+                assert row[n, t] >= 0 and levels[n, t] == lvl
+                np.testing.assert_allclose(got, q / q.sum(), rtol=1e-4, atol=1e-6)
+                checked += 1
+    assert checked == 3 * len(rows)
+
+
+def test_distilling_one_hot_targets_is_the_cross_entropy_and_uniform_ones_the_entropy_gap():
+    codes, rows, _ = _world(1)
+    vocab = SidVocab([3, 4, 2])
+    windows, flags = build_windows(rows, 5, "chunks")
+    tokens, targets, levels = encode_windows(windows, flags, torch.as_tensor(codes), vocab)
+    torch.manual_seed(0)
+    model = SidGenerator(ModelConfig(n_layer=1, n_head=2, n_embd=16, history="codes"),
+                         vocab.size, 64).eval()
+    one_hot = torch.zeros(*targets.shape, 4)
+    sup = targets >= 0
+    for l in range(3):
+        at = sup & (levels == l)
+        one_hot[at, targets[at] - vocab.level_slice(l).start] = 1.0
+    ce = sft_loss(model, vocab, tokens, targets, levels)
+    assert torch.allclose(sft_loss(model, vocab, tokens, targets, levels, soft=one_hot,
+                                   distill=1.0), ce, atol=1e-6)
+    # KL(uniform || p) = -log K - mean log p: the label-smoothing term minus log K per token
+    sizes = torch.tensor([3.0, 4.0, 2.0])
+    uniform = torch.zeros(*targets.shape, 4)
+    for l, k in enumerate((3, 4, 2)):
+        uniform[sup & (levels == l), :k] = 1.0 / k
+    smooth = sft_loss(model, vocab, tokens, targets, levels, label_smoothing=1.0)
+    kl = smooth - sizes.log()[levels[sup]].mean()
+    assert torch.allclose(sft_loss(model, vocab, tokens, targets, levels, soft=uniform,
+                                   distill=1.0), kl, atol=1e-5)
+    mixed = sft_loss(model, vocab, tokens, targets, levels, soft=uniform, distill=0.25)
+    assert torch.allclose(mixed, 0.75 * ce + 0.25 * kl, atol=1e-5)
+
+
+def test_train_sft_with_a_teacher_runs_and_requires_one():
+    codes, rows, teacher = _world(2)
+    splits = Splits("leave_one_out", rows, rows, rows, 5)
+    vocab = make_vocab(ModelConfig(), [3, 4, 2], len(codes))
+    trie = SidTrie(codes, [3, 4, 2])
+    cfg = ModelConfig(n_layer=1, n_head=2, n_embd=16)
+    model = new_generator(cfg, vocab, torch.as_tensor(codes), 5)
+    sft = SFTConfig(max_epochs=2, batch_size=8, warmup_steps=1, distill=0.5)
+    model, history = train_sft(model, vocab, trie, splits, sft, teacher=teacher, progress=False)
+    assert len(history) == 2 and all(np.isfinite(h["train_loss"]) for h in history)
+    import pytest
+    from vstar.core.errors import InputError
+    with pytest.raises(InputError, match="sft.distill"):
+        train_sft(new_generator(cfg, vocab, torch.as_tensor(codes), 5), vocab, trie, splits, sft,
+                  progress=False)
