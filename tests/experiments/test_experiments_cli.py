@@ -1,6 +1,7 @@
 """End to end through the command line on a tiny synthetic dataset: every stage and method."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -126,6 +127,25 @@ def test_collaborative_sids_quantise_sasrec_item_embeddings(experiment):
     assert report["collision_rate_after"] == 0.0
     key = json.loads((experiment / "runs" / "toy" / "artifacts" / "sid_key.json").read_text())
     assert key["sid"]["vectors"] == "sasrec" and "sasrec" in key     # a new SASRec: new SIDs
+
+
+def test_distillation_reuses_the_sid_sasrec_as_teacher_and_trains_one_when_missing(experiment):
+    from vstar.core.checkpoint import load_sasrec as read_sasrec
+    cfg = str(experiment / "cfg.yaml")
+    runs = experiment / "runs"
+    assert main(["run", cfg, "sid.vectors=sasrec", "run.methods=[sft]", "sft.distill=0.5"]) == 0
+    log = (runs / "toy" / "sft" / "seed0" / "log.txt").read_text()
+    assert "SASRec teacher loaded from" in log and "distilling" in log   # the SIDs' SASRec
+    history = json.loads((runs / "toy" / "sft" / "seed0" / "sft_history.json").read_text())
+    assert all(math.isfinite(h["train_loss"]) for h in history)
+    # text SIDs: no SASRec was trained for them, so the SFT stage fits (and keeps) the teacher
+    assert main(["run", cfg, "sid.vectors=text", "run.methods=[sft]", "sft.distill=0.5",
+                 "run.name=toy_text"]) == 0
+    log = (runs / "toy_text" / "sft" / "seed0" / "log.txt").read_text()
+    assert "training the experiment's SASRec" in log and "distilling" in log
+    first, n_items, _ = read_sasrec(runs / "toy" / "artifacts" / "teacher_sasrec.safetensors")
+    again, _, _ = read_sasrec(runs / "toy_text" / "artifacts" / "teacher_sasrec.safetensors")
+    assert first.keys() == again.keys() and n_items > 0
 
 
 def test_fused_sids_quantise_text_and_sasrec_vectors_side_by_side(experiment):
