@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from vstar.decode.trie import SidTrie, constrained_log_probs
-from vstar.model.interface import SidLM
+from vstar.model.interface import SidLM, rows_cache
 from vstar.model.vocab import SidVocab
 
 
@@ -78,7 +78,7 @@ def beam_search(model: SidLM, vocab: SidVocab, trie: SidTrie, tokens: torch.Tens
     codes = code[:, :, None]                                              # [B, W, 1]
     alive = torch.isfinite(scores)
     nodes = torch.where(alive, trie.step(0, nodes[:, None].expand(B, W), code), 0)  # [B, W]
-    cache = cache.index_select(torch.arange(B, device=dev).repeat_interleave(W))
+    cache = rows_cache(model, cache, torch.arange(B, device=dev).repeat_interleave(W))
     forward_tokens = 0
 
     for level in range(1, L):
