@@ -6,6 +6,10 @@ user.
 
 ``expand_beams`` is the one beam step (top-W extensions of W prefixes by summed log-prob): beam
 search uses it at every level, VED for its initial beam tree.
+
+The W beams of a user continue its prefill through ``rows_cache``: with a ``SidGenerator`` one
+copy of the history per user and per-beam caches of the generated codes (``SharedKVCache``), so
+reordering beams moves only those; a backbone without it gets the history copied per beam.
 """
 
 from __future__ import annotations

@@ -85,9 +85,10 @@ node is evaluated (cost 1) and its visit count back-propagated to the root.
 per user, one after the other, each seeing the visit counts and children of the previous ones
 (the new nodes are pending: they cannot be selected and do not enter the depth means until the
 round's single batched forward has evaluated them). The forward feeds one token per new node
-with a ``KVCache`` assembled as [the user's history cache | the node's ancestors' own keys/values
-from the pool] (ancestors left-aligned and masked to length L-2; position id = history length +
-d - 1), so the history is never re-read. Bookkeeping is tensor code over node tables [B, M]
+with a ``SharedKVCache``: the user's history cache (one copy per user, attended in place) and, as
+the node's own suffix, its ancestors' keys/values from the pool (left-aligned and masked to
+length L-2; position id = history length + d - 1), so the history is never re-read or copied.
+A backbone without the shared cache gets it materialised as [history | ancestors] per node. Bookkeeping is tensor code over node tables [B, M]
 (M = 1 + budget): per selection O(L * B * M) for the descent and the gate, per round one forward
 of at most B * expansions_per_round tokens. There is no Python loop over users, beams or codes.
 
