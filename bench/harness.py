@@ -168,7 +168,8 @@ def run_child(script: str | Path, args: dict, cwd: str | Path | None = None) -> 
 
 
 def child_main(argv: list[str], handler: Callable[[dict], dict]) -> bool:
-    """If ``argv`` is ``[script, "--child", JSON]``: print ``handler(args)`` as JSON, return True."""
+    """If ``argv`` is ``[script, "--child", JSON]``: print ``handler(args)`` as JSON and return
+    True (the child side of ``run_child``); otherwise False."""
     if len(argv) == 3 and argv[1] == "--child":
         print(json.dumps(handler(json.loads(argv[2]))))
         return True

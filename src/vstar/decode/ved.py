@@ -87,10 +87,11 @@ per user, one after the other, each seeing the visit counts and children of the 
 round's single batched forward has evaluated them). The forward feeds one token per new node
 with a ``SharedKVCache``: the user's history cache (one copy per user, attended in place) and, as
 the node's own suffix, its ancestors' keys/values from the pool (left-aligned and masked to
-length L-2; position id = history length + d - 1), so the history is never re-read or copied.
-A backbone without the shared cache gets it materialised as [history | ancestors] per node. Bookkeeping is tensor code over node tables [B, M]
-(M = 1 + budget): per selection O(L * B * M) for the descent and the gate, per round one forward
-of at most B * expansions_per_round tokens. There is no Python loop over users, beams or codes.
+length L-2; position id = history length + d - 1), so the history is never re-read or copied
+(a backbone without the shared cache gets it materialised as [history | ancestors] per node).
+Bookkeeping is tensor code over node tables [B, M] (M = 1 + budget): per selection
+O(L * B * M) for the descent and the gate, per round one forward of at most
+B * expansions_per_round tokens. There is no Python loop over users, beams or codes.
 
 **(3) Result.** Candidates are the complete items of the tree: every trie-valid child c_L of an
 evaluated depth-(L-1) node s_L. They are ranked by ``leaf_score``:

@@ -52,9 +52,10 @@ class CausalSelfAttention(nn.Module):
         self.resid_drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x, past_k, past_v, attn_mask, history: HistoryView | None = None):
-        """x [B, T, C]; past_k / past_v [B, H, T_past, Dh] or None; attn_mask [B, 1, T, T_past + T].
-        ``history``: a shared history every row also attends to (``SharedKVCache``), before its
-        past. Returns (output [B, T, C], keys and values [B, H, T_past + T, Dh] of the row)."""
+        """x [B, T, C]; past_k / past_v [B, H, T_past, Dh] or None;
+        attn_mask [B, 1, T, T_past + T]. ``history``: a shared history every row also attends
+        to, before its past (``SharedKVCache``). Returns (output [B, T, C], the rows' keys and
+        values [B, H, T_past + T, Dh])."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
