@@ -150,7 +150,7 @@ class RowGroups:
             if torch.equal(row_user, dense):
                 return cls(n_users, per, None)
         counts = torch.bincount(row_user, minlength=n_users)
-        per = int(counts.max()) if n else 0
+        per = max(1, int(counts.max())) if n_users else 1
         order = torch.argsort(row_user, stable=True)
         first = torch.cumsum(counts, 0) - counts
         users = row_user[order]
@@ -170,7 +170,7 @@ class RowGroups:
     def to_rows(self, y: torch.Tensor) -> torch.Tensor:
         """Grid [n_users, H, per_user * T, E] -> rows [N, H, T, E] (inverse of ``to_grid``)."""
         B, H, GT, E = y.shape
-        T = GT // max(self.per_user, 1)
+        T = GT // self.per_user
         y = y.view(B, H, self.per_user, T, E).transpose(1, 2).reshape(B * self.per_user, H, T, E)
         return y if self.slot is None else y.index_select(0, self.slot)
 
