@@ -13,9 +13,6 @@ depth, and ``item_of`` on 100 k SIDs (half in the catalogue). Writes trie_scale.
 
 from __future__ import annotations
 
-import json
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -71,13 +68,6 @@ def draw_codes(n: int, sizes: list[int], seed: int) -> np.ndarray:
     return codes
 
 
-def _rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def one_setting(setting: dict, batch: int, item_queries: int, repeats: int, threads: int,
                 seed: int) -> dict:
     """Runs in its own process (see ``_child``): build once, then time the lookups."""
@@ -86,11 +76,11 @@ def one_setting(setting: dict, batch: int, item_queries: int, repeats: int, thre
     torch.set_num_threads(threads)
     sizes, n = setting["codebook_sizes"], setting["items"]
     codes = draw_codes(n, sizes, seed)
-    rss0 = _rss_mb()
+    rss0 = harness.rss_mb()
     t0 = time.perf_counter()
     trie = SidTrie(codes, sizes, layout=setting["layout"])
     build = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = harness.peak_rss_mb()
     rng = np.random.default_rng(seed + 1)
     sync = harness.synchronizer(torch.device("cpu"))
     allowed_ms, step_ms = [], []
@@ -129,14 +119,9 @@ def run(quick: bool = False, threads: int = 1, device: str = "cpu",
     p, dev, _, t_start = harness.begin(quick, FULL, QUICK, repeats, threads, "cpu", seed)
     rows = []
     for setting in p["settings"]:
-        args = json.dumps({"setting": setting, "batch": p["batch"],
-                           "item_queries": p["item_queries"], "repeats": p["repeats"],
-                           "threads": threads, "seed": seed})
-        done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", args],
-                              capture_output=True, text=True)
-        if done.returncode != 0:
-            raise SystemExit(f"trie bench setting {setting} failed:\n{done.stderr[-3000:]}")
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        rows.append(harness.run_child(__file__, {
+            "setting": setting, "batch": p["batch"], "item_queries": p["item_queries"],
+            "repeats": p["repeats"], "threads": threads, "seed": seed}))
         print(f"  {setting}: build {rows[-1]['build_seconds']:.2f}s, "
               f"peak {rows[-1]['peak_rss_mb']:.0f} MiB", flush=True)
     record = harness.make_record(
@@ -160,15 +145,11 @@ def run(quick: bool = False, threads: int = 1, device: str = "cpu",
     return record
 
 
-def _child(arg: str) -> None:
-    a = json.loads(arg)
-    row = one_setting(a["setting"], a["batch"], a["item_queries"], a["repeats"], a["threads"],
-                      a["seed"])
-    print(json.dumps(row))
+def _child(a: dict) -> dict:
+    return one_setting(a["setting"], a["batch"], a["item_queries"], a["repeats"], a["threads"],
+                       a["seed"])
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--child":
-        _child(sys.argv[2])
-    else:
+    if not harness.child_main(sys.argv, _child):
         harness.standalone_main(run, __doc__)

@@ -11,7 +11,12 @@ and writes one JSON record (``make_record``) to ``out_dir / OUTPUT`` with ``atom
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import resource
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -130,6 +135,45 @@ def count_flops(fn: Callable[[], Any]) -> float:
     with FlopCounterMode(display=False) as counter:
         fn()
     return float(counter.get_total_flops())
+
+
+def rss_mb() -> float:
+    """Resident set of this process now, MiB (Linux /proc; NaN elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set of this process so far (``ru_maxrss``), MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_child(script: str | Path, args: dict, cwd: str | Path | None = None) -> dict:
+    """Run ``script --child JSON(args)`` in a fresh Python process (its own peak resident set);
+    returns the JSON object the child printed last (``child_main``)."""
+    cmd = [sys.executable, str(Path(script).resolve()), "--child", json.dumps(args)]
+    env = dict(os.environ)
+    if env.get("PYTHONPATH"):       # the child may run elsewhere: keep finding the same code
+        env["PYTHONPATH"] = os.pathsep.join(str(Path(x).resolve())
+                                            for x in env["PYTHONPATH"].split(os.pathsep) if x)
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"{Path(script).name} child {args} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def child_main(argv: list[str], handler: Callable[[dict], dict]) -> bool:
+    """If ``argv`` is ``[script, "--child", JSON]``: print ``handler(args)`` as JSON and return
+    True (the child side of ``run_child``); otherwise False."""
+    if len(argv) == 3 and argv[1] == "--child":
+        print(json.dumps(handler(json.loads(argv[2]))))
+        return True
+    return False
 
 
 def make_record(name: str, what: str, method: str, params: dict, dev: torch.device, seed: int,

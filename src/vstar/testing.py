@@ -49,23 +49,30 @@ def random_catalogue(n_items: int = 40, sizes=(4, 5, 3), seed: int = 0) -> np.nd
 
 
 def tiny_setup(n_items: int = 40, sizes=(4, 5, 3), n_users: int = 5, seed: int = 0,
-               full: bool = False):
+               full: bool = False, history: str = "codes"):
     """A random catalogue of distinct SIDs, a 2-layer random generator far from uniform, and
-    left-padded prompts of ``n_users`` random histories.
+    left-padded prompts of ``n_users`` random histories (1-5 items).
 
     Returns (codes [N, L], vocab, trie, model, tokens [B, T], pad_mask [B, T]); ``full`` uses every
-    SID of the code grid as the catalogue.
+    SID of the code grid as the catalogue; ``history="items"``: item-level history (one token
+    per history item, with a random item-ID embedding).
     """
     rng = np.random.default_rng(seed)
     grid = _code_grid(sizes)
     codes = grid if full else grid[rng.choice(len(grid), n_items, replace=False)]
-    vocab = SidVocab(list(sizes))
     trie = SidTrie(codes, list(sizes))
     torch.manual_seed(seed)
-    model = SidGenerator(ModelConfig(history="codes", n_layer=2, n_head=2, n_embd=32, dropout=0.0),
-                         vocab_size=vocab.size, block_size=64).eval()
+    items = history == "items"
+    cfg = ModelConfig(history=history, item_id_embedding=items, n_layer=2, n_head=2, n_embd=32,
+                      dropout=0.0)
+    vocab = SidVocab(list(sizes), n_items=len(codes) if items else 0)
+    item_tokens = vocab.code_tokens(torch.as_tensor(codes)) if items else None
+    model = SidGenerator(cfg, vocab_size=vocab.size, block_size=64,
+                         item_code_tokens=item_tokens).eval()
     with torch.no_grad():
         model.wte.weight.normal_(0, 1.0)             # far from uniform
+        if items:
+            model.item_emb.weight.normal_(0, 1.0)
     histories = [rng.integers(0, len(codes), size=rng.integers(1, 6)) for _ in range(n_users)]
     tokens, mask = vocab.encode_histories(histories, torch.as_tensor(codes))
     return codes, vocab, trie, model, tokens, mask

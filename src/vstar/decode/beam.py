@@ -6,6 +6,10 @@ user.
 
 ``expand_beams`` is the one beam step (top-W extensions of W prefixes by summed log-prob): beam
 search uses it at every level, VED for its initial beam tree.
+
+The W beams of a user continue its prefill through ``rows_cache``: with a ``SidGenerator`` one
+copy of the history per user and per-beam caches of the generated codes (``SharedKVCache``), so
+reordering beams moves only those; a backbone without it gets the history copied per beam.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from vstar.decode.trie import SidTrie, constrained_log_probs
-from vstar.model.interface import SidLM
+from vstar.model.interface import SidLM, rows_cache
 from vstar.model.vocab import SidVocab
 
 
@@ -78,7 +82,7 @@ def beam_search(model: SidLM, vocab: SidVocab, trie: SidTrie, tokens: torch.Tens
     codes = code[:, :, None]                                              # [B, W, 1]
     alive = torch.isfinite(scores)
     nodes = torch.where(alive, trie.step(0, nodes[:, None].expand(B, W), code), 0)  # [B, W]
-    cache = cache.index_select(torch.arange(B, device=dev).repeat_interleave(W))
+    cache = rows_cache(model, cache, torch.arange(B, device=dev).repeat_interleave(W))
     forward_tokens = 0
 
     for level in range(1, L):

@@ -6,7 +6,7 @@ import torch
 
 from vstar.decode.beam import DecodeResult, prefill
 from vstar.decode.trie import SidTrie, constrained_log_probs
-from vstar.model.interface import SidLM
+from vstar.model.interface import SidLM, rows_cache
 from vstar.model.vocab import SidVocab
 
 
@@ -24,7 +24,7 @@ def constrained_sample(model: SidLM, vocab: SidVocab, trie: SidTrie, tokens: tor
     dev = tokens.device
     S = int(n_samples)
     logits, _, cache = prefill(model, tokens, pad_mask)
-    cache = cache.index_select(torch.arange(B, device=dev).repeat_interleave(S))
+    cache = rows_cache(model, cache, torch.arange(B, device=dev).repeat_interleave(S))
     logits = logits.repeat_interleave(S, dim=0)                           # [B*S, V]
     nodes = torch.zeros(B * S, dtype=torch.long, device=dev)
     scores = torch.zeros(B * S, device=dev)

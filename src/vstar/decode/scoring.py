@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from vstar.decode.trie import SidTrie, constrained_entropy, constrained_log_probs
-from vstar.model.interface import SidLM
+from vstar.model.interface import SidLM, rows_cache
 from vstar.model.vocab import SidVocab
 
 
@@ -27,7 +27,8 @@ def score_candidates(model: SidLM, vocab: SidVocab, trie: SidTrie, tokens: torch
     """cand_codes [B, G, L] (rows with any code < 0 are treated as padding: log-prob 0).
 
     Runs with gradients if enabled by the caller. One prefill for the history, then the G
-    candidates' first L-1 codes are fed on top of the repeated cache.
+    candidates' first L-1 codes are fed on top of it (``rows_cache``: one copy of the history per
+    user if the model shares histories).
     """
     B, G, L = cand_codes.shape
     dev = tokens.device
@@ -38,7 +39,7 @@ def score_candidates(model: SidLM, vocab: SidVocab, trie: SidTrie, tokens: torch
     first_hidden = out.hidden[:, -1].repeat_interleave(G, dim=0)         # [B*G, D]
     level_logits, level_hidden = [first_logits], [first_hidden]
     if L > 1:
-        cache = out.cache.index_select(torch.arange(B, device=dev).repeat_interleave(G))
+        cache = rows_cache(model, out.cache, torch.arange(B, device=dev).repeat_interleave(G))
         feed = vocab.code_tokens(codes[:, :, : L - 1]).reshape(B * G, L - 1)
         nxt = model(feed, cache=cache)
         level_logits += [nxt.logits[:, i] for i in range(L - 1)]

@@ -85,11 +85,13 @@ node is evaluated (cost 1) and its visit count back-propagated to the root.
 per user, one after the other, each seeing the visit counts and children of the previous ones
 (the new nodes are pending: they cannot be selected and do not enter the depth means until the
 round's single batched forward has evaluated them). The forward feeds one token per new node
-with a ``KVCache`` assembled as [the user's history cache | the node's ancestors' own keys/values
-from the pool] (ancestors left-aligned and masked to length L-2; position id = history length +
-d - 1), so the history is never re-read. Bookkeeping is tensor code over node tables [B, M]
-(M = 1 + budget): per selection O(L * B * M) for the descent and the gate, per round one forward
-of at most B * expansions_per_round tokens. There is no Python loop over users, beams or codes.
+with a ``SharedKVCache``: the user's history cache (one copy per user, attended in place) and, as
+the node's own suffix, its ancestors' keys/values from the pool (left-aligned and masked to
+length L-2; position id = history length + d - 1), so the history is never re-read or copied
+(a backbone without the shared cache gets it materialised as [history | ancestors] per node).
+Bookkeeping is tensor code over node tables [B, M] (M = 1 + budget): per selection
+O(L * B * M) for the descent and the gate, per round one forward of at most
+B * expansions_per_round tokens. There is no Python loop over users, beams or codes.
 
 **(3) Result.** Candidates are the complete items of the tree: every trie-valid child c_L of an
 evaluated depth-(L-1) node s_L. They are ranked by ``leaf_score``:
@@ -126,8 +128,8 @@ from vstar.core.errors import InputError
 from vstar.decode.beam import DecodeResult, expand_beams, prefill
 from vstar.decode.config import CHILD_CHOICES, LEAF_SCORES, WIDEN_PULLS, VEDConfig
 from vstar.decode.trie import SidTrie, constrained_entropy, constrained_log_probs
-from vstar.model.generator import KVCache
-from vstar.model.interface import SidLM
+from vstar.model.cache import SharedKVCache
+from vstar.model.interface import SidLM, model_cache
 from vstar.model.vocab import SidVocab
 
 ValueFn = Callable[[torch.Tensor], torch.Tensor]  # hidden [n, D] -> V [n]
@@ -307,16 +309,13 @@ class _Search:
         A = L - 2                                                          # most ancestors
         anc = self.path[b, m, :A].clamp(min=0)                             # [n, A]
         anc_mask = torch.arange(A, device=self.dev)[None] < (d - 1)[:, None]  # [n, A]
-        keys, values = [], []
-        for hk, hv, pk, pv in zip(self.hist.keys, self.hist.values, self.pool_k, self.pool_v):
-            keys.append(torch.cat([hk.index_select(0, b), pk[b[:, None], anc].transpose(1, 2)], 2))
-            values.append(torch.cat([hv.index_select(0, b),
-                                     pv[b[:, None], anc].transpose(1, 2)], 2))
-        mask = torch.cat([self.hist.mask.index_select(0, b), anc_mask], 1)  # [n, T_hist + A]
+        keys = [pk[b[:, None], anc].transpose(1, 2) for pk in self.pool_k]   # [n, H, A, Dh]
+        values = [pv[b[:, None], anc].transpose(1, 2) for pv in self.pool_v]
         next_pos = self.hist.next_pos.index_select(0, b) + (d - 1)
+        cache = SharedKVCache(self.hist, b, keys, values, anc_mask, next_pos)
         code = self.codes[b, m].gather(1, (d - 1)[:, None]).squeeze(1)
         feed = (self.offsets[d - 1] + code)[:, None]                       # [n, 1] token ids
-        out = self.model(feed, cache=KVCache(keys, values, mask, next_pos))
+        out = self.model(feed, cache=model_cache(self.model, cache))
         for i in range(len(self.pool_k)):                                  # the node's own KV
             self.pool_k[i][b, m] = out.cache.keys[i][:, :, -1]
             self.pool_v[i][b, m] = out.cache.values[i][:, :, -1]

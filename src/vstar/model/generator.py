@@ -28,43 +28,17 @@ import torch.nn.functional as F
 
 from vstar.core import checkpoint
 from vstar.core.errors import InputError
+from vstar.model.cache import (HistoryView, KVCache, SharedKVCache, history_views,
+                               shared_prefix_attention)
 from vstar.model.config import HISTORY_INPUTS, ModelConfig
 from vstar.model.vocab import BOS, SidVocab
-
-
-@dataclass
-class KVCache:
-    """Keys and values of every layer for the tokens seen so far.
-
-    keys[i], values[i]: [B, H, T, Dh]; mask: [B, T] (True = real token, False = left padding);
-    next_pos: [B] position id the next token gets.
-    """
-
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
-    mask: torch.Tensor
-    next_pos: torch.Tensor
-
-    @property
-    def length(self) -> int:
-        return int(self.mask.shape[1])
-
-    @property
-    def batch_size(self) -> int:
-        return int(self.mask.shape[0])
-
-    def index_select(self, idx: torch.Tensor) -> "KVCache":
-        """Rows ``idx`` of the batch (repeat a user's cache over beams, reorder beams)."""
-        return KVCache([k.index_select(0, idx) for k in self.keys],
-                       [v.index_select(0, idx) for v in self.values],
-                       self.mask.index_select(0, idx), self.next_pos.index_select(0, idx))
 
 
 @dataclass
 class GeneratorOutput:
     logits: torch.Tensor  # [B, T, V]
     hidden: torch.Tensor  # [B, T, D]
-    cache: KVCache
+    cache: KVCache | SharedKVCache
 
 
 class CausalSelfAttention(nn.Module):
@@ -77,15 +51,23 @@ class CausalSelfAttention(nn.Module):
         self.dropout = cfg.dropout
         self.resid_drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, past_k, past_v, attn_mask):
+    def forward(self, x, past_k, past_v, attn_mask, history: HistoryView | None = None):
+        """x [B, T, C]; past_k / past_v [B, H, T_past, Dh] or None;
+        attn_mask [B, 1, T, T_past + T]. ``history``: a shared history every row also attends
+        to, before its past (``SharedKVCache``). Returns (output [B, T, C], the rows' keys and
+        values [B, H, T_past + T, Dh])."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if past_k is not None:
             k = torch.cat([past_k, k], dim=2)  # [B, H, T_past + T, Dh]
             v = torch.cat([past_v, v], dim=2)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        dropout_p = self.dropout if self.training else 0.0
+        if history is None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+        else:
+            y = shared_prefix_attention(q, k, v, attn_mask, history.keys, history.values,
+                                        history.mask, history.groups, dropout_p)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_drop(self.proj(y)), k, v
 
@@ -99,8 +81,8 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(cfg.n_embd, 4 * cfg.n_embd), nn.GELU(),
                                  nn.Linear(4 * cfg.n_embd, cfg.n_embd), nn.Dropout(cfg.dropout))
 
-    def forward(self, x, past_k, past_v, attn_mask):
-        a, k, v = self.attn(self.ln_1(x), past_k, past_v, attn_mask)
+    def forward(self, x, past_k, past_v, attn_mask, history: HistoryView | None = None):
+        a, k, v = self.attn(self.ln_1(x), past_k, past_v, attn_mask, history)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
         return x, k, v
@@ -135,6 +117,10 @@ class SidGenerator(nn.Module):
             raise ValueError("item_code_tokens are needed exactly when model.history is 'items'")
         self.cfg = cfg
         self.vocab_size, self.block_size = int(vocab_size), int(block_size)
+        # Decoders continue a prefill with one copy of each user's history (``SharedKVCache``)
+        # when this is True; False makes them copy it per beam (``KVCache.index_select``), the
+        # path of backbones that only take a ``KVCache`` (``vstar.model.interface.shares_history``).
+        self.share_history = True
         if items:
             self.register_buffer("item_code_tokens", torch.as_tensor(item_code_tokens).long())
         else:
@@ -212,11 +198,13 @@ class SidGenerator(nn.Module):
         mask = causal[None] & pad_mask[:, None, :] & visible
         return pos, mask | torch.eye(T, dtype=torch.bool, device=dev)[None]
 
-    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None,
+    def forward(self, tokens: torch.Tensor, cache: KVCache | SharedKVCache | None = None,
                 pad_mask: torch.Tensor | None = None,
                 teacher_forced: bool = False) -> GeneratorOutput:
         """tokens [B, T]; pad_mask [B, T] (True = real) for left-padded prompts; cache from a
-        previous call continues those sequences (then the new tokens are all real).
+        previous call continues those sequences (then the new tokens are all real). With a
+        ``SharedKVCache`` (``share_history``) row b continues its user's shared history and
+        its own suffix, and the returned cache is a ``SharedKVCache`` with the suffix extended.
         ``teacher_forced``: whole training sequences (right-padded); with item-level history
         they get ``item_layout``'s positions and mask, otherwise it changes nothing."""
         B, T = tokens.shape
@@ -236,7 +224,7 @@ class SidGenerator(nn.Module):
         else:
             pos = cache.next_pos[:, None] + (pad_mask.long().cumsum(1) - 1).clamp(min=0)
             full_mask = torch.cat([cache.mask, pad_mask], dim=1)           # [B, T_past + T]
-            past_len = cache.length
+            past_len = int(cache.mask.shape[1])             # a SharedKVCache: its suffix only
         if int(pos.max()) >= self.block_size:
             raise ValueError(f"sequence position {int(pos.max())} exceeds block_size "
                              f"{self.block_size}; shorten histories (data.max_history)")
@@ -251,18 +239,25 @@ class SidGenerator(nn.Module):
         if layout_mask is not None:
             attn_mask = layout_mask[:, None]
 
+        shared = isinstance(cache, SharedKVCache)
+        history = history_views(cache) if shared else [None] * len(self.blocks)
         x = self.drop(self.embed(tokens) + self.wpe(pos))
         keys, values = [], []
         for i, block in enumerate(self.blocks):
             pk = cache.keys[i] if cache is not None else None
             pv = cache.values[i] if cache is not None else None
-            x, k, v = block(x, pk, pv, attn_mask)
+            x, k, v = block(x, pk, pv, attn_mask, history[i])
             keys.append(k)
             values.append(v)
         hidden = self.ln_f(x)                                               # [B, T, D]
         logits = self.lm_head(hidden)                                       # [B, T, V]
         last_pos = pos[:, -1] + 1
-        return GeneratorOutput(logits, hidden, KVCache(keys, values, full_mask, last_pos))
+        if shared:
+            out_cache = SharedKVCache(cache.prefix, cache.row_user, keys, values, full_mask,
+                                      last_pos)
+        else:
+            out_cache = KVCache(keys, values, full_mask, last_pos)
+        return GeneratorOutput(logits, hidden, out_cache)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
