@@ -42,7 +42,7 @@ _KIND, _FORMAT = "vstar_kind", "vstar_format"
 _POLICY, _VALUE, _OPT = "policy.", "value.", "opt."
 _SAMPLER_RNG = "sampler_rng"
 # sft_state sections
-_MODEL, _BEST, _EMA, _TORCH_RNG = "model.", "best.", "ema.", "torch_rng"
+_MODEL, _BEST, _TORCH_RNG = "model.", "best.", "torch_rng"
 EMBEDDINGS_KEY = "embeddings"   # also the tensor name of user-supplied vector files
 
 
@@ -244,18 +244,15 @@ class SFTState:
     lr_schedule: dict
     early_stopping: dict        # best score, evaluations without gain
     history: list               # per-epoch records so far
-    ema_model: dict | None = None  # moving average of the weights (sft.ema_decay > 0)
 
 
 def save_sft_state(path: str | os.PathLike, *, model: Mapping[str, Any],
                    best_model: Mapping[str, Any] | None,
                    optimizer_state: Mapping[int, Mapping[str, Any]], torch_rng: Any, epoch: int,
                    numpy_rng: Mapping[str, Any], lr_schedule: Mapping[str, Any],
-                   early_stopping: Mapping[str, Any], history: list,
-                   ema_model: Mapping[str, Any] | None = None) -> Path:
+                   early_stopping: Mapping[str, Any], history: list) -> Path:
     tensors: dict[str, Any] = {f"{_MODEL}{k}": v for k, v in model.items()}
     tensors.update({f"{_BEST}{k}": v for k, v in (best_model or {}).items()})
-    tensors.update({f"{_EMA}{k}": v for k, v in (ema_model or {}).items()})
     tensors.update(_pack_optimizer(optimizer_state))
     tensors[_TORCH_RNG] = torch_rng
     return _write(path, "sft_state", tensors,
@@ -270,13 +267,12 @@ def load_sft_state(path: str | os.PathLike) -> SFTState:
              "sft_state")
     model = {k[len(_MODEL):]: v for k, v in tensors.items() if k.startswith(_MODEL)}
     best = {k[len(_BEST):]: v for k, v in tensors.items() if k.startswith(_BEST)}
-    ema = {k[len(_EMA):]: v for k, v in tensors.items() if k.startswith(_EMA)}
     opt = _unpack_optimizer(tensors)
     if not model or _TORCH_RNG not in tensors:
         raise InputError("an SFT state needs model and RNG tensors", file=str(path))
     return SFTState(model, best or None, opt, tensors[_TORCH_RNG], int(meta["epoch"]),
                     meta["numpy_rng"], meta["lr_schedule"], meta["early_stopping"],
-                    meta["history"], ema or None)
+                    meta["history"])
 
 
 # ---------------------------------------------------------------------------------------------

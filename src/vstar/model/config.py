@@ -25,16 +25,9 @@ class ModelConfig:
     # Defaults: what won on validation (README, "The generator").
     history: str = "items"
     item_id_embedding: bool = True
-    # A learned per-token bias on the (tied) output layer: a code's prior log-odds need not be
-    # carried by the hidden state.
-    output_bias: bool = False
-    # Training only: each history item token is blanked (its embedding set to 0, its position
-    # kept) with this probability, so the model cannot lean on memorised item-to-item transitions.
-    item_dropout: float = 0.0
 
     RULES = {"n_layer": count, "n_head": count, "n_embd": count, "dropout": fraction,
-             "history": one_of(*HISTORY_INPUTS), "item_id_embedding": boolean(),
-             "output_bias": boolean(), "item_dropout": fraction}
+             "history": one_of(*HISTORY_INPUTS), "item_id_embedding": boolean()}
 
     def validate(self, prefix: str = "model") -> None:
         check_fields(self, prefix, self.RULES)

@@ -132,7 +132,7 @@ class SidGenerator(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.ln_f = nn.LayerNorm(cfg.n_embd)
-        self.lm_head = nn.Linear(cfg.n_embd, vocab_size, bias=cfg.output_bias)
+        self.lm_head = nn.Linear(cfg.n_embd, vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2 scaled init of residual projections
@@ -165,9 +165,6 @@ class SidGenerator(nn.Module):
             item_x = self.wte(self.item_code_tokens[item]).sum(-2)          # [n, D]
             if self.item_emb is not None:
                 item_x = item_x + self.item_emb(item)
-            if self.training and self.cfg.item_dropout > 0:
-                keep = torch.rand(item.shape[0], 1, device=item_x.device) >= self.cfg.item_dropout
-                item_x = item_x * keep
             x = x.index_put(where, item_x)
         return x
 

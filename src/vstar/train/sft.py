@@ -192,30 +192,6 @@ def held_out_loss(model: SidGenerator, vocab: SidVocab, tokens, targets, levels,
     return total / max(1, count)
 
 
-class WeightAverage:
-    """Exponential moving average of a model's floating-point weights, updated after every
-    optimiser step with decay ``min(decay, (1 + n) / (10 + n))`` (n = updates so far), so the
-    first steps' weights do not dominate it."""
-
-    def __init__(self, model: torch.nn.Module, decay: float, state: dict | None = None):
-        self.decay = decay
-        self.avg = {k: v.detach().clone() for k, v in (state or model.state_dict()).items()}
-        self.updates = int(self.avg.pop("__updates__", torch.tensor(0)))
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for k, v in model.state_dict().items():
-            if v.is_floating_point():
-                self.avg[k].mul_(d).add_(v.detach(), alpha=1.0 - d)
-            else:
-                self.avg[k].copy_(v)
-        self.updates += 1
-
-    def state_dict(self) -> dict:
-        return {**self.avg, "__updates__": torch.tensor(self.updates)}
-
-
 def train_sft(model: SidGenerator, vocab: SidVocab, trie: SidTrie, splits: Splits,
               cfg: SFTConfig, seed: int = 0, validate: Validate | None = None,
               progress: bool = True, checkpoint_path: str | os.PathLike | None = None,
@@ -268,7 +244,6 @@ def train_sft(model: SidGenerator, vocab: SidVocab, trie: SidTrie, splits: Split
                                               * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     best, best_state, bad, history = -1.0, None, 0, []
     start = 0
-    ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     if resume and checkpoint_path is not None and os.path.isfile(checkpoint_path):
         state = checkpoint.load_sft_state(checkpoint_path)
         model.load_state_dict(state.model)
@@ -284,8 +259,6 @@ def train_sft(model: SidGenerator, vocab: SidVocab, trie: SidTrie, splits: Split
         rng.bit_generator.state = state.numpy_rng
         best, bad = float(state.early_stopping["best"]), int(state.early_stopping["bad"])
         history, start = list(state.history), state.epoch
-        if ema is not None:
-            ema = WeightAverage(model, cfg.ema_decay, state.ema_model)
         log.info("SFT resumed from %s after epoch %d", checkpoint_path, start)
     for epoch in range(start, cfg.max_epochs):
         if bad >= cfg.patience:                        # resumed after the early stop
@@ -310,17 +283,11 @@ def train_sft(model: SidGenerator, vocab: SidVocab, trie: SidTrie, splits: Split
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             sched.step()
-            if ema is not None:
-                ema.update(model)
             losses.append(loss.item())
         record = {"epoch": epoch, "train_loss": float(np.mean(losses)),
                   "train_seconds": time.perf_counter() - t0}
         if validate is not None and ((epoch + 1) % cfg.eval_every == 0
                                      or epoch == cfg.max_epochs - 1):
-            trained = None
-            if ema is not None:                       # validate (and keep) the average
-                trained = copy.deepcopy(model.state_dict())
-                model.load_state_dict(ema.avg)
             if val_batches is not None:
                 record["valid_nll"] = held_out_loss(model, vocab, *val_batches, cfg.batch_size,
                                                     trie, val_nodes)
@@ -334,8 +301,6 @@ def train_sft(model: SidGenerator, vocab: SidVocab, trie: SidTrie, splits: Split
                 best_state = copy.deepcopy(model.state_dict())
             else:
                 bad += 1
-            if trained is not None:
-                model.load_state_dict(trained)
         history.append(record)
         log.info("SFT epoch %d: loss %.4f, valid NLL/code %.4f, valid %s %.4f (best %.4f), "
                  "%.1fs", epoch, record["train_loss"], record.get("valid_nll", float("nan")),
@@ -347,13 +312,11 @@ def train_sft(model: SidGenerator, vocab: SidVocab, trie: SidTrie, splits: Split
                 optimizer_state=opt.state_dict()["state"], torch_rng=torch.get_rng_state(),
                 epoch=epoch + 1, numpy_rng=rng.bit_generator.state,
                 lr_schedule=sched.state_dict(), early_stopping={"best": best, "bad": bad},
-                history=history, ema_model=None if ema is None else ema.state_dict())
+                history=history)
         if bad >= cfg.patience:
             log.info("SFT: early stop after epoch %d (no gain for %d evaluations)", epoch, bad)
             break
     if best_state is not None:
         model.load_state_dict(best_state)
-    elif ema is not None:
-        model.load_state_dict(ema.avg)
     model.eval()
     return model, history
