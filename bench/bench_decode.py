@@ -29,7 +29,6 @@ The two paths must return identical rankings. Writes decode_speed.json.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -43,21 +42,18 @@ import torch  # noqa: E402
 import harness  # noqa: E402
 from vstar.data.types import SplitRows  # noqa: E402
 from vstar.decode import SidTrie, beam_search, rank_rows  # noqa: E402
-from vstar.model import ModelConfig, SidGenerator, make_vocab  # noqa: E402
+from vstar.model import ModelConfig, make_vocab  # noqa: E402
 
 NAME = "decode"
 OUTPUT = "decode_speed.json"
 HISTORIES = {"codes": {}, "items": {"history": "items", "item_id_embedding": True}}
 PATHS = {"shared": True, "per_row": False}       # -> SidGenerator.share_history
-DEMO_MODEL = {"n_layer": 2, "n_head": 4, "n_embd": 128, "dropout": 0.0, "history": "items",
-              "item_id_embedding": True}
-DEMO_RUN = Path(os.environ.get("VSTAR_BENCH_DEMO_RUN") or
-                harness.BENCH_DIR.parent / "runs" / "demo_ml100k" / "vstar" / "seed0")
+DEMO_MODEL = harness.DEMO_MODEL
 FULL = {"users": 256, "items": 4000, "codebook_sizes": [256, 256, 256], "history": 20,
         "widths": [10, 20, 50], "batch_size": 256, "warmup_users": 32, "repeats": 3,
         "model": harness.SCIENTIFIC_MODEL,
-        "eval": {"users": 943, "items": 1682, "codebook_sizes": [32, 32, 32], "history": 20,
-                 "width": 50, "batch_size": 256, "model": DEMO_MODEL, "demo_run": True}}
+        "eval": {**harness.DEMO_SYNTHETIC, "users": 943, "width": 50, "batch_size": 256,
+                 "demo_run": True}}
 QUICK = {"users": 32, "items": 500, "codebook_sizes": [32, 32, 32], "history": 20,
          "widths": [5, 10], "batch_size": 256, "warmup_users": 8, "repeats": 1,
          "model": harness.SCIENTIFIC_MODEL,
@@ -86,30 +82,6 @@ UNITS = {
     "matmul_gflops": "fp32 2048^3 matmul rate of this machine in this run, median of the runs "
                      "before and after the children",
 }
-
-
-# ------------------------------------------------------------------ FLOP lower bound
-
-def forward_flops(model: SidGenerator, n_tokens: int, keys_attended: float) -> float:
-    """Matmul FLOPs of forwarding ``n_tokens`` tokens through ``model`` that attend to
-    ``keys_attended`` keys in all (summed over the tokens, each one's own key included): per
-    token and layer 24 d^2 (q, k, v and output projections, the 4d MLP), per attended key and
-    layer 4 d (score and weighted value), per token 2 d V for the output layer. Bias adds,
-    norms, activations, softmax and embedding lookups are not counted."""
-    d, n_layer, V = model.cfg.n_embd, model.cfg.n_layer, model.vocab_size
-    return float(n_tokens * (24 * n_layer * d * d + 2 * d * V) + 4 * n_layer * d * keys_attended)
-
-
-def beam_flops(model: SidGenerator, prompt_lengths: np.ndarray, width: int,
-               n_levels: int) -> float:
-    """Forward matmul FLOPs of beam search of ``width`` over prompts of these real lengths: the
-    prefill (token i of a prompt attends to i keys) and (L-1) x width decode tokens (the code
-    of level l of a beam attends to the prompt and l codes). Padding is not counted."""
-    n = prompt_lengths.astype(np.float64)
-    levels = np.arange(1, n_levels, dtype=np.float64)
-    tokens = n.sum() + len(n) * width * (n_levels - 1)
-    keys = (n * (n + 1) / 2).sum() + width * (n[:, None] + levels[None]).sum()
-    return forward_flops(model, int(tokens), float(keys))
 
 
 # ------------------------------------------------------------------ children (fresh processes)
@@ -155,8 +127,8 @@ def speed_child(a: dict) -> dict:
             "decode_forward_tokens_per_user": sum(r.forward_tokens for r in parts) / B,
             "max_tokens_per_user": max(int(r.tokens_per_user.max()) for r in parts),
             "n_invalid": sum(r.n_invalid for r in parts),
-            "gflop_per_user": beam_flops(model, mask.sum(1).cpu().numpy(), W,
-                                         vocab.n_levels) / B / 1e9,
+            "gflop_per_user": harness.beam_flops(model, mask.sum(1).cpu().numpy(), W,
+                                                 vocab.n_levels) / B / 1e9,
             "items": torch.cat([r.items for r in parts]).tolist(),
             "scores": torch.cat([r.scores for r in parts]).tolist(),
             "repeats": {"wall_ms_per_user": ms, "wall_seconds": times}})
@@ -174,16 +146,10 @@ def _eval_inputs(e: dict, seed: int, dev: torch.device, run_dir: str | None):
         run = load_run(run_dir, threads=torch.get_num_threads())
         return (run.model, run.vocab, run.trie, run.splits.test, int(run.cfg.eval.beam_width),
                 int(run.cfg.eval.batch_size), run.splits.max_history)
-    rng = np.random.default_rng(seed)
-    sizes = e["codebook_sizes"]
-    codes = harness.random_catalogue(e["items"], sizes, rng)
-    vocab = make_vocab(ModelConfig(**e["model"]), sizes, len(codes))
-    torch.manual_seed(seed)
-    model = harness.random_generator(vocab, e["history"], e["model"], dev, codes=codes).eval()
-    histories = [rng.integers(0, len(codes), size=e["history"]) for _ in range(e["users"])]
-    rows = SplitRows(np.arange(e["users"]), histories, rng.integers(0, len(codes), e["users"]))
-    return (model, vocab, SidTrie(codes, sizes), rows, e["width"], e["batch_size"],
-            e["history"])
+    model, vocab, trie, codes, histories = harness.demo_size_synthetic(e, seed, dev, e["users"])
+    targets = np.random.default_rng(seed + 1).integers(0, len(codes), e["users"])
+    rows = SplitRows(np.arange(e["users"]), histories, targets)
+    return model, vocab, trie, rows, e["width"], e["batch_size"], e["history"]
 
 
 def eval_child(a: dict) -> dict:
@@ -198,13 +164,13 @@ def eval_child(a: dict) -> dict:
                              max_history=max_hist)
     wall = time.perf_counter() - t0
     peak = harness.peak_rss_mb()
-    lengths = np.array([1 + min(len(h), max_hist) * (1 if vocab.item_history else vocab.n_levels)
-                        for h in rows.histories])
+    lengths = harness.prompt_lengths(vocab, rows.histories, max_hist)
     return {"users": len(rows), "width": width, "batch_size": bs,
             "wall_ms_per_user": 1e3 * wall / len(rows),
             "decode_forward_tokens_per_user": cost["decode_forward_tokens_per_user"],
             "n_invalid": cost["n_invalid"], "peak_rss_mb": peak, "rss_before_mb": rss0,
-            "gflop_per_user": beam_flops(model, lengths, width, vocab.n_levels) / len(rows) / 1e9,
+            "gflop_per_user": harness.beam_flops(model, lengths, width, vocab.n_levels)
+            / len(rows) / 1e9,
             "model_parameters": model.num_parameters(), "ranked": ranked.tolist()}
 
 
@@ -226,12 +192,12 @@ def run(quick: bool = False, threads: int = 1, device: str = "cpu",
     evals = {("synthetic", path): harness.run_child(__file__, {**common, "kind": "eval",
                                                                "path": path})
              for path in PATHS}
-    demo = DEMO_RUN.resolve()
-    if p["eval"]["demo_run"] and (demo / "config.yaml").is_file():
+    demo = harness.demo_run_dir()
+    if p["eval"]["demo_run"] and harness.has_run(demo):
         for path in PATHS:          # the run's data paths are relative to where it was made
             evals[("run", path)] = harness.run_child(
                 __file__, {**common, "kind": "eval", "path": path, "run_dir": str(demo)},
-                cwd=demo.parents[3])
+                cwd=harness.demo_run_cwd(demo))
     peaks.append(harness.matmul_peak(dev))
     gflops = harness.median([x["gflops"] for x in peaks])
     rows = _speed_rows(speed, gflops) + _eval_rows(evals, gflops, demo)

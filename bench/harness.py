@@ -33,6 +33,11 @@ DEFAULT_OUT = BENCH_DIR / "results"
 QUICK_OUT = DEFAULT_OUT / "quick"          # --quick without --out-dir: never clobber real results
 SCIENTIFIC_MODEL = {"n_layer": 2, "n_head": 4, "n_embd": 128, "dropout": 0.0, "history": "codes",
                     "item_id_embedding": False}
+# the ML-100K demo (configs/demo_ml100k.yaml): its model, and a same-size synthetic stand-in
+DEMO_MODEL = {"n_layer": 2, "n_head": 4, "n_embd": 128, "dropout": 0.0, "history": "items",
+              "item_id_embedding": True}
+DEMO_SYNTHETIC = {"items": 1682, "codebook_sizes": [32, 32, 32], "history": 20,
+                  "model": DEMO_MODEL}
 
 
 def begin(quick: bool, full: dict, quick_params: dict, repeats: int | None, threads: int,
@@ -118,6 +123,72 @@ def random_generator(vocab: SidVocab, history: int, model: dict, dev: torch.devi
     return gen
 
 
+def demo_run_dir() -> Path:
+    """The ML-100K demo's RL run folder the benchmarks measure when it exists:
+    $VSTAR_BENCH_DEMO_RUN, else ``runs/demo_ml100k/vstar/seed0`` of this checkout (``make demo``).
+    Its data paths are relative to ``demo_run_cwd``."""
+    return Path(os.environ.get("VSTAR_BENCH_DEMO_RUN") or
+                BENCH_DIR.parent / "runs" / "demo_ml100k" / "vstar" / "seed0").resolve()
+
+
+def demo_run_cwd(run_dir: Path) -> Path:
+    """Where a run folder ``<root>/<out_dir>/<experiment>/<method>/seed<k>`` was made (its
+    config's data paths are relative to it)."""
+    return Path(run_dir).resolve().parents[3]
+
+
+def has_run(run_dir: Path) -> bool:
+    return (Path(run_dir) / "config.yaml").is_file()
+
+
+def demo_size_synthetic(e: dict, seed: int, dev: torch.device, n_users: int = 0):
+    """A random generator of the demo's size and config on a random catalogue (``e``: items,
+    codebook_sizes, history, model; e.g. ``DEMO_SYNTHETIC``) -> (model, vocab, trie, codes,
+    histories): ``n_users`` random histories of ``e["history"]`` item indices."""
+    from vstar.decode import SidTrie
+    from vstar.model import make_vocab
+
+    rng = np.random.default_rng(seed)
+    sizes = e["codebook_sizes"]
+    codes = random_catalogue(e["items"], sizes, rng)
+    vocab = make_vocab(ModelConfig(**e["model"]), sizes, len(codes))
+    torch.manual_seed(seed)
+    model = random_generator(vocab, e["history"], e["model"], dev, codes=codes).eval()
+    histories = [rng.integers(0, len(codes), size=e["history"]) for _ in range(n_users)]
+    return model, vocab, SidTrie(codes, sizes).to(dev), codes, histories
+
+
+# ------------------------------------------------------------------ FLOP lower bound
+
+def forward_flops(model: SidGenerator, n_tokens: int, keys_attended: float) -> float:
+    """Matmul FLOPs of forwarding ``n_tokens`` tokens through ``model`` that attend to
+    ``keys_attended`` keys in all (summed over the tokens, each one's own key included): per
+    token and layer 24 d^2 (q, k, v and output projections, the 4d MLP), per attended key and
+    layer 4 d (score and weighted value), per token 2 d V for the output layer. Bias adds,
+    norms, activations, softmax and embedding lookups are not counted."""
+    d, n_layer, V = model.cfg.n_embd, model.cfg.n_layer, model.vocab_size
+    return float(n_tokens * (24 * n_layer * d * d + 2 * d * V) + 4 * n_layer * d * keys_attended)
+
+
+def beam_flops(model: SidGenerator, prompt_lengths: np.ndarray, width: int,
+               n_levels: int) -> float:
+    """Forward matmul FLOPs of beam search of ``width`` over prompts of these real lengths: the
+    prefill (token i of a prompt attends to i keys) and (L-1) x width decode tokens (the code
+    of level l of a beam attends to the prompt and l codes). Padding is not counted."""
+    n = np.asarray(prompt_lengths).astype(np.float64)
+    levels = np.arange(1, n_levels, dtype=np.float64)
+    tokens = n.sum() + len(n) * width * (n_levels - 1)
+    keys = (n * (n + 1) / 2).sum() + width * (n[:, None] + levels[None]).sum()
+    return forward_flops(model, int(tokens), float(keys))
+
+
+def prompt_lengths(vocab: SidVocab, histories, max_history: int) -> np.ndarray:
+    """Real prompt tokens per history (BOS + the last ``max_history`` items, one token each
+    for item-level history, L codes each otherwise), as ``encode_histories`` builds them."""
+    per_item = 1 if vocab.item_history else vocab.n_levels
+    return np.array([1 + min(len(h), max_history) * per_item for h in histories])
+
+
 def matmul_peak(dev: torch.device, n: int = 2048, repeats: int = 3) -> dict:
     """fp32 matmul rate of an n x n x n product on ``dev`` (the machine's practical peak)."""
     a = torch.randn(n, n, device=dev)
@@ -153,15 +224,21 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def child_env() -> dict:
+    """This process's environment for a child that may run in another folder: PYTHONPATH made
+    absolute, so that it imports the same code."""
+    env = dict(os.environ)
+    if env.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.pathsep.join(str(Path(x).resolve())
+                                            for x in env["PYTHONPATH"].split(os.pathsep) if x)
+    return env
+
+
 def run_child(script: str | Path, args: dict, cwd: str | Path | None = None) -> dict:
     """Run ``script --child JSON(args)`` in a fresh Python process (its own peak resident set);
     returns the JSON object the child printed last (``child_main``)."""
     cmd = [sys.executable, str(Path(script).resolve()), "--child", json.dumps(args)]
-    env = dict(os.environ)
-    if env.get("PYTHONPATH"):       # the child may run elsewhere: keep finding the same code
-        env["PYTHONPATH"] = os.pathsep.join(str(Path(x).resolve())
-                                            for x in env["PYTHONPATH"].split(os.pathsep) if x)
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env)
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=child_env())
     if done.returncode != 0:
         raise SystemExit(f"{Path(script).name} child {args} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -1,44 +1,86 @@
-"""Fuzz / soak (issue 10 part 5): thousands of malformed and valid requests against a real
-uvicorn server on 127.0.0.1, bounded in time. Every bad request gets a 4xx naming a field (or a
-4xx for a body that is not JSON), every good one a correct answer, and the server stays alive."""
+"""Fuzz / soak (issue 10 part 5): 10,000 malformed and valid requests from 8 concurrent clients
+against a ``vstar serve`` process on 127.0.0.1, bounded in time. Every bad request gets a 4xx
+naming the field (or a 4xx for a body that is not JSON), every good one a 200 whose answer is
+well-formed (at most k distinct catalogue items, scores sorted, no history item when excluded)
+and, for the first ``DIRECT_SAMPLE`` of them (beam search and VED, every request option), equal
+to the decoder called directly in this process; the server is still alive at the end with no
+error in its log. 8 clients, so that the valid requests are micro-batched (the server runs
+decode calls of up to 16 users while the event loop keeps answering).
 
+``VSTAR_FUZZ_REQUESTS`` sets the count (default 10,000); the clients stop early, after at least
+``MIN_REQUESTS``, when ``TIME_LIMIT_S`` has passed (a slow machine), and the test prints how many
+it sent."""
+
+import dataclasses
+import http.client
 import json
+import os
 import random
+import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 import torch
-import uvicorn
 
 from vstar.decode.beam import beam_search
+from vstar.decode.ved import value_guided_decode
 from vstar.experiments.budget import load_run
-from vstar.serve import Recommender, ServeConfig, create_app
 
-N_REQUESTS = 3000
-TIME_LIMIT_S = 40.0          # stop early (but after at least MIN_REQUESTS) on a slow machine
-MIN_REQUESTS = 500
+N_REQUESTS = int(os.environ.get("VSTAR_FUZZ_REQUESTS", 10_000))
+N_CLIENTS = 8
+TIME_LIMIT_S = 45.0          # stop early (after at least MIN_REQUESTS) on a slow machine
+MIN_REQUESTS = min(N_REQUESTS, 2000)
 MAX_HISTORY = 50
+DIRECT_SAMPLE = 1000         # good answers compared with a direct decoder call (the first ones)
+VED_SAMPLE = 150             # of which VED at most
+WIDTH_STEP = 8               # vstar.serve.app.WIDTH_STEP
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(toy_runs):
-    run = load_run(toy_runs["vstar"])
-    rec = Recommender(run, ServeConfig(max_wait_ms=1, max_batch=16, max_history=MAX_HISTORY))
-    config = uvicorn.Config(create_app(recommender=rec), host="127.0.0.1", port=0,
-                            log_level="warning", lifespan="on")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert srv.started
-    port = srv.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}", run
-    srv.should_exit = True
-    thread.join(timeout=10)
+    """A ``vstar serve`` process on the toy RL run folder: (base url, its log file, process)."""
+    port = _free_port()
+    log = tempfile.NamedTemporaryFile("w+", suffix=".log")
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env["PYTHONPATH"] = os.pathsep.join([src] + [p for p in env.get("PYTHONPATH", "").split(
+        os.pathsep) if p])
+    proc = subprocess.Popen([sys.executable, "-m", "vstar", "serve", str(toy_runs["vstar"]),
+                             "--port", str(port), "--threads", "1", "--max-history",
+                             str(MAX_HISTORY), "--max-batch", "16", "--max-wait-ms", "1"],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        assert proc.poll() is None, Path(log.name).read_text()[-3000:]
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.time() < deadline, "the server did not start:\n" + \
+            Path(log.name).read_text()[-3000:]
+        time.sleep(0.1)
+    yield port, log, proc
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    log.close()
 
 
 def _valid(rng, ids):
@@ -90,60 +132,133 @@ def _bad(rng, ids):
     return body, field
 
 
-def test_fuzz_every_bad_request_is_4xx_every_good_one_answered(server):
-    url, run = server
-    ids = list(run.data.item_ids)
+def _requests(ids, n):
+    """n (body, good, field) triples, 40 % valid, seeded."""
     rng = random.Random(0)
-    index = {iid: i for i, iid in enumerate(ids)}
-    expected = {}
-    n, n_good, n_bad, t0 = 0, 0, 0, time.perf_counter()
-    with httpx.Client(base_url=url, timeout=30) as client:
-        for n in range(1, N_REQUESTS + 1):
-            good = rng.random() < 0.4
-            body, field = (_valid(rng, ids), None) if good else _bad(rng, ids)
-            if isinstance(body, bytes):
-                r = client.post("/recommend", content=body,
-                                headers={"content-type": "application/json"})
-            else:
-                r = client.post("/recommend", json=body)
-            shown = body[:60] if isinstance(body, bytes) else json.dumps(body)[:300]
-            context = f"request {n}: {shown!r} -> {r.status_code} {r.text[:300]}"
-            if good:
-                n_good += 1
-                assert r.status_code == 200, context
-                out = r.json()
-                k = body.get("k", 10)
-                excl = body.get("exclude_history", True)
-                assert 0 < len(out["items"]) <= k, context
-                assert len(out["items"]) == len(out["scores"]), context
-                assert len(set(out["items"])) == len(out["items"]), context
-                assert out["scores"] == sorted(out["scores"], reverse=True), context
-                assert all(i in index for i in out["items"]), context
-                if excl:
-                    assert not set(out["items"]) & set(body["history"]), context
-                if body.get("decoder", "beam") == "beam" and not excl:
-                    key = (tuple(body["history"]), k)
-                    if key not in expected:
-                        hist = [torch.tensor([index[h] for h in body["history"]])]
-                        tokens, mask = run.vocab.encode_histories(
-                            [h.numpy() for h in hist], run.trie.codes,
-                            max_items=run.splits.max_history)
-                        with torch.no_grad():
-                            res = beam_search(run.model, run.vocab, run.trie, tokens, mask, k)
-                        expected[key] = [ids[i] for i in res.items[0].tolist() if i >= 0]
-                    assert out["items"] == expected[key], context
-            else:
-                n_bad += 1
-                assert 400 <= r.status_code < 500, context
-                if field is not None:
-                    named = r.json()["field"]
-                    if field == "extra":
-                        assert named not in ("history", "k", "decoder", "budget",
-                                             "exclude_history"), context
-                    else:
-                        assert named.split(".")[0] == field, context
-            if n >= MIN_REQUESTS and time.perf_counter() - t0 > TIME_LIMIT_S:
-                break
-        assert client.get("/health").json()["status"] == "ok"
-    assert n >= MIN_REQUESTS and n_good > 0.2 * n and n_bad > 0.4 * n
-    print(f"fuzz: {n} requests ({n_good} good, {n_bad} bad) in {time.perf_counter() - t0:.1f}s")
+    out = []
+    for _ in range(n):
+        if rng.random() < 0.4:
+            out.append((_valid(rng, ids), True, None))
+        else:
+            body, field = _bad(rng, ids)
+            out.append((body, False, field))
+    return out
+
+
+def _send(port, reqs, n_clients, deadline):
+    """Send ``reqs`` from ``n_clients`` threads (request i from client i % n_clients, in order,
+    one keep-alive ``http.client`` connection each: cheaper than httpx, so that the client
+    leaves the CPU to the server) until done or past ``deadline`` -> {i: (status, body)}."""
+    answers = {}
+    lock = threading.Lock()
+
+    def client(c):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        try:
+            for i in range(c, len(reqs), n_clients):
+                if time.perf_counter() > deadline and i >= MIN_REQUESTS:
+                    return
+                body = reqs[i][0]
+                raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+                conn.request("POST", "/recommend", raw, {"content-type": "application/json"})
+                r = conn.getresponse()
+                text = r.read().decode("utf-8", "replace")
+                with lock:
+                    answers[i] = (r.status, text)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(n_clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return answers
+
+
+class Direct:
+    """What the server must answer for a valid body, from the decoders called here (cached)."""
+
+    def __init__(self, run):
+        self.run = run
+        self.ids = list(run.data.item_ids)
+        self.index = {iid: i for i, iid in enumerate(self.ids)}
+        self.cache = {}
+
+    def __call__(self, body):
+        run = self.run
+        hist = body["history"]
+        k, decoder = body.get("k", 10), body.get("decoder", "beam")
+        exclude = set(hist) if body.get("exclude_history", True) else set()
+        width = min(len(self.ids), -(-(k + len(exclude)) // WIDTH_STEP) * WIDTH_STEP
+                    if exclude else k)
+        budget = body.get("budget")
+        key = (tuple(hist), decoder, width, budget)
+        if key not in self.cache:
+            tokens, mask = run.vocab.encode_histories(
+                [[self.index[h] for h in hist]], run.trie.codes,
+                max_items=run.splits.max_history)
+            with torch.no_grad():
+                if decoder == "beam":
+                    res = beam_search(run.model, run.vocab, run.trie, tokens, mask, width)
+                else:
+                    ved = run.rl_cfg.ved if budget is None else dataclasses.replace(
+                        run.rl_cfg.ved, budget=budget, budget_multiplier=1.0)
+                    res = value_guided_decode(run.model, run.value_head, run.vocab, run.trie,
+                                              tokens, mask, width, ved)
+            self.cache[key] = [self.ids[i] for i in res.items[0].tolist() if i >= 0]
+        return [i for i in self.cache[key] if i not in exclude][:k]
+
+
+def test_fuzz_every_bad_request_is_4xx_every_good_one_answered(server, toy_runs):
+    port, log, proc = server
+    url = f"http://127.0.0.1:{port}"
+    run = load_run(toy_runs["vstar"], threads=1)
+    direct = Direct(run)
+    reqs = _requests(direct.ids, N_REQUESTS)
+    t0 = time.perf_counter()
+    answers = _send(port, reqs, N_CLIENTS, t0 + TIME_LIMIT_S)
+    seconds = time.perf_counter() - t0
+    n_good = n_bad = n_checked = n_ved = 0
+    for i in sorted(answers):
+        body, good, field = reqs[i]
+        status, text = answers[i]
+        shown = body[:60] if isinstance(body, bytes) else json.dumps(body)[:300]
+        context = f"request {i}: {shown!r} -> {status} {text[:300]}"
+        if good:
+            n_good += 1
+            assert status == 200, context
+            out = json.loads(text)
+            k = body.get("k", 10)
+            assert 0 < len(out["items"]) <= k, context
+            assert len(out["items"]) == len(out["scores"]), context
+            assert len(set(out["items"])) == len(out["items"]), context
+            assert out["scores"] == sorted(out["scores"], reverse=True), context
+            assert all(item in direct.index for item in out["items"]), context
+            if body.get("exclude_history", True):
+                assert not set(out["items"]) & set(body["history"]), context
+            is_ved = body.get("decoder", "beam") == "ved"
+            if n_checked < DIRECT_SAMPLE and (not is_ved or n_ved < VED_SAMPLE):
+                n_ved += is_ved
+                n_checked += 1
+                assert out["items"] == direct(body), context
+        else:
+            n_bad += 1
+            assert 400 <= status < 500, context
+            if field is not None:
+                named = json.loads(text)["field"]
+                if field == "extra":
+                    assert named not in ("history", "k", "decoder", "budget",
+                                         "exclude_history"), context
+                else:
+                    assert named.split(".")[0] == field, context
+    n = len(answers)
+    assert proc.poll() is None, "the server died"
+    assert httpx.get(url + "/health", timeout=10).json()["status"] == "ok"
+    logged = Path(log.name).read_text()
+    assert "Traceback" not in logged and "Exception in ASGI" not in logged, logged[-3000:]
+    assert n >= MIN_REQUESTS
+    assert n_good > 0.3 * n and n_bad > 0.5 * n and n_ved > 0
+    print(f"fuzz: {n} of {N_REQUESTS} requests ({n_good} good, {n_bad} bad; {n_checked} "
+          f"answers equal to a direct decoder call, {n_ved} of them VED) from {N_CLIENTS} "
+          f"clients in {seconds:.1f}s")

@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-batch", type=int, default=32, help="most requests per decode call")
-    p.add_argument("--max-wait-ms", type=float, default=5.0,
+    p.add_argument("--max-wait-ms", type=float, default=2.0,
                    help="longest a request waits for others to batch with")
     p.add_argument("--max-history", type=int, default=1000, help="longest history accepted")
     p.add_argument("--max-k", type=int, default=1000, help="largest k accepted")
