@@ -35,8 +35,8 @@ from vstar.decode.trie import SidTrie
 from vstar.experiments.collab import ranking_metrics, sasrec_validation, teacher_sasrec
 from vstar.experiments.pipeline import MethodContext, Ranker, parent_run
 from vstar.experiments.registry import Method, register
-from vstar.model.generator import (SidGenerator, load_generator, make_vocab, new_generator,
-                                   save_generator)
+from vstar.model.backbone import SidModel, load_model, new_model, save_model
+from vstar.model.generator import make_vocab
 from vstar.model.vocab import SidVocab
 from vstar.train.rl import RLTrainer
 from vstar.train.sft import train_sft
@@ -59,7 +59,7 @@ def timed_ranker(model: Any, width: int) -> Ranker:
     return rank
 
 
-def beam_ranker(ctx: MethodContext, model: SidGenerator, vocab: SidVocab, trie: SidTrie) -> Ranker:
+def beam_ranker(ctx: MethodContext, model: SidModel, vocab: SidVocab, trie: SidTrie) -> Ranker:
     """rank(rows, split) for a SID generator: constrained beam search of width eval.beam_width."""
     cfg = ctx.cfg
 
@@ -123,11 +123,11 @@ def run_sasrec(ctx: MethodContext) -> dict:
 def run_sft(ctx: MethodContext) -> dict:
     cfg, splits = ctx.cfg, ctx.prep.splits
     vocab, trie = sid_tables(ctx)
-    model = new_generator(cfg.model, vocab, trie.codes, splits.max_history)
-    log.info("generator: %d parameters, vocabulary %d, %d SID levels", model.num_parameters(),
-             vocab.size, vocab.n_levels)
+    model = new_model(cfg.model, vocab, trie.codes, splits.max_history)
+    log.info("generator (%s backbone): %d parameters, vocabulary %d, %d SID levels",
+             cfg.model.backbone, model.num_parameters(), vocab.size, vocab.n_levels)
 
-    def validate(model: SidGenerator, rows: SplitRows) -> dict:
+    def validate(model: SidModel, rows: SplitRows) -> dict:
         ranked, _ = rank_rows(model, vocab, trie, rows, cfg.sft.val_beam,
                               max_history=splits.max_history)
         return ranking_metrics(ranked, rows.targets, 10)
@@ -141,7 +141,7 @@ def run_sft(ctx: MethodContext) -> dict:
                                resume=ctx.run.resumed)
     train_s = time.perf_counter() - t0
     atomic_write_json(ctx.run.layout.sft_history, history)
-    save_generator(ctx.run.layout.generator, model, vocab)
+    save_model(ctx.run.layout.generator_for(cfg.model.backbone), model, vocab)
     return ctx.evaluate(beam_ranker(ctx, model, vocab, trie), train_s,
                         {"n_parameters": model.num_parameters(), "epochs": len(history),
                          "sid_levels": vocab.n_levels})
@@ -153,7 +153,7 @@ def run_rl(ctx: MethodContext) -> dict:
     cfg, prep, layout = ctx.cfg, ctx.prep, ctx.run.layout
     sft_ckpt = parent_run(ctx, "sft")        # finished, same SIDs and items; recorded as parent
     vocab, trie = sid_tables(ctx)
-    policy = load_generator(sft_ckpt, vocab, trie.codes)
+    policy = load_model(sft_ckpt, vocab, trie.codes)
     rcfg = dataclasses.replace(cfg.rl, **ctx.method.preset)
     rcfg.validate()
     atomic_write_json(layout.rl_config, dataclasses.asdict(rcfg))
@@ -175,7 +175,7 @@ def run_rl(ctx: MethodContext) -> dict:
     trainer.train(layout.rl_log, layout.rl_state, progress=cfg.run.progress)
     train_s = time.perf_counter() - t0
     trainer.save(layout.rl_state)
-    save_generator(layout.generator, policy, vocab)
+    save_model(layout.generator_for(cfg.model.backbone), policy, vocab)
     # the mean over RL steps (value warm-up steps left out) of every logged curve (exploration,
     # advantage spread, value diagnostic, cost); NaN entries (undefined in a step) are skipped
     hist = [h for h in trainer.history if not h.get("value_warmup")]

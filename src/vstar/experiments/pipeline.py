@@ -26,7 +26,7 @@ import torch
 from vstar.core.errors import InputError, check_finite
 from vstar.core.io import FolderLock, atomic_path, atomic_write_json, read_json
 from vstar.core.layout import ExperimentLayout
-from vstar.core.repro import file_sha256, fingerprint, set_seed
+from vstar.core.repro import checkpoint_sha256, file_sha256, fingerprint, set_seed
 from vstar.data import load_dataset, make_splits
 from vstar.data.types import InteractionData, SplitRows, Splits
 from vstar.eval.metrics import evaluate_ranking, target_ranks
@@ -266,8 +266,8 @@ def parent_run(ctx: MethodContext, method: str) -> Path:
     run finished and was trained on this run's SIDs and items; records it as the parent (path and
     sha256) in this run's provenance.json."""
     parent = ctx.experiment.run(method, ctx.seed)
-    ckpt = parent.generator
-    if not ckpt.is_file():
+    ckpt = parent.generator_for(ctx.cfg.model.backbone)
+    if not ckpt.exists():
         raise InputError(f"this run starts from the {method} generator of seed {ctx.seed}: run "
                          f"method {method!r} first (put it before the RL methods in run.methods)",
                          file=str(ckpt))
@@ -283,7 +283,7 @@ def parent_run(ctx: MethodContext, method: str) -> Path:
                                  f"config gives (the experiment's {key} changed since); rerun "
                                  f"{method!r} or restore them", file=str(parent.provenance))
     prov, _ = read_json(ctx.run.layout.provenance)
-    sha = file_sha256(ckpt)
+    sha = checkpoint_sha256(ckpt)
     if ctx.run.resumed and prov.get("parent", {}).get("generator_sha256", sha) != sha:
         raise InputError("cannot resume: the parent generator changed since this run started",
                          file=str(ckpt))

@@ -46,7 +46,7 @@ from vstar.decode.sampling import constrained_sample
 from vstar.decode.scoring import score_candidates
 from vstar.decode.trie import SidTrie
 from vstar.decode.ved import value_guided_decode
-from vstar.model.generator import SidGenerator
+from vstar.model.backbone import SidModel
 from vstar.model.value import ValueHead
 from vstar.model.vocab import SidVocab
 from vstar.train.advantages import (PrefixEmbeddings, SiblingAdvantages, dense_value_rewards,
@@ -119,7 +119,7 @@ def _zero_value(hidden: torch.Tensor) -> torch.Tensor:
 class RLTrainer:
     """Holds the policy, the frozen reference (SFT) model, the value head and the optimiser."""
 
-    def __init__(self, policy: SidGenerator, vocab: SidVocab, trie: SidTrie, rows: SplitRows,
+    def __init__(self, policy: SidModel, vocab: SidVocab, trie: SidTrie, rows: SplitRows,
                  cfg: RLConfig, max_history: int, seed: int = 0,
                  item_emb: np.ndarray | None = None, item_values: np.ndarray | None = None,
                  reward_fn: str | Callable | None = None):

@@ -27,11 +27,11 @@ from vstar.core.errors import InputError, check_finite
 from vstar.data.types import Splits, SplitRows
 from vstar.data.windows import build_windows
 from vstar.decode.trie import SidTrie
-from vstar.model.generator import SidGenerator
+from vstar.model.backbone import SidModel
 from vstar.model.vocab import BOS, PAD, SidVocab
 from vstar.train.config import SFT_LOSSES, SFTConfig
 
-Validate = Callable[[SidGenerator, SplitRows], dict]   # (model, validation rows) -> metrics
+Validate = Callable[[SidModel, SplitRows], dict]   # (model, validation rows) -> metrics
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def teacher_code_targets(teacher: torch.nn.Module, windows: list[np.ndarray],
     return soft, row
 
 
-def sft_loss(model: SidGenerator, vocab: SidVocab, tokens, targets, levels,
+def sft_loss(model: SidModel, vocab: SidVocab, tokens, targets, levels,
              label_smoothing: float = 0.0, trie: SidTrie | None = None,
              nodes: torch.Tensor | None = None, soft: torch.Tensor | None = None,
              distill: float = 0.0) -> torch.Tensor:
@@ -170,7 +170,7 @@ def sft_loss(model: SidGenerator, vocab: SidVocab, tokens, targets, levels,
 
 
 @torch.no_grad()
-def held_out_loss(model: SidGenerator, vocab: SidVocab, tokens, targets, levels,
+def held_out_loss(model: SidModel, vocab: SidVocab, tokens, targets, levels,
                   batch_size: int, trie: SidTrie | None = None,
                   nodes: torch.Tensor | None = None) -> float:
     """Mean NLL per supervised code over held-out windows, in eval mode: ``sft_loss`` without
@@ -216,11 +216,11 @@ class WeightAverage:
         return {**self.avg, "__updates__": torch.tensor(self.updates)}
 
 
-def train_sft(model: SidGenerator, vocab: SidVocab, trie: SidTrie, splits: Splits,
+def train_sft(model: SidModel, vocab: SidVocab, trie: SidTrie, splits: Splits,
               cfg: SFTConfig, seed: int = 0, validate: Validate | None = None,
               progress: bool = True, checkpoint_path: str | os.PathLike | None = None,
               resume: bool = False, teacher: torch.nn.Module | None = None
-              ) -> tuple[SidGenerator, list[dict]]:
+              ) -> tuple[SidModel, list[dict]]:
     """Train with AdamW + warmup/cosine LR; keep the best validation state (early stopping).
 
     Every ``cfg.eval_every`` epochs, ``validate(model, rows)`` scores a fixed seeded subset of
