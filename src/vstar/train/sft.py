@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from vstar.core import checkpoint
+from vstar.core import checkpoint, dist
 from vstar.core.errors import InputError, check_finite
 from vstar.data.types import Splits, SplitRows
 from vstar.data.windows import build_windows
@@ -233,8 +233,13 @@ def train_sft(model: SidModel, vocab: SidVocab, trie: SidTrie, splits: Splits,
     schedule, RNGs, early-stopping state, history) is saved there after every epoch (an
     ``sft_state`` checkpoint); with ``resume`` and that file present, training continues from it
     and ends with exactly the weights and history of an uninterrupted run.
+
+    Under torchrun (``vstar.core.dist``) each rank trains on its share of every global batch of
+    ``cfg.batch_size`` windows, its loss weighted by its share of the batch's supervised tokens,
+    and gradients are summed over ranks before clipping: a step equals the single-process step.
+    Rank 0 alone writes the checkpoint; validation decodes each rank's share of the users.
     """
-    torch.manual_seed(seed)
+    torch.manual_seed(dist.rank_seed(seed))       # dropout: each rank its own stream
     rng = np.random.default_rng(seed)
     windows, flags = build_windows(splits.train, splits.max_history, cfg.windows)
     tokens, targets, levels = encode_windows(windows, flags, trie.codes, vocab)
@@ -280,13 +285,14 @@ def train_sft(model: SidModel, vocab: SidVocab, trie: SidTrie, splits: Splits,
         sched.load_state_dict(state.lr_schedule)
         for group, lr in zip(opt.param_groups, sched.get_last_lr()):   # the restored schedule's
             group["lr"] = lr                                          # rate, not step 0's
-        torch.set_rng_state(state.torch_rng)
+        torch.set_rng_state(dist.pick_rng_state(state.torch_rng))
         rng.bit_generator.state = state.numpy_rng
         best, bad = float(state.early_stopping["best"]), int(state.early_stopping["bad"])
         history, start = list(state.history), state.epoch
         if ema is not None:
             ema = WeightAverage(model, cfg.ema_decay, state.ema_model)
         log.info("SFT resumed from %s after epoch %d", checkpoint_path, start)
+    dist.broadcast_module(model)                     # every rank starts from rank 0's weights
     for epoch in range(start, cfg.max_epochs):
         if bad >= cfg.patience:                        # resumed after the early stop
             break
@@ -294,25 +300,33 @@ def train_sft(model: SidModel, vocab: SidVocab, trie: SidTrie, splits: Splits,
         t0 = time.perf_counter()
         perm = torch.as_tensor(rng.permutation(len(windows)))
         losses = []
-        for s in tqdm(range(steps_per_epoch), desc=f"sft epoch {epoch}", disable=not progress,
-                      leave=False):
-            idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-            tk, tg, lv = tokens[idx], targets[idx], levels[idx]
-            keep = int((tk != PAD).sum(1).max())          # trim right padding of this batch
-            loss = sft_loss(model, vocab, tk[:, :keep], tg[:, :keep], lv[:, :keep],
-                            cfg.label_smoothing, loss_trie,
-                            None if nodes is None else nodes[idx][:, :keep],
-                            None if soft is None else soft[soft_row[idx][:, :keep].clamp(min=0)],
-                            cfg.distill)
-            check_finite(loss, "sft loss", len(losses) + 1 + epoch * steps_per_epoch)
+        for s in tqdm(range(steps_per_epoch), desc=f"sft epoch {epoch}",
+                      disable=not progress or not dist.is_main(), leave=False):
+            idx = dist.shard(perm[s * cfg.batch_size:(s + 1) * cfg.batch_size])
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            # this rank's share of the global batch's mean loss (1 with one process)
+            share = dist.global_share(int((targets[idx] >= 0).sum()))
+            loss = torch.zeros(())
+            if len(idx):
+                tk, tg, lv = tokens[idx], targets[idx], levels[idx]
+                keep = int((tk != PAD).sum(1).max())          # trim right padding of this batch
+                loss = sft_loss(model, vocab, tk[:, :keep], tg[:, :keep], lv[:, :keep],
+                                cfg.label_smoothing, loss_trie,
+                                None if nodes is None else nodes[idx][:, :keep],
+                                None if soft is None
+                                else soft[soft_row[idx][:, :keep].clamp(min=0)], cfg.distill)
+                if share != 1.0:
+                    loss = loss * share
+                loss.backward()
+            dist.all_reduce_grads(model.parameters())
+            value = dist.all_sum([float(loss.detach())])[0]   # the global batch's mean loss
+            check_finite(torch.tensor(value), "sft loss", len(losses) + 1 + epoch * steps_per_epoch)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             sched.step()
             if ema is not None:
                 ema.update(model)
-            losses.append(loss.item())
+            losses.append(value)
         record = {"epoch": epoch, "train_loss": float(np.mean(losses)),
                   "train_seconds": time.perf_counter() - t0}
         if validate is not None and ((epoch + 1) % cfg.eval_every == 0
@@ -341,10 +355,11 @@ def train_sft(model: SidModel, vocab: SidVocab, trie: SidTrie, splits: Splits,
                  "%.1fs", epoch, record["train_loss"], record.get("valid_nll", float("nan")),
                  cfg.val_metric, record.get(cfg.val_metric, float("nan")), best,
                  record["train_seconds"])
-        if checkpoint_path is not None:
+        torch_rng = dist.gather_rng_state(torch.get_rng_state())   # every rank's stream
+        if checkpoint_path is not None and dist.is_main():
             checkpoint.save_sft_state(
                 checkpoint_path, model=model.state_dict(), best_model=best_state,
-                optimizer_state=opt.state_dict()["state"], torch_rng=torch.get_rng_state(),
+                optimizer_state=opt.state_dict()["state"], torch_rng=torch_rng,
                 epoch=epoch + 1, numpy_rng=rng.bit_generator.state,
                 lr_schedule=sched.state_dict(), early_stopping={"best": best, "bad": bad},
                 history=history, ema_model=None if ema is None else ema.state_dict())
