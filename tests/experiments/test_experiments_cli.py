@@ -151,6 +151,47 @@ def test_hf_backbone_runs_every_stage_and_method(experiment):
                  "--out-dir", str(experiment / "curve")]) == 0
 
 
+def test_torchrun_with_two_processes_runs_the_pipeline_like_one_process(experiment):
+    """``torchrun --nproc_per_node=2 -m vstar run``: rank 0 writes the usual run folders; SFT
+    and beam-group GRPO reach the single-process metrics (same global batches)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cfg = str(experiment / "cfg.yaml")
+    args = [cfg, "run.methods=[sft,grpo_beam,vstar]", "run.num_threads=1"]
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             "--nproc_per_node=2", "-m", "vstar", "run", *args, "run.name=ddp"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)    # its own group: killed whole on timeout
+    try:
+        stdout, stderr = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("torchrun did not finish in 180 s")
+    assert proc.returncode == 0, stderr[-3000:]
+    assert main(["run", *args]) == 0
+    exp, ddp = experiment / "runs" / "toy", experiment / "runs" / "ddp"
+    _assert_rl_logs(ddp)
+    assert (ddp / "results.md").is_file() and stdout.count("results table") == 1
+    for method in ("sft", "grpo_beam", "vstar"):
+        for name in ("config.yaml", "versions.json", "log.txt", "ranks_test.npy",
+                     "generator.safetensors", "status.json"):
+            assert (ddp / method / "seed0" / name).is_file(), (method, name)
+        assert json.loads((ddp / method / "seed0" / "status.json").read_text())["state"] == \
+            "finished"
+    for method in ("sft", "grpo_beam"):
+        one = json.loads((exp / method / "seed0" / "metrics.json").read_text())["metrics"]
+        two = json.loads((ddp / method / "seed0" / "metrics.json").read_text())["metrics"]
+        assert two["NDCG@10"] == pytest.approx(one["NDCG@10"], abs=1e-6), method
+
+
 def test_collaborative_sids_quantise_sasrec_item_embeddings(experiment):
     cfg = str(experiment / "cfg.yaml")
     assert main(["run", cfg, "sid.vectors=sasrec", "run.methods=[sft]"]) == 0

@@ -18,7 +18,6 @@ from vstar.model.hf import HFSidLM, new_hf_model
 from vstar.model.value import ValueHead
 from vstar.testing import HF_TYPES, tiny_hf_model, tiny_setup
 
-pytest.importorskip("transformers")   # a declared dependency: present wherever vstar installs
 
 
 @pytest.mark.parametrize("model_type", HF_TYPES)

@@ -94,7 +94,34 @@ def _scenarios(tmp=None) -> dict:
             records = trainer.train(progress=False)
             out[f"rl_{name}_{backbone}"] = {"records": records, "state": _state(policy),
                                             "value": _state(trainer.value_head)}
+    if tmp is not None:
+        out["resume_gap"] = _resume_gap(tmp, trie, rows, emb)
     return out
+
+
+def _resume_gap(tmp, trie, rows, emb) -> float:
+    """Largest weight difference between 3 sampled-group RL steps and 2 steps, save, load into
+    a fresh trainer, 1 step (each rank's sampling RNG is saved and restored)."""
+    cfg = RLConfig(decoder="sample", n_candidates=4, users_per_step=6, steps=3, lr=1e-2,
+                   warmup_steps=0, value_warmup_steps=0, value_diag_every=0,
+                   value_gate="always", checkpoint_every=0)
+    trainers = []
+    for steps in (3, 2, 3):
+        vocab, policy = _model("vstar")
+        trainers.append(RLTrainer(policy, vocab, trie, rows, cfg, 4, seed=1, item_emb=emb))
+        if len(trainers) < 3:
+            trainers[-1].total_steps = steps               # the cut run stops after step 2
+            trainers[-1].train(progress=False)
+    full, cut, resumed = trainers
+    cut.save(f"{tmp}/rl_state.safetensors")          # every rank calls it, rank 0 writes
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+    resumed.load(f"{tmp}/rl_state.safetensors")
+    resumed.train(progress=False)
+    a, b = _state(full.policy), _state(resumed.policy)
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
@@ -104,7 +131,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=WORLD)
     try:
-        torch.save(_scenarios(), f"{out_dir}/rank{rank}.pt")
+        torch.save(_scenarios(out_dir), f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -124,6 +151,7 @@ def test_one_sft_step_and_rl_steps_on_two_processes_equal_the_single_process_ste
             pytest.fail(f"the {WORLD} processes did not finish in {TIMEOUT_S} s")
     single = _scenarios()                       # no process group: the single-process run
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    assert [got.pop("resume_gap") for got in ranks] == [0.0] * WORLD   # resume under DDP
     for name, ref in single.items():
         for r, got in enumerate(ranks):
             run = got[name]

@@ -229,7 +229,7 @@ def pick_rng_state(saved: torch.Tensor) -> torch.Tensor:
     if saved.shape[0] != world_size():
         raise InputError(f"the state was saved by {saved.shape[0]} processes, this run has "
                          f"{world_size()}: resume with the same number of processes")
-    return saved[rank()].contiguous()
+    return saved[rank()].clone()        # a copy: set_state ignores a view's storage offset
 
 
 def reduce_record(record: dict, sum_keys: Iterable[str] = ()) -> dict:
