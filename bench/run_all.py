@@ -7,8 +7,10 @@
             code (target-in-group per step, HR@10)      -> synthetic_rl.json (+ .png)
     trie    SidTrie build seconds, peak memory and lookups, 1 M and 10 M items, dense vs sparse
                                                         -> trie_scale.json
+    hf_decode  beam search through the HF backbone vs the native decoder vs
+            transformers.generate with a prefix-lookup LogitsProcessor -> hf_decode.json
 
-    .venv/bin/python bench/run_all.py [--quick] [--only decode|ved|sft|synthetic_rl|trie ...] [--threads 1]
+    .venv/bin/python bench/run_all.py [--quick] [--only decode|ved|sft|synthetic_rl|trie|hf_decode ...] [--threads 1]
         [--device cpu|cuda] [--out-dir bench/results] [--repeats N] [--seed 0]
 
 --quick: tiny sizes, 1 repeat (a smoke test of the harness, well under a minute); without
@@ -27,6 +29,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_decode  # noqa: E402
+import bench_hf_decode  # noqa: E402
 import bench_sft  # noqa: E402
 import bench_synthetic_rl  # noqa: E402
 import bench_trie  # noqa: E402
@@ -34,7 +37,7 @@ import bench_ved  # noqa: E402
 import harness  # noqa: E402
 
 BENCHMARKS = {m.NAME: m for m in (bench_decode, bench_ved, bench_sft, bench_synthetic_rl,
-                                     bench_trie)}
+                                     bench_trie, bench_hf_decode)}
 
 
 def main(argv: list[str] | None = None) -> int:
