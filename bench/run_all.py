@@ -11,7 +11,10 @@
             decode ms/user vs the FLOP floor (beam-10/50, VED; concurrency 1/8/32)
                                                         -> serve_load.json
 
-    .venv/bin/python bench/run_all.py [--quick] [--only decode|ved|sft|synthetic_rl|trie|serve ...] [--threads 1]
+    hf_decode  beam search through the HF backbone vs the native decoder vs
+            transformers.generate with a prefix-lookup LogitsProcessor -> hf_decode.json
+
+    .venv/bin/python bench/run_all.py [--quick] [--only decode|ved|sft|synthetic_rl|trie|serve|hf_decode ...] [--threads 1]
         [--device cpu|cuda] [--out-dir bench/results] [--repeats N] [--seed 0]
 
 --quick: tiny sizes, 1 repeat (a smoke test of the harness, well under a minute); without
@@ -31,6 +34,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:
 
 import bench_decode  # noqa: E402
 import bench_serve  # noqa: E402
+import bench_hf_decode  # noqa: E402
 import bench_sft  # noqa: E402
 import bench_synthetic_rl  # noqa: E402
 import bench_trie  # noqa: E402
@@ -38,7 +42,7 @@ import bench_ved  # noqa: E402
 import harness  # noqa: E402
 
 BENCHMARKS = {m.NAME: m for m in (bench_decode, bench_ved, bench_sft, bench_synthetic_rl,
-                                     bench_trie, bench_serve)}
+                                     bench_trie, bench_serve, bench_hf_decode)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
     codes, vocab, trie, model, tokens, mask = tiny_setup()   # random catalogue + random model
     codes = random_catalogue(60, sizes=(6, 6, 4))            # distinct random SIDs only
+    ... = tiny_setup(backbone="qwen2")                       # the same, through a tiny HF model
     counted = CountingLM(model)                              # counts decode forward tokens
 """
 
@@ -48,14 +49,30 @@ def random_catalogue(n_items: int = 40, sizes=(4, 5, 3), seed: int = 0) -> np.nd
     return grid[np.random.default_rng(seed).choice(len(grid), n_items, replace=False)]
 
 
+HF_TYPES = ("qwen2", "llama", "gpt2")     # the HF model families the tests build
+
+
+def tiny_hf_model(vocab: SidVocab, model_type: str = "qwen2", n_layer: int = 2, n_head: int = 2,
+                  n_embd: int = 32, max_history: int = 20, seed: int = 0) -> nn.Module:
+    """A randomly initialised tiny Hugging Face backbone (``HFSidLM``) for ``vocab``, built
+    from a config (nothing downloaded), in eval mode, without dropout."""
+    from vstar.model.hf import new_hf_model
+
+    torch.manual_seed(seed)
+    cfg = ModelConfig(history="codes", n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                      dropout=0.0, backbone="hf", hf_config={"model_type": model_type})
+    return new_hf_model(cfg, vocab, max_history).eval()
+
+
 def tiny_setup(n_items: int = 40, sizes=(4, 5, 3), n_users: int = 5, seed: int = 0,
-               full: bool = False, history: str = "codes"):
+               full: bool = False, history: str = "codes", backbone: str = "vstar"):
     """A random catalogue of distinct SIDs, a 2-layer random generator far from uniform, and
     left-padded prompts of ``n_users`` random histories (1-5 items).
 
     Returns (codes [N, L], vocab, trie, model, tokens [B, T], pad_mask [B, T]); ``full`` uses every
     SID of the code grid as the catalogue; ``history="items"``: item-level history (one token
-    per history item, with a random item-ID embedding).
+    per history item, with a random item-ID embedding); ``backbone``: "vstar" (``SidGenerator``)
+    or an HF model type of ``HF_TYPES`` (``tiny_hf_model``, token-level history only).
     """
     rng = np.random.default_rng(seed)
     grid = _code_grid(sizes)
@@ -67,12 +84,17 @@ def tiny_setup(n_items: int = 40, sizes=(4, 5, 3), n_users: int = 5, seed: int =
                       dropout=0.0)
     vocab = SidVocab(list(sizes), n_items=len(codes) if items else 0)
     item_tokens = vocab.code_tokens(torch.as_tensor(codes)) if items else None
-    model = SidGenerator(cfg, vocab_size=vocab.size, block_size=64,
-                         item_code_tokens=item_tokens).eval()
-    with torch.no_grad():
-        model.wte.weight.normal_(0, 1.0)             # far from uniform
-        if items:
-            model.item_emb.weight.normal_(0, 1.0)
+    if backbone != "vstar":
+        model = tiny_hf_model(vocab, backbone, seed=seed)
+        with torch.no_grad():
+            model.lm.get_input_embeddings().weight.normal_(0, 1.0)    # far from uniform (tied)
+    else:
+        model = SidGenerator(cfg, vocab_size=vocab.size, block_size=64,
+                             item_code_tokens=item_tokens).eval()
+        with torch.no_grad():
+            model.wte.weight.normal_(0, 1.0)             # far from uniform
+            if items:
+                model.item_emb.weight.normal_(0, 1.0)
     histories = [rng.integers(0, len(codes), size=rng.integers(1, 6)) for _ in range(n_users)]
     tokens, mask = vocab.encode_histories(histories, torch.as_tensor(codes))
     return codes, vocab, trie, model, tokens, mask

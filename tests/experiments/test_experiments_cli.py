@@ -37,11 +37,15 @@ def test_run_writes_a_folder_per_method_and_a_results_table(experiment, capsys):
     assert "vstar" in capsys.readouterr().out
 
 
-def test_rl_resumes_from_its_saved_state(experiment, monkeypatch):
+HF_QWEN2 = ["model.backbone=hf", "model.history=codes", "model.hf_config.model_type=qwen2"]
+
+
+@pytest.mark.parametrize("backbone", [[], HF_QWEN2], ids=["vstar", "hf"])
+def test_rl_resumes_from_its_saved_state(experiment, monkeypatch, backbone):
     from vstar.train.rl import RLTrainer
 
     cfg = str(experiment / "cfg.yaml")
-    assert main(["run", cfg, "run.methods=[sft]"]) == 0
+    assert main(["run", cfg, "run.methods=[sft]", *backbone]) == 0
     step = RLTrainer.step
 
     def ctrl_c_at_step_2(self):
@@ -49,9 +53,9 @@ def test_rl_resumes_from_its_saved_state(experiment, monkeypatch):
             raise KeyboardInterrupt
         return step(self)
     monkeypatch.setattr(RLTrainer, "step", ctrl_c_at_step_2)
-    assert main(["rl", cfg, "--method", "vstar", "rl.steps=2"]) == 130    # Ctrl-C after step 1
-    monkeypatch.setattr(RLTrainer, "step", step)
-    assert main(["rl", cfg, "--method", "vstar", "rl.steps=2", "run.resume=true"]) == 0
+    assert main(["rl", cfg, "--method", "vstar", "rl.steps=2", *backbone]) == 130  # Ctrl-C
+    monkeypatch.setattr(RLTrainer, "step", step)                                  # after step 1
+    assert main(["rl", cfg, "--method", "vstar", "rl.steps=2", "run.resume=true", *backbone]) == 0
     log = experiment / "runs" / "toy" / "vstar" / "seed0" / "rl_log.jsonl"
     steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
     # the first call: 3 value warm-up steps + 1 RL step; the resumed call: the 2nd RL step
@@ -117,6 +121,75 @@ def test_item_level_history_runs_every_stage_and_method(experiment):
     _assert_rl_logs(exp)
     assert main(["budget", str(exp / "vstar" / "seed0"), "--widths", "2", "--max-users", "4",
                  "--out-dir", str(experiment / "curve")]) == 0
+
+
+def test_hf_backbone_runs_every_stage_and_method(experiment):
+    """model.backbone=hf with a tiny random Qwen2: SFT, GRPO (beam) and V-STAR write the usual
+    files, the generator in the Hugging Face layout; RL, the budget curve and serving load it."""
+    from transformers import AutoModelForCausalLM
+
+    from vstar.experiments.budget import load_run
+    from vstar.model.hf import HFSidLM
+
+    cfg = str(experiment / "cfg.yaml")
+    assert main(["run", cfg, *HF_QWEN2, "run.methods=[sft,grpo_beam,vstar]"]) == 0
+    exp = experiment / "runs" / "toy"
+    for method in ("sft", "grpo_beam", "vstar"):
+        run = exp / method / "seed0"
+        record = json.loads((run / "metrics.json").read_text())
+        assert record["invalid_rate"] == 0.0 and 0.0 <= record["metrics"]["HR@10"] <= 1.0
+        assert (run / "generator_hf" / "config.json").is_file()
+        assert (run / "generator_hf" / "sid_vocab.json").is_file()
+        assert not (run / "generator.safetensors").exists()
+    _assert_rl_logs(exp)
+    hf = AutoModelForCausalLM.from_pretrained(exp / "vstar" / "seed0" / "generator_hf",
+                                              local_files_only=True)
+    assert hf.config.model_type == "qwen2"
+    loaded = load_run(exp / "vstar" / "seed0")
+    assert isinstance(loaded.model, HFSidLM) and loaded.value_head is not None
+    assert main(["budget", str(exp / "vstar" / "seed0"), "--widths", "2", "--max-users", "4",
+                 "--out-dir", str(experiment / "curve")]) == 0
+
+
+def test_torchrun_with_two_processes_runs_the_pipeline_like_one_process(experiment):
+    """``torchrun --nproc_per_node=2 -m vstar run``: rank 0 writes the usual run folders; SFT
+    and beam-group GRPO reach the single-process metrics (same global batches)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cfg = str(experiment / "cfg.yaml")
+    args = [cfg, "run.methods=[sft,grpo_beam,vstar]", "run.num_threads=1"]
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             "--nproc_per_node=2", "-m", "vstar", "run", *args, "run.name=ddp"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)    # its own group: killed whole on timeout
+    try:
+        stdout, stderr = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("torchrun did not finish in 180 s")
+    assert proc.returncode == 0, stderr[-3000:]
+    assert main(["run", *args]) == 0
+    exp, ddp = experiment / "runs" / "toy", experiment / "runs" / "ddp"
+    _assert_rl_logs(ddp)
+    assert (ddp / "results.md").is_file() and stdout.count("results table") == 1
+    for method in ("sft", "grpo_beam", "vstar"):
+        for name in ("config.yaml", "versions.json", "log.txt", "ranks_test.npy",
+                     "generator.safetensors", "status.json"):
+            assert (ddp / method / "seed0" / name).is_file(), (method, name)
+        assert json.loads((ddp / method / "seed0" / "status.json").read_text())["state"] == \
+            "finished"
+    for method in ("sft", "grpo_beam"):
+        one = json.loads((exp / method / "seed0" / "metrics.json").read_text())["metrics"]
+        two = json.loads((ddp / method / "seed0" / "metrics.json").read_text())["metrics"]
+        assert two["NDCG@10"] == pytest.approx(one["NDCG@10"], abs=1e-6), method
 
 
 def test_collaborative_sids_quantise_sasrec_item_embeddings(experiment):

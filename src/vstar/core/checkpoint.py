@@ -17,6 +17,11 @@ is expected is a clear error naming the file, not a shape mismatch three calls l
                                                      early-stopping state and history
     sasrec        save_sasrec / load_sasrec          SASRec weights, its config and n_items
     embeddings    save_embeddings / load_embeddings  a float32 [N, D] matrix of item embeddings
+    hf_generator  save_hf_generator /                a folder in the Hugging Face layout
+                  load_hf_generator                  (``save_pretrained``: config.json,
+                                                     model.safetensors) plus ``sid_vocab.json``:
+                                                     the SID codebooks, where the SID tokens
+                                                     start in the HF vocabulary, the model config
 
 This is the only module that spells tensor keys or metadata fields of a checkpoint. Functions take
 and return plain tensors and dicts, so no model class is imported here (the model stage builds its
@@ -29,10 +34,10 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from vstar.core.errors import InputError
-from vstar.core.io import atomic_path, to_jsonable
+from vstar.core.io import atomic_dir, atomic_path, atomic_write_json, read_json, to_jsonable
 
 FORMAT_VERSION = 1
 KINDS = ("generator", "rl_state", "sft_state", "sasrec", "embeddings")
@@ -44,6 +49,7 @@ _SAMPLER_RNG = "sampler_rng"
 # sft_state sections
 _MODEL, _BEST, _TORCH_RNG = "model.", "best.", "torch_rng"
 EMBEDDINGS_KEY = "embeddings"   # also the tensor name of user-supplied vector files
+HF_SID_FILE = "sid_vocab.json"  # beside a Hugging Face model folder's config.json
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,6 +168,61 @@ def load_generator(path: str | os.PathLike) -> GeneratorCheckpoint:
              "generator")
     return GeneratorCheckpoint(tensors, meta["model_config"], int(meta["vocab_size"]),
                                int(meta["block_size"]), list(meta["codebook_sizes"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# generator in the Hugging Face layout
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class HFGeneratorCheckpoint:
+    path: Path                  # the folder: ``AutoModelForCausalLM.from_pretrained(path)``
+    codebook_sizes: list[int]
+    token_offset: int           # HF token id of vstar token 0 (PAD); SID tokens follow it
+    sid_vocab_size: int         # vstar's output vocabulary (PAD, BOS, every code)
+    model_config: dict          # the model section it was built with
+
+
+def save_hf_generator(path: str | os.PathLike, write_model: Callable[[Path], None], *,
+                      codebook_sizes: list[int], token_offset: int, sid_vocab_size: int,
+                      model_config: Mapping[str, Any]) -> Path:
+    """A Hugging Face model folder: ``write_model(folder)`` writes the weights and config
+    (``save_pretrained``), then ``sid_vocab.json`` records the SID vocabulary; the folder
+    replaces ``path`` atomically."""
+    path = Path(path)
+    with atomic_dir(path) as tmp:
+        write_model(tmp)
+        if not (tmp / "config.json").is_file():
+            raise InputError("the model writer left no config.json (save_pretrained)",
+                             file=str(path))
+        atomic_write_json(tmp / HF_SID_FILE, to_jsonable(
+            {_KIND: "hf_generator", _FORMAT: FORMAT_VERSION,
+             "codebook_sizes": [int(k) for k in codebook_sizes],
+             "token_offset": int(token_offset), "sid_vocab_size": int(sid_vocab_size),
+             "model_config": dict(model_config)}, "sid_vocab"))
+    return path
+
+
+def load_hf_generator(path: str | os.PathLike) -> HFGeneratorCheckpoint:
+    """The SID vocabulary of a folder written by ``save_hf_generator`` (the weights are read by
+    ``from_pretrained``); InputError naming the file if it is missing or malformed."""
+    path = Path(path)
+    meta_path = path / HF_SID_FILE
+    if not path.is_dir() or not meta_path.is_file():
+        raise InputError("not a vstar Hugging Face generator folder (expected config.json, "
+                         f"model.safetensors and {HF_SID_FILE})", file=str(meta_path))
+    meta, _ = read_json(meta_path)
+    if not isinstance(meta, dict) or meta.get(_KIND) != "hf_generator":
+        raise InputError("expected an 'hf_generator' vocabulary file", file=str(meta_path),
+                         field=_KIND)
+    if meta.get(_FORMAT) != FORMAT_VERSION:
+        raise InputError(f"checkpoint format {meta.get(_FORMAT)!r}, this vstar reads "
+                         f"{FORMAT_VERSION}", file=str(meta_path), field=_FORMAT)
+    _require(meta, ("codebook_sizes", "token_offset", "sid_vocab_size", "model_config"),
+             meta_path, "hf_generator")
+    return HFGeneratorCheckpoint(path, [int(k) for k in meta["codebook_sizes"]],
+                                 int(meta["token_offset"]), int(meta["sid_vocab_size"]),
+                                 dict(meta["model_config"]))
 
 
 # ---------------------------------------------------------------------------------------------

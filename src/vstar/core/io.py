@@ -47,6 +47,38 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success it replaces ``path`` (a folder).
+
+    For writers that fill a whole folder (``save_pretrained``). If the block raises, the
+    temporary folder is removed and ``path`` is untouched. The swap is two renames (the old
+    folder is moved aside, then deleted), so a kill between them leaves ``path`` missing and the
+    complete new folder under its temporary name, never a half-written ``path``.
+    """
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmpdir", dir=path.parent))
+    try:
+        yield tmp
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o777 & ~mask)            # mkdtemp makes 0700; a plain mkdir would not
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmpdir",
+                                        dir=path.parent))
+            os.replace(path, old / "old")
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
@@ -169,11 +201,18 @@ class FolderLock:
 
 
 def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
-    """Delete the ``.<name>.*.tmp`` files ``atomic_path`` leaves when a process is killed mid-write
-    (call only while holding the folder's lock). Returns what was removed."""
+    """Delete the ``.<name>.*.tmp`` files ``atomic_path`` and the ``.<name>.*.tmpdir`` folders
+    ``atomic_dir`` leave when a process is killed mid-write (call only while holding the
+    folder's lock). Returns what was removed."""
+    import shutil
+
     removed = []
     for tmp in Path(folder).rglob(".*.tmp"):
         if tmp.is_file():
             tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    for tmp in list(Path(folder).rglob(".*.tmpdir")):
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
             removed.append(tmp)
     return removed

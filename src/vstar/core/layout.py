@@ -10,7 +10,9 @@
             config.yaml versions.json seed.txt log.txt status.json provenance.json
             metrics.json                      the test split; other splits in <split>/metrics.json
             ranks_<split>.npy                 1-based rank of each row's target (0: not listed)
-            generator.safetensors             SFT / RL generator
+            generator.safetensors             SFT / RL generator (model.backbone=vstar)
+            generator_hf/                     ... in the Hugging Face layout (model.backbone=hf):
+                                              config.json model.safetensors sid_vocab.json
             sasrec.safetensors
             rl_state.safetensors rl_config.json rl_log.jsonl
             sft_history.json sft_state.safetensors   SFT per-epoch state (resume)
@@ -95,6 +97,21 @@ class RunLayout:
     @property
     def generator(self) -> Path:
         return self.path / "generator.safetensors"
+
+    @property
+    def generator_hf(self) -> Path:
+        """The generator as a Hugging Face model folder (``save_pretrained`` + SID vocabulary)."""
+        return self.path / "generator_hf"
+
+    def generator_for(self, backbone: str) -> Path:
+        """Where a generator of ``model.backbone`` is saved: the safetensors file (vstar) or the
+        Hugging Face folder (hf)."""
+        return self.generator_hf if backbone == "hf" else self.generator
+
+    @property
+    def generator_checkpoint(self) -> Path:
+        """The run's generator, whichever backbone wrote it (the HF folder if present)."""
+        return self.generator_hf if self.generator_hf.is_dir() else self.generator
 
     @property
     def sasrec(self) -> Path:

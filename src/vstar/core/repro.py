@@ -17,7 +17,7 @@ import numpy as np
 _VERSIONED = {  # versions.json key -> distribution names to try, first found wins
     "torch": ("torch",), "numpy": ("numpy",), "faiss": ("faiss-cpu", "faiss-gpu", "faiss"),
     "safetensors": ("safetensors",), "sentence_transformers": ("sentence-transformers",),
-    "omegaconf": ("omegaconf",), "scipy": ("scipy",),
+    "omegaconf": ("omegaconf",), "scipy": ("scipy",), "transformers": ("transformers",),
 }
 
 
@@ -134,4 +134,18 @@ def file_sha256(path: str | os.PathLike) -> str:
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
+    return h.hexdigest()
+
+
+def checkpoint_sha256(path: str | os.PathLike) -> str:
+    """sha256 (hex) of a checkpoint: a file's bytes, or for a folder (a Hugging Face model) the
+    names and sha256 of every file in it, in sorted order."""
+    import hashlib
+
+    path = Path(path)
+    if not path.is_dir():
+        return file_sha256(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f"{f.relative_to(path).as_posix()}\0{file_sha256(f)}\0".encode())
     return h.hexdigest()

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from vstar.core import dist
 from vstar.data.types import SplitRows
 from vstar.decode.beam import beam_search
 from vstar.decode.trie import SidTrie
@@ -23,13 +24,15 @@ def rank_rows(model: SidLM, vocab: SidVocab, trie: SidTrie, rows: SplitRows, wid
 
     ``decoder(model, vocab, trie, tokens, mask) -> DecodeResult`` replaces beam search (e.g. VED).
     Rows are decoded in batches of similar history length. Cost: decode forward tokens per user,
-    wall seconds per user, invalid SIDs.
+    wall seconds per user, invalid SIDs. Under torchrun (``vstar.core.dist``) every rank must call
+    it: each decodes its share of the rows and every rank gets the whole ranking back (wall
+    seconds: the slowest rank's).
     """
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
         model.eval()
     item_codes = trie.codes
-    order = np.argsort([len(h) for h in rows.histories], kind="stable")
+    order = dist.shard(np.argsort([len(h) for h in rows.histories], kind="stable"))
     ranked = np.full((len(rows), width), -1, dtype=np.int64)
     fwd, invalid = 0, 0
     t0 = time.perf_counter()
@@ -46,6 +49,12 @@ def rank_rows(model: SidLM, vocab: SidVocab, trie: SidTrie, rows: SplitRows, wid
         fwd += res.forward_tokens
         invalid += res.n_invalid
     wall = time.perf_counter() - t0
+    if dist.active():                                  # every rank's rows, to every rank
+        parts = dist.all_gather_objects((order, ranked[order], fwd, invalid, wall))
+        fwd, invalid, wall = 0, 0, 0.0
+        for rows_r, ranked_r, fwd_r, invalid_r, wall_r in parts:
+            ranked[rows_r] = ranked_r
+            fwd, invalid, wall = fwd + fwd_r, invalid + invalid_r, max(wall, wall_r)
     if was_training:
         model.train()
     n = max(1, len(rows))

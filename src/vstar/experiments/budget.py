@@ -30,7 +30,8 @@ from vstar.decode.config import VEDConfig
 from vstar.decode.trie import SidTrie
 from vstar.eval.budget import budget_curve, plot_budget_curve
 from vstar.model.config import ValueHeadConfig
-from vstar.model.generator import SidGenerator, load_generator, make_vocab
+from vstar.model.backbone import SidModel, load_model
+from vstar.model.generator import make_vocab
 from vstar.model.value import ValueHead
 from vstar.model.vocab import SidVocab
 from vstar.train.config import RLConfig
@@ -52,7 +53,7 @@ def _rl_config(saved: dict, path: Path) -> RLConfig:
 
 
 def load_rl_run(run_dir: str | os.PathLike, vocab: SidVocab, item_codes=None
-                ) -> tuple[SidGenerator, ValueHead, RLConfig]:
+                ) -> tuple[SidModel, ValueHead, RLConfig]:
     """(generator, value head, RL config) of an RL run folder, the modules in eval mode."""
     layout = RunLayout(Path(run_dir))
     if not layout.rl_state.is_file():
@@ -60,7 +61,7 @@ def load_rl_run(run_dir: str | os.PathLike, vocab: SidVocab, item_codes=None
                          "(<experiment>/<rl method>/seed<k>)", file=str(layout.rl_state))
     state = checkpoint.load_rl_state(layout.rl_state)
     rl_cfg = _rl_config(state.config, layout.rl_state)
-    model = load_generator(layout.generator, vocab, item_codes)
+    model = load_model(layout.generator_checkpoint, vocab, item_codes)
     head = ValueHead(model.hidden_size, rl_cfg.value_head)
     try:
         head.load_state_dict(state.value_head)
@@ -80,7 +81,7 @@ class LoadedRun:
     splits: Splits
     vocab: SidVocab
     trie: SidTrie
-    model: SidGenerator
+    model: SidModel
     value_head: ValueHead | None   # None for an SFT-only folder
     rl_cfg: RLConfig | None        # the RL config the value head was trained with
 
@@ -115,10 +116,10 @@ def load_run(run_dir: str | os.PathLike, threads: int | None = None) -> LoadedRu
     if layout.rl_state.is_file():
         model, value_head, rl_cfg = load_rl_run(layout.path, vocab, trie.codes)
     else:
-        if not layout.generator.is_file():
-            raise InputError("no generator checkpoint in the run folder",
-                             file=str(layout.generator))
-        model, value_head, rl_cfg = load_generator(layout.generator, vocab, trie.codes), None, None
+        ckpt = layout.generator_checkpoint
+        if not ckpt.exists():
+            raise InputError("no generator checkpoint in the run folder", file=str(ckpt))
+        model, value_head, rl_cfg = load_model(ckpt, vocab, trie.codes), None, None
     return LoadedRun(layout, cfg, data, splits, vocab, trie, model, value_head, rl_cfg)
 
 

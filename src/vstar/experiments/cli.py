@@ -12,6 +12,10 @@
     vstar serve runs/scientific/vstar/seed0 --port 8000     # HTTP: POST /recommend, GET /metadata
     vstar rl-summary runs/scientific grpo_beam vstar        # mean of every logged RL curve
 
+Data-parallel training on several processes or GPUs (``vstar.core.dist``)::
+
+    torchrun --nproc_per_node=2 -m vstar run configs/demo_ml100k.yaml run.num_threads=1
+
 The CLI owns no logic: it parses arguments and calls ``vstar.experiments``. The methods offered by
 ``sft``, ``baseline`` and ``rl`` come from the method registry (``vstar.experiments.registry``).
 """
@@ -26,8 +30,10 @@ from pathlib import Path
 from vstar.core.errors import InputError
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+def _setup_logging(verbose: bool, main: bool = True) -> None:
+    """Console logging; under torchrun only rank 0 logs below WARNING."""
+    level = (logging.DEBUG if verbose else logging.INFO) if main else logging.WARNING
+    logging.basicConfig(level=level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
@@ -60,8 +66,12 @@ def cmd_run(args) -> None:
     from vstar.core.layout import ExperimentLayout
     from vstar.experiments.pipeline import run_pipeline
 
+    from vstar.core import dist
+
     cfg = _load(args)
     run_pipeline(cfg)
+    if not dist.is_main():
+        return
     experiment = ExperimentLayout.of_config(cfg)
     table = _print_results([experiment.root])
     atomic_write_text(experiment.results, table + "\n")
@@ -104,13 +114,15 @@ def cmd_sid(args) -> None:
 
 
 def _run_methods(args, methods) -> None:
+    from vstar.core import dist
     from vstar.experiments.pipeline import check_runs_free, prepare, run_method
 
     cfg = _load(args)
     check_runs_free(cfg, list(methods))
     prep = prepare(cfg)
     paths = [run_method(cfg, prep, m, seed) for seed in cfg.run.seeds for m in methods]
-    _print_results(paths)
+    if dist.is_main():
+        _print_results(paths)
 
 
 def cmd_methods(args) -> None:
@@ -261,7 +273,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--method needs at least one method name")
     if extra:
         args.overrides = list(args.overrides) + extra
-    _setup_logging(args.verbose)
+    from vstar.core import dist
+
+    joined = dist.init_from_env()                     # under torchrun: join its process group
+    _setup_logging(args.verbose, dist.is_main())
     try:
         args.fn(args)
     except InputError as err:
@@ -275,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{err.filename}: " if err.filename else ""
         print(f"error: {where}{err.strerror or err}", file=sys.stderr)
         return 1
+    finally:
+        if joined:
+            dist.shutdown()
     return 0
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from vstar.baselines import PopularityRecommender, train_sasrec
+from vstar.core import dist
 from vstar.core.errors import InputError
 from vstar.core.io import atomic_write_json
 from vstar.data.types import SplitRows
@@ -35,8 +36,8 @@ from vstar.decode.trie import SidTrie
 from vstar.experiments.collab import ranking_metrics, sasrec_validation, teacher_sasrec
 from vstar.experiments.pipeline import MethodContext, Ranker, parent_run
 from vstar.experiments.registry import Method, register
-from vstar.model.generator import (SidGenerator, load_generator, make_vocab, new_generator,
-                                   save_generator)
+from vstar.model.backbone import SidModel, load_model, new_model, save_model
+from vstar.model.generator import make_vocab
 from vstar.model.vocab import SidVocab
 from vstar.train.rl import RLTrainer
 from vstar.train.sft import train_sft
@@ -59,7 +60,7 @@ def timed_ranker(model: Any, width: int) -> Ranker:
     return rank
 
 
-def beam_ranker(ctx: MethodContext, model: SidGenerator, vocab: SidVocab, trie: SidTrie) -> Ranker:
+def beam_ranker(ctx: MethodContext, model: SidModel, vocab: SidVocab, trie: SidTrie) -> Ranker:
     """rank(rows, split) for a SID generator: constrained beam search of width eval.beam_width."""
     cfg = ctx.cfg
 
@@ -113,9 +114,11 @@ def run_sasrec(ctx: MethodContext) -> dict:
     scfg = dataclasses.replace(cfg.sasrec, max_len=splits.max_history)
 
     t0 = time.perf_counter()
+    # baselines are not data-parallel: under torchrun each rank trains the same SASRec (same
+    # seed) and rank 0 saves it
     model = train_sasrec(splits, ctx.prep.data.n_items, scfg, seed=ctx.seed,
                          validate=sasrec_validation(splits, scfg),
-                         checkpoint_path=ctx.run.layout.sasrec)
+                         checkpoint_path=ctx.run.layout.sasrec if dist.is_main() else None)
     return ctx.evaluate(timed_ranker(model, cfg.eval.beam_width), time.perf_counter() - t0,
                         {"n_parameters": sum(p.numel() for p in model.parameters())})
 
@@ -123,25 +126,28 @@ def run_sasrec(ctx: MethodContext) -> dict:
 def run_sft(ctx: MethodContext) -> dict:
     cfg, splits = ctx.cfg, ctx.prep.splits
     vocab, trie = sid_tables(ctx)
-    model = new_generator(cfg.model, vocab, trie.codes, splits.max_history)
-    log.info("generator: %d parameters, vocabulary %d, %d SID levels", model.num_parameters(),
-             vocab.size, vocab.n_levels)
+    model = new_model(cfg.model, vocab, trie.codes, splits.max_history)
+    log.info("generator (%s backbone): %d parameters, vocabulary %d, %d SID levels",
+             cfg.model.backbone, model.num_parameters(), vocab.size, vocab.n_levels)
 
-    def validate(model: SidGenerator, rows: SplitRows) -> dict:
+    def validate(model: SidModel, rows: SplitRows) -> dict:
         ranked, _ = rank_rows(model, vocab, trie, rows, cfg.sft.val_beam,
                               max_history=splits.max_history)
         return ranking_metrics(ranked, rows.targets, 10)
 
     t0 = time.perf_counter()
-    teacher = (teacher_sasrec(cfg, splits, ctx.prep.data.n_items, ctx.experiment.teacher)
-               if cfg.sft.distill > 0 else None)
+    teacher = None
+    if cfg.sft.distill > 0:
+        with dist.main_first():                   # rank 0 trains and saves it if missing
+            teacher = teacher_sasrec(cfg, splits, ctx.prep.data.n_items, ctx.experiment.teacher)
     model, history = train_sft(model, vocab, trie, splits, cfg.sft, seed=ctx.seed,
                                validate=validate, progress=cfg.run.progress, teacher=teacher,
                                checkpoint_path=ctx.run.layout.sft_state,
                                resume=ctx.run.resumed)
     train_s = time.perf_counter() - t0
-    atomic_write_json(ctx.run.layout.sft_history, history)
-    save_generator(ctx.run.layout.generator, model, vocab)
+    if dist.is_main():
+        atomic_write_json(ctx.run.layout.sft_history, history)
+        save_model(ctx.run.layout.generator_for(cfg.model.backbone), model, vocab)
     return ctx.evaluate(beam_ranker(ctx, model, vocab, trie), train_s,
                         {"n_parameters": model.num_parameters(), "epochs": len(history),
                          "sid_levels": vocab.n_levels})
@@ -153,10 +159,11 @@ def run_rl(ctx: MethodContext) -> dict:
     cfg, prep, layout = ctx.cfg, ctx.prep, ctx.run.layout
     sft_ckpt = parent_run(ctx, "sft")        # finished, same SIDs and items; recorded as parent
     vocab, trie = sid_tables(ctx)
-    policy = load_generator(sft_ckpt, vocab, trie.codes)
+    policy = load_model(sft_ckpt, vocab, trie.codes)
     rcfg = dataclasses.replace(cfg.rl, **ctx.method.preset)
     rcfg.validate()
-    atomic_write_json(layout.rl_config, dataclasses.asdict(rcfg))
+    if dist.is_main():
+        atomic_write_json(layout.rl_config, dataclasses.asdict(rcfg))
     values = None
     if cfg.data.value_cols and cfg.data.value_cols[0] in prep.data.item_features:
         values = prep.data.item_features[cfg.data.value_cols[0]]
@@ -167,15 +174,17 @@ def run_rl(ctx: MethodContext) -> dict:
         if trainer.step_idx > rcfg.steps:
             raise InputError(f"got {rcfg.steps}, expected at least the {trainer.step_idx} steps "
                              f"the saved state already took", field="rl.steps")
-        trainer.history = keep_logged_steps(layout.rl_log, trainer.step_idx)
+        if dist.is_main():                                # the log is rank 0's
+            trainer.history = keep_logged_steps(layout.rl_log, trainer.step_idx)
         log.info("resumed RL from %s at step %d", layout.rl_state, trainer.step_idx)
-    elif layout.rl_log.is_file():
+    elif layout.rl_log.is_file() and dist.is_main():
         layout.rl_log.unlink()                            # a resume without state starts over
     t0 = time.perf_counter()
     trainer.train(layout.rl_log, layout.rl_state, progress=cfg.run.progress)
     train_s = time.perf_counter() - t0
-    trainer.save(layout.rl_state)
-    save_generator(layout.generator, policy, vocab)
+    trainer.save(layout.rl_state)                         # every rank (gathers RNGs), rank 0 writes
+    if dist.is_main():
+        save_model(layout.generator_for(cfg.model.backbone), policy, vocab)
     # the mean over RL steps (value warm-up steps left out) of every logged curve (exploration,
     # advantage spread, value diagnostic, cost); NaN entries (undefined in a step) are skipped
     hist = [h for h in trainer.history if not h.get("value_warmup")]

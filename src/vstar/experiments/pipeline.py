@@ -3,6 +3,10 @@
     cfg = load_config("configs/demo_ml100k.yaml")
     run_pipeline(cfg)                 # every (seed, method) of cfg.run, one run folder each
 
+Under torchrun (``vstar.core.dist``) every rank runs the same pipeline: rank 0 prepares the
+shared artifacts first and alone creates, writes and locks run folders; the trainers and the
+evaluation split their work over the ranks (``train_sft``, ``RLTrainer``, ``rank_rows``).
+
 Each stage is a function the CLI calls; none of them parses the command line. Artefacts shared by
 all runs of one config (SIDs, their report) live in the experiment's ``artifacts/``; every
 (method, seed) gets its own run folder (``vstar.core.layout``). What a method does is its runner
@@ -23,10 +27,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from vstar.core import dist
 from vstar.core.errors import InputError, check_finite
 from vstar.core.io import FolderLock, atomic_path, atomic_write_json, read_json
 from vstar.core.layout import ExperimentLayout
-from vstar.core.repro import file_sha256, fingerprint, set_seed
+from vstar.core.repro import checkpoint_sha256, file_sha256, fingerprint, set_seed
 from vstar.data import load_dataset, make_splits
 from vstar.data.types import InteractionData, SplitRows, Splits
 from vstar.eval.metrics import evaluate_ranking, target_ranks
@@ -161,10 +166,14 @@ def training_popularity(splits: Splits, n_items: int) -> np.ndarray:
 
 
 def prepare(cfg: Any) -> Prepared:
+    """Data, splits and SIDs (under torchrun rank 0 builds and writes the SIDs first, the other
+    ranks then read them)."""
     experiment = ExperimentLayout.of_config(cfg)
-    experiment.artifacts.mkdir(parents=True, exist_ok=True)
-    data, splits, t_data = prepare_data(cfg)
-    sids, report, emb, t_sid = prepare_sids(cfg, data, splits, experiment)
+    with dist.main_first():
+        if dist.is_main():
+            experiment.artifacts.mkdir(parents=True, exist_ok=True)
+        data, splits, t_data = prepare_data(cfg)
+        sids, report, emb, t_sid = prepare_sids(cfg, data, splits, experiment)
     return Prepared(data, splits, sids, report, emb, training_popularity(splits, data.n_items),
                     {"data": t_data, "sid": t_sid})
 
@@ -175,7 +184,8 @@ def prepare(cfg: Any) -> Prepared:
 
 def evaluate_split(ctx: MethodContext, split: str, ranked: np.ndarray, cost: dict,
                    extra: dict) -> dict:
-    """Metrics of one split's ranking -> ranks file + metrics.json of the run; returns them."""
+    """Metrics of one split's ranking -> ranks file + metrics.json of the run (rank 0 writes);
+    returns them."""
     cfg, prep, layout = ctx.cfg, ctx.prep, ctx.run.layout
     rows = getattr(prep.splits, split)
     metrics = evaluate_ranking(ranked, rows.targets, n_items=prep.data.n_items, ks=list(cfg.eval.ks),
@@ -183,6 +193,8 @@ def evaluate_split(ctx: MethodContext, split: str, ranked: np.ndarray, cost: dic
     for name, value in metrics.items():    # accuracy is always defined; diversity metrics are
         if name.startswith(("HR@", "NDCG@")):  # NaN where undefined (ILD@1: no pairs)
             check_finite(value, f"{split} metric {name}")
+    if not dist.is_main():
+        return {"path": None, **metrics}
     with atomic_path(layout.ranks(split)) as tmp:   # per-row target ranks for paired tests
         with open(tmp, "wb") as fh:
             np.save(fh, target_ranks(ranked, rows.targets))
@@ -220,26 +232,37 @@ def evaluate_splits(ctx: MethodContext, rank: Ranker, train_seconds: float, extr
 def run_method(cfg: Any, prep: Prepared, method: str, seed: int) -> Path:
     """One (method, seed): a fresh run folder (or, with ``run.resume``, the unfinished one, whose
     config and SIDs must match; a finished one is kept as is), then the method's runner from the
-    registry. The folder is locked while the runner works."""
+    registry. The folder is locked while the runner works. Under torchrun rank 0 creates (or
+    resumes) and owns the folder; the other ranks run the runner beside it, writing nothing."""
     spec = get_method(method)
     torch.set_num_threads(cfg.run.num_threads)
     set_seed(seed)
     experiment = ExperimentLayout.of_config(cfg)
     layout = experiment.run(method, seed)
     config = dataclasses.asdict(cfg)
-    if cfg.run.resume and layout.versions.is_file():
-        if run_state(layout.path) == "finished":
-            log.info("%s seed %d already finished: kept as is (run.resume)", method, seed)
-            return layout.path
-        run = RunDir.resume(layout.path, config, resumable=RESUMABLE, console=False)
-    else:
-        run = RunDir.create(experiment.root, experiment.run_name(method, seed), config, seed,
-                            overwrite=cfg.run.overwrite, console=False)
-    try:
-        check_provenance(run, prep)
-    except BaseException:
-        run.close()
-        raise
+    owned: list[RunDir] = []
+
+    def open_run() -> tuple[bool, bool]:          # (already finished, resumed); rank 0 only
+        if cfg.run.resume and layout.versions.is_file():
+            if run_state(layout.path) == "finished":
+                log.info("%s seed %d already finished: kept as is (run.resume)", method, seed)
+                return True, True
+            run = RunDir.resume(layout.path, config, resumable=RESUMABLE, console=False)
+        else:
+            run = RunDir.create(experiment.root, experiment.run_name(method, seed), config,
+                                seed, overwrite=cfg.run.overwrite, console=False)
+        try:
+            check_provenance(run, prep)
+        except BaseException:
+            run.close()
+            raise
+        owned.append(run)
+        return False, run.resumed
+
+    finished, resumed = dist.main_result(open_run)
+    if finished:
+        return layout.path
+    run = owned[0] if owned else RunDir(layout.path, seed, [], resumed=resumed)  # other ranks
     with run:
         run.logger.info("method %s, seed %d, dataset %s (%s)", method, seed, prep.data.name,
                         prep.splits.protocol)
@@ -266,8 +289,8 @@ def parent_run(ctx: MethodContext, method: str) -> Path:
     run finished and was trained on this run's SIDs and items; records it as the parent (path and
     sha256) in this run's provenance.json."""
     parent = ctx.experiment.run(method, ctx.seed)
-    ckpt = parent.generator
-    if not ckpt.is_file():
+    ckpt = parent.generator_for(ctx.cfg.model.backbone)
+    if not ckpt.exists():
         raise InputError(f"this run starts from the {method} generator of seed {ctx.seed}: run "
                          f"method {method!r} first (put it before the RL methods in run.methods)",
                          file=str(ckpt))
@@ -282,13 +305,17 @@ def parent_run(ctx: MethodContext, method: str) -> Path:
                 raise InputError(f"the {method} generator was trained on other {key} than this "
                                  f"config gives (the experiment's {key} changed since); rerun "
                                  f"{method!r} or restore them", file=str(parent.provenance))
-    prov, _ = read_json(ctx.run.layout.provenance)
-    sha = file_sha256(ckpt)
-    if ctx.run.resumed and prov.get("parent", {}).get("generator_sha256", sha) != sha:
-        raise InputError("cannot resume: the parent generator changed since this run started",
-                         file=str(ckpt))
-    prov["parent"] = {"run": str(parent.path), "generator_sha256": sha}
-    atomic_write_json(ctx.run.layout.provenance, prov)
+
+    def record_parent() -> None:                  # rank 0 writes the run's provenance
+        prov, _ = read_json(ctx.run.layout.provenance)
+        sha = checkpoint_sha256(ckpt)
+        if ctx.run.resumed and prov.get("parent", {}).get("generator_sha256", sha) != sha:
+            raise InputError("cannot resume: the parent generator changed since this run "
+                             "started", file=str(ckpt))
+        prov["parent"] = {"run": str(parent.path), "generator_sha256": sha}
+        atomic_write_json(ctx.run.layout.provenance, prov)
+
+    dist.main_result(record_parent)
     return ckpt
 
 
@@ -314,5 +341,6 @@ def run_pipeline(cfg: Any) -> list[Path]:
             t0 = time.perf_counter()
             runs.append(run_method(cfg, prep, method, seed))
             prep.stage_seconds[f"{method}/seed{seed}"] = time.perf_counter() - t0
-    atomic_write_json(ExperimentLayout.of_config(cfg).stage_seconds, prep.stage_seconds)
+    if dist.is_main():
+        atomic_write_json(ExperimentLayout.of_config(cfg).stage_seconds, prep.stage_seconds)
     return runs

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-from vstar.core.validate import (boolean, check_fields, count, fraction, non_negative, one_of,
-                                 require)
+from vstar.core.validate import (Rule, boolean, check_fields, count, fraction, non_negative,
+                                 one_of, require, text)
 
 HISTORY_INPUTS = ("codes", "items")
+BACKBONES = ("vstar", "hf")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _overrides(v: Any) -> bool:
+    """A mapping of Hugging Face config attribute names to values (nested values allowed)."""
+    return isinstance(v, dict) and all(isinstance(k, str) and k for k in v)
 
 
 @dataclass
@@ -25,14 +33,42 @@ class ModelConfig:
     # Defaults: what won on validation (README, "The generator").
     history: str = "items"
     item_id_embedding: bool = True
+    # The network behind the SID vocabulary: "vstar" (``SidGenerator``, above sizes) or "hf",
+    # a Hugging Face causal LM (``vstar.model.hf``) with one added token per SID code plus
+    # BOS/PAD, either loaded from a local pretrained folder (hf_name_or_path; no hub download)
+    # or built from a config (hf_config, which must then name its model_type: qwen2, llama,
+    # gpt2, ...). Without hf_config sizes, the built model takes n_layer / n_head / n_embd /
+    # dropout above. The HF backbone reads token-level histories (history: codes).
+    backbone: str = "vstar"
+    hf_name_or_path: str = ""
+    hf_config: dict[str, Any] = field(default_factory=dict)
+    # The HF backbone's weight dtype (the value head and the logits stay float32).
+    dtype: str = "float32"
 
     RULES = {"n_layer": count, "n_head": count, "n_embd": count, "dropout": fraction,
-             "history": one_of(*HISTORY_INPUTS), "item_id_embedding": boolean()}
+             "history": one_of(*HISTORY_INPUTS), "item_id_embedding": boolean(),
+             "backbone": one_of(*BACKBONES), "hf_name_or_path": text(nonempty=False),
+             "hf_config": Rule(_overrides, "a mapping of HF config attribute names to values"),
+             "dtype": one_of(*DTYPES)}
 
     def validate(self, prefix: str = "model") -> None:
         check_fields(self, prefix, self.RULES)
         require(self.n_embd % self.n_head == 0, f"{prefix}.n_head", self.n_head,
                 f"a divisor of {prefix}.n_embd={self.n_embd}")
+        if self.backbone == "hf":
+            require(self.history == "codes", f"{prefix}.history", self.history,
+                    f"'codes' with {prefix}.backbone=hf (the HF backbone reads token-level "
+                    "histories)")
+            require(bool(self.hf_name_or_path.strip()) or bool(self.hf_config.get("model_type")),
+                    f"{prefix}.hf_config", self.hf_config,
+                    f"a model_type (qwen2, llama, gpt2, ...) when {prefix}.hf_name_or_path is "
+                    "empty")
+        else:
+            require(not self.hf_name_or_path and not self.hf_config, f"{prefix}.backbone",
+                    self.backbone, f"'hf' when {prefix}.hf_name_or_path or {prefix}.hf_config "
+                    "is set")
+            require(self.dtype == "float32", f"{prefix}.dtype", self.dtype,
+                    f"'float32' with {prefix}.backbone=vstar (dtype applies to the HF backbone)")
 
 
 @dataclass

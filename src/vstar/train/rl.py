@@ -21,6 +21,14 @@ runs with a value of 0 (docs/method.md section 9).
 
 Everything the paper's ablations switch is a field of ``RLConfig`` (``vstar.train.config``); the
 named ablation rows are presets in the method registry (``vstar.experiments.methods``).
+
+Under torchrun (``vstar.core.dist``) every rank draws the same users for a step and works on its
+share of them: it proposes, rewards and computes GRPO / sibling advantages and value targets for
+its own users only (they are per user); each loss term is weighted by the rank's share of the
+term's units (active users, value entries) and gradients of the policy and the value head are
+summed over ranks before clipping, so a step equals the single-process step on the same users.
+The value diagnostic (and so VED's value gate) is reduced over ranks; rank 0 writes the log and
+the checkpoints, which hold every rank's sampling RNG.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from vstar.core import checkpoint
+from vstar.core import checkpoint, dist
 from vstar.core.errors import InputError, check_finite
 from vstar.data.types import SplitRows
 from vstar.decode.beam import beam_search
@@ -46,7 +54,7 @@ from vstar.decode.sampling import constrained_sample
 from vstar.decode.scoring import score_candidates
 from vstar.decode.trie import SidTrie
 from vstar.decode.ved import value_guided_decode
-from vstar.model.generator import SidGenerator
+from vstar.model.backbone import SidModel
 from vstar.model.value import ValueHead
 from vstar.model.vocab import SidVocab
 from vstar.train.advantages import (PrefixEmbeddings, SiblingAdvantages, dense_value_rewards,
@@ -119,7 +127,7 @@ def _zero_value(hidden: torch.Tensor) -> torch.Tensor:
 class RLTrainer:
     """Holds the policy, the frozen reference (SFT) model, the value head and the optimiser."""
 
-    def __init__(self, policy: SidGenerator, vocab: SidVocab, trie: SidTrie, rows: SplitRows,
+    def __init__(self, policy: SidModel, vocab: SidVocab, trie: SidTrie, rows: SplitRows,
                  cfg: RLConfig, max_history: int, seed: int = 0,
                  item_emb: np.ndarray | None = None, item_values: np.ndarray | None = None,
                  reward_fn: str | Callable | None = None):
@@ -130,10 +138,16 @@ class RLTrainer:
         # the updated pi and the frozen reference are then the same function before the update,
         # so ratios start at 1 and the KL starts at 0.
         self.policy = policy.eval()
+        if dist.world_size() > min(cfg.users_per_step, len(rows)):
+            raise InputError(f"got {cfg.users_per_step} users per step ({len(rows)} rows), "
+                             f"expected at least one per process ({dist.world_size()})",
+                             field="rl.users_per_step")
+        dist.broadcast_module(policy)                          # every rank: rank 0's weights
         self.reference = copy.deepcopy(policy).eval()          # frozen SFT model for the KL term
         for p in self.reference.parameters():
             p.requires_grad_(False)
         self.value_head = ValueHead(policy.hidden_size, cfg.value_head).eval()
+        dist.broadcast_module(self.value_head)
         self.reward_fn = get_reward(reward_fn or cfg.reward)
         self.sibling_reward_fn = (None if cfg.sibling_reward == RL_SIBLING_SAME
                                   else get_reward(cfg.sibling_reward))
@@ -151,7 +165,7 @@ class RLTrainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, [self._policy_lr_factor, self._value_lr_factor])
         self.rng = np.random.default_rng(seed)
-        self.gen = torch.Generator().manual_seed(seed)
+        self.gen = torch.Generator().manual_seed(dist.rank_seed(seed))  # per rank (sampling)
         self.step_idx = 0
         # VED decodes with V from this step on (-1: not yet); docs/method.md section 9
         self.value_in_ved_since = 0 if cfg.value_gate == "always" else -1
@@ -250,10 +264,15 @@ class RLTrainer:
                 logp_old = sc.log_probs.detach()
             terms["grpo"], g_stats = grpo_loss(sc.log_probs, logp_old, logp_ref, adv, b.valid,
                                                cfg.clip_eps, cfg.kl_beta)
+            # both policy losses are means over the users with a valid candidate: this rank's
+            # weight in the global mean (1 with one process; vstar.core.dist)
+            user_share = dist.global_share(int((b.valid.sum(1) > 0).sum()))
+            terms["grpo"] = terms["grpo"] * user_share
             stats.update({f"grpo_{k}": v for k, v in g_stats.items()})
             if cfg.sibling:                                               # Eq. 19
                 terms["sib"], s_stats = sibling_loss(sc.log_probs, logp_old, logp_ref, sib,
                                                      b.valid, cfg.clip_eps, cfg.kl_beta)
+                terms["sib"] = terms["sib"] * user_share
                 stats["sib_clip_frac"] = s_stats.get("clip_frac", 0.0)
         if cfg.value_loss:
             terms["value"], v_stats = self._value_term(b, sc.hidden, dense, value_only)
@@ -291,10 +310,13 @@ class RLTrainer:
         return loss, stats
 
     def _td_loss(self, hiddens, denses, masks) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean squared TD error over all paths; also V of the first part (the candidates)."""
+        """Mean squared TD error over all paths; also V of the first part (the candidates).
+        Under torchrun: this rank's share of the mean over every rank's entries."""
         values = [self.value_head(h) for h in hiddens]                   # [B, G_i, L] each
         targets = [td_targets(v, r, self.cfg.gamma) for v, r in zip(values, denses)]
-        loss = value_loss(torch.cat(values, 1), torch.cat(targets, 1), torch.cat(masks, 1))
+        mask = torch.cat(masks, 1)
+        loss = value_loss(torch.cat(values, 1), torch.cat(targets, 1), mask)
+        loss = loss * dist.global_share(int(mask.sum()))     # entries: mask x L on every rank
         return loss, values[0]
 
     def refit_value(self, n: int) -> float:
@@ -307,9 +329,10 @@ class RLTrainer:
             loss, _ = self._td_loss(*self._value_data)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
+            dist.all_reduce_grads(head)
             torch.nn.utils.clip_grad_norm_(head, self.cfg.value_grad_clip)
             self.opt.step()                       # the policy has no gradient: left unchanged
-            last = float(loss.detach())
+            last = float(loss.detach())   # this rank's share (the step record sums them)
         return last
 
     # ------------------------------------------------------------------ 5. update
@@ -335,6 +358,7 @@ class RLTrainer:
             params = pol + head
             grads = torch.autograd.grad(loss_v, params, retain_graph=loss_pi is not None,
                                         allow_unused=True)
+            grads = dist.reduce_grad_list(params, grads)             # summed over ranks
             present = [g for g in grads if g is not None]
             norm_v = float(torch.linalg.vector_norm(torch.stack(
                 [torch.linalg.vector_norm(g) for g in present]))) if present else 0.0
@@ -342,6 +366,7 @@ class RLTrainer:
             norm_p = 0.0
             if loss_pi is not None:
                 loss_pi.backward()
+                dist.all_reduce_grads(pol)
                 norm_p = float(torch.nn.utils.clip_grad_norm_(pol, cfg.grad_clip))
             for p, g in zip(params, grads):
                 if g is None:
@@ -351,6 +376,7 @@ class RLTrainer:
         total = (loss_pi if loss_pi is not None else 0.0) + (loss_v if loss_v is not None else 0.0)
         if isinstance(total, torch.Tensor) and total.requires_grad:
             total.backward()
+        dist.all_reduce_grads(pol + head)
         norm_p = float(torch.nn.utils.clip_grad_norm_(pol, cfg.grad_clip))
         norm_v = float(torch.nn.utils.clip_grad_norm_(head, cfg.value_grad_clip))
         return norm_p, norm_v
@@ -364,14 +390,15 @@ class RLTrainer:
         For each depth d = 1..L-1 and user: the trie-valid children c of the target's parent
         prefix y*<d; V(x, y*<d, c) (the value VED would read at that node) and
         log pi(c | x, y*<d) each rank them; logged: the target's mean rank and mean percentile
-        (0 best, 0.5 chance) by V and by log pi, and the mean number of children.
+        (0 best, 0.5 chance) by V and by log pi, and the mean number of children. Under
+        torchrun each rank scores its users and the means are taken over every rank's users.
         """
         L = self.vocab.n_levels
         tokens, mask = self._encode(idx)
         target = self.trie.codes[torch.as_tensor(self.rows.targets[idx], dtype=torch.long)]
         B, dev = target.shape[0], target.device
-        out: dict = {}
-        pct_v_all, pct_lp_all = [], []
+        # per key: (sum over this rank's users, number of users), reduced over ranks below
+        sums: dict[str, list[float]] = {}
         node = torch.zeros(B, dtype=torch.long, device=dev)
         for d in range(1, L):
             allowed = self.trie.allowed(d - 1, node)                      # [B, K_d]
@@ -390,19 +417,18 @@ class RLTrainer:
             code = target[:, d - 1]
             r_v, p_v, ok = rank_percentile(v, allowed, code)
             r_lp, p_lp, _ = rank_percentile(lp, allowed, code)
-            if bool(ok.any()):
-                out.update({f"vdiag_rank_v_l{d}": float(r_v[ok].mean()),
-                            f"vdiag_rank_logp_l{d}": float(r_lp[ok].mean()),
-                            f"vdiag_pct_v_l{d}": float(p_v[ok].mean()),
-                            f"vdiag_pct_logp_l{d}": float(p_lp[ok].mean()),
-                            f"vdiag_children_l{d}": float(allowed[ok].sum(1).float().mean())})
-                pct_v_all.append(p_v[ok])
-                pct_lp_all.append(p_lp[ok])
+            n_ok = float(ok.sum())
+            for key, x in ((f"vdiag_rank_v_l{d}", r_v), (f"vdiag_rank_logp_l{d}", r_lp),
+                           (f"vdiag_pct_v_l{d}", p_v), (f"vdiag_pct_logp_l{d}", p_lp),
+                           (f"vdiag_children_l{d}", allowed.sum(1)),
+                           ("vdiag_pct_v", p_v), ("vdiag_pct_logp", p_lp)):
+                total = sums.setdefault(key, [0.0, 0.0])
+                total[0] += float(x[ok].double().sum())
+                total[1] += n_ok
             node = self.trie.step(d - 1, node, code)
-        if pct_v_all:
-            out["vdiag_pct_v"] = float(torch.cat(pct_v_all).mean())
-            out["vdiag_pct_logp"] = float(torch.cat(pct_lp_all).mean())
-        return out
+        reduced = dist.all_sum([v for pair in sums.values() for v in pair])
+        return {key: reduced[2 * i] / reduced[2 * i + 1] for i, key in enumerate(sums)
+                if reduced[2 * i + 1] > 0}
 
     def _update_gate(self, diag: dict) -> None:
         """Open VED's value term once the diagnostic shows that V knows something (never during
@@ -423,6 +449,7 @@ class RLTrainer:
         t0 = time.perf_counter()
         idx = self.rng.choice(len(self.rows), size=min(cfg.users_per_step, len(self.rows)),
                               replace=False)
+        idx = dist.shard(idx)                            # this rank's users (all with one process)
         value_only = self.in_value_warmup
         diag = {}
         if cfg.value_loss and cfg.value_diag_every and self.step_idx % cfg.value_diag_every == 0:
@@ -457,6 +484,9 @@ class RLTrainer:
         record.update({"value_warmup": float(value_only), "value_in_ved": value_in_ved,
                        "grad_norm_policy": norm_p, "grad_norm_value": norm_v,
                        "diag_seconds": t_diag, **diag})
+        # over ranks: the (share-weighted) losses summed into the global losses, the other
+        # statistics averaged over the ranks' users
+        record = dist.reduce_record(record, [k for k in record if k.startswith("loss_")])
         self.history.append(record)
         return record
 
@@ -493,10 +523,11 @@ class RLTrainer:
         each step's record is appended to ``log_path`` (JSON lines) and the state is saved to
         ``checkpoint_path`` every ``cfg.checkpoint_every`` steps."""
         cfg = self.cfg
-        bar = tqdm(total=self.total_steps, initial=self.step_idx, desc="rl", disable=not progress)
+        bar = tqdm(total=self.total_steps, initial=self.step_idx, desc="rl",
+                   disable=not progress or not dist.is_main())
         while self.step_idx < self.total_steps:
             rec = self.step()
-            if log_path is not None:
+            if log_path is not None and dist.is_main():
                 with open(log_path, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps(rec) + "\n")
             if self.step_idx % cfg.log_every == 0 or self.step_idx == self.total_steps:
@@ -520,10 +551,14 @@ class RLTrainer:
     def save(self, path: str | os.PathLike) -> None:
         """Policy, value head, optimiser moments, step counter, RNGs and the value gate: an
         ``rl_state`` checkpoint (``vstar.core.checkpoint``) from which ``load`` continues
-        bit-exactly."""
+        bit-exactly. Under torchrun every rank calls it (the sampling RNGs of all ranks are
+        gathered) and rank 0 writes."""
+        sampler_rng = dist.gather_rng_state(self.gen.get_state())
+        if not dist.is_main():
+            return
         checkpoint.save_rl_state(
             path, policy=self.policy.state_dict(), value_head=self.value_head.state_dict(),
-            optimizer_state=self.opt.state_dict()["state"], sampler_rng=self.gen.get_state(),
+            optimizer_state=self.opt.state_dict()["state"], sampler_rng=sampler_rng,
             step=self.step_idx, numpy_rng=self.rng.bit_generator.state,
             lr_schedule=self.sched.state_dict(), config=asdict(self.cfg),
             trainer={"value_in_ved_since": self.value_in_ved_since})
@@ -538,7 +573,7 @@ class RLTrainer:
         for pid, tensors in state.optimizer_state.items():
             opt_state["state"].setdefault(pid, {}).update(tensors)
         self.opt.load_state_dict(opt_state)
-        self.gen.set_state(state.sampler_rng)
+        self.gen.set_state(dist.pick_rng_state(state.sampler_rng))
         self.step_idx = state.step
         self.rng.bit_generator.state = state.numpy_rng
         self.sched.load_state_dict(state.lr_schedule)

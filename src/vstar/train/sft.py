@@ -22,16 +22,16 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from vstar.core import checkpoint
+from vstar.core import checkpoint, dist
 from vstar.core.errors import InputError, check_finite
 from vstar.data.types import Splits, SplitRows
 from vstar.data.windows import build_windows
 from vstar.decode.trie import SidTrie
-from vstar.model.generator import SidGenerator
+from vstar.model.backbone import SidModel
 from vstar.model.vocab import BOS, PAD, SidVocab
 from vstar.train.config import SFT_LOSSES, SFTConfig
 
-Validate = Callable[[SidGenerator, SplitRows], dict]   # (model, validation rows) -> metrics
+Validate = Callable[[SidModel, SplitRows], dict]   # (model, validation rows) -> metrics
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def teacher_code_targets(teacher: torch.nn.Module, windows: list[np.ndarray],
     return soft, row
 
 
-def sft_loss(model: SidGenerator, vocab: SidVocab, tokens, targets, levels,
+def sft_loss(model: SidModel, vocab: SidVocab, tokens, targets, levels,
              label_smoothing: float = 0.0, trie: SidTrie | None = None,
              nodes: torch.Tensor | None = None, soft: torch.Tensor | None = None,
              distill: float = 0.0) -> torch.Tensor:
@@ -170,7 +170,7 @@ def sft_loss(model: SidGenerator, vocab: SidVocab, tokens, targets, levels,
 
 
 @torch.no_grad()
-def held_out_loss(model: SidGenerator, vocab: SidVocab, tokens, targets, levels,
+def held_out_loss(model: SidModel, vocab: SidVocab, tokens, targets, levels,
                   batch_size: int, trie: SidTrie | None = None,
                   nodes: torch.Tensor | None = None) -> float:
     """Mean NLL per supervised code over held-out windows, in eval mode: ``sft_loss`` without
@@ -192,11 +192,11 @@ def held_out_loss(model: SidGenerator, vocab: SidVocab, tokens, targets, levels,
     return total / max(1, count)
 
 
-def train_sft(model: SidGenerator, vocab: SidVocab, trie: SidTrie, splits: Splits,
+def train_sft(model: SidModel, vocab: SidVocab, trie: SidTrie, splits: Splits,
               cfg: SFTConfig, seed: int = 0, validate: Validate | None = None,
               progress: bool = True, checkpoint_path: str | os.PathLike | None = None,
               resume: bool = False, teacher: torch.nn.Module | None = None
-              ) -> tuple[SidGenerator, list[dict]]:
+              ) -> tuple[SidModel, list[dict]]:
     """Train with AdamW + warmup/cosine LR; keep the best validation state (early stopping).
 
     Every ``cfg.eval_every`` epochs, ``validate(model, rows)`` scores a fixed seeded subset of
@@ -209,8 +209,13 @@ def train_sft(model: SidGenerator, vocab: SidVocab, trie: SidTrie, splits: Split
     schedule, RNGs, early-stopping state, history) is saved there after every epoch (an
     ``sft_state`` checkpoint); with ``resume`` and that file present, training continues from it
     and ends with exactly the weights and history of an uninterrupted run.
+
+    Under torchrun (``vstar.core.dist``) each rank trains on its share of every global batch of
+    ``cfg.batch_size`` windows, its loss weighted by its share of the batch's supervised tokens,
+    and gradients are summed over ranks before clipping: a step equals the single-process step.
+    Rank 0 alone writes the checkpoint; validation decodes each rank's share of the users.
     """
-    torch.manual_seed(seed)
+    torch.manual_seed(dist.rank_seed(seed))       # dropout: each rank its own stream
     rng = np.random.default_rng(seed)
     windows, flags = build_windows(splits.train, splits.max_history, cfg.windows)
     tokens, targets, levels = encode_windows(windows, flags, trie.codes, vocab)
@@ -255,11 +260,12 @@ def train_sft(model: SidGenerator, vocab: SidVocab, trie: SidTrie, splits: Split
         sched.load_state_dict(state.lr_schedule)
         for group, lr in zip(opt.param_groups, sched.get_last_lr()):   # the restored schedule's
             group["lr"] = lr                                          # rate, not step 0's
-        torch.set_rng_state(state.torch_rng)
+        torch.set_rng_state(dist.pick_rng_state(state.torch_rng))
         rng.bit_generator.state = state.numpy_rng
         best, bad = float(state.early_stopping["best"]), int(state.early_stopping["bad"])
         history, start = list(state.history), state.epoch
         log.info("SFT resumed from %s after epoch %d", checkpoint_path, start)
+    dist.broadcast_module(model)                     # every rank starts from rank 0's weights
     for epoch in range(start, cfg.max_epochs):
         if bad >= cfg.patience:                        # resumed after the early stop
             break
@@ -267,23 +273,31 @@ def train_sft(model: SidGenerator, vocab: SidVocab, trie: SidTrie, splits: Split
         t0 = time.perf_counter()
         perm = torch.as_tensor(rng.permutation(len(windows)))
         losses = []
-        for s in tqdm(range(steps_per_epoch), desc=f"sft epoch {epoch}", disable=not progress,
-                      leave=False):
-            idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-            tk, tg, lv = tokens[idx], targets[idx], levels[idx]
-            keep = int((tk != PAD).sum(1).max())          # trim right padding of this batch
-            loss = sft_loss(model, vocab, tk[:, :keep], tg[:, :keep], lv[:, :keep],
-                            cfg.label_smoothing, loss_trie,
-                            None if nodes is None else nodes[idx][:, :keep],
-                            None if soft is None else soft[soft_row[idx][:, :keep].clamp(min=0)],
-                            cfg.distill)
-            check_finite(loss, "sft loss", len(losses) + 1 + epoch * steps_per_epoch)
+        for s in tqdm(range(steps_per_epoch), desc=f"sft epoch {epoch}",
+                      disable=not progress or not dist.is_main(), leave=False):
+            idx = dist.shard(perm[s * cfg.batch_size:(s + 1) * cfg.batch_size])
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            # this rank's share of the global batch's mean loss (1 with one process)
+            share = dist.global_share(int((targets[idx] >= 0).sum()))
+            loss = torch.zeros(())
+            if len(idx):
+                tk, tg, lv = tokens[idx], targets[idx], levels[idx]
+                keep = int((tk != PAD).sum(1).max())          # trim right padding of this batch
+                loss = sft_loss(model, vocab, tk[:, :keep], tg[:, :keep], lv[:, :keep],
+                                cfg.label_smoothing, loss_trie,
+                                None if nodes is None else nodes[idx][:, :keep],
+                                None if soft is None
+                                else soft[soft_row[idx][:, :keep].clamp(min=0)], cfg.distill)
+                if share != 1.0:
+                    loss = loss * share
+                loss.backward()
+            dist.all_reduce_grads(model.parameters())
+            value = dist.all_sum([float(loss.detach())])[0]   # the global batch's mean loss
+            check_finite(torch.tensor(value), "sft loss", len(losses) + 1 + epoch * steps_per_epoch)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             sched.step()
-            losses.append(loss.item())
+            losses.append(value)
         record = {"epoch": epoch, "train_loss": float(np.mean(losses)),
                   "train_seconds": time.perf_counter() - t0}
         if validate is not None and ((epoch + 1) % cfg.eval_every == 0
@@ -306,10 +320,11 @@ def train_sft(model: SidGenerator, vocab: SidVocab, trie: SidTrie, splits: Split
                  "%.1fs", epoch, record["train_loss"], record.get("valid_nll", float("nan")),
                  cfg.val_metric, record.get(cfg.val_metric, float("nan")), best,
                  record["train_seconds"])
-        if checkpoint_path is not None:
+        torch_rng = dist.gather_rng_state(torch.get_rng_state())   # every rank's stream
+        if checkpoint_path is not None and dist.is_main():
             checkpoint.save_sft_state(
                 checkpoint_path, model=model.state_dict(), best_model=best_state,
-                optimizer_state=opt.state_dict()["state"], torch_rng=torch.get_rng_state(),
+                optimizer_state=opt.state_dict()["state"], torch_rng=torch_rng,
                 epoch=epoch + 1, numpy_rng=rng.bit_generator.state,
                 lr_schedule=sched.state_dict(), early_stopping={"best": best, "bad": bad},
                 history=history)

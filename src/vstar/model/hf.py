@@ -1,0 +1,254 @@
+"""A Hugging Face causal LM behind ``SidLM``: the same call as ``SidGenerator``, any backbone.
+
+    model = new_hf_model(cfg, vocab, max_history)   # cfg.backbone == "hf"
+    out = model(tokens, cache=None, pad_mask=None)  # GeneratorOutput(logits, hidden, cache)
+    save_hf_model(folder, model, vocab)             # save_pretrained + sid_vocab.json
+    model = load_hf_model(folder, vocab)            # AutoModelForCausalLM.from_pretrained
+
+**Tokens.** vstar's vocabulary (``SidVocab``: PAD, BOS, one token per SID code) is a block of
+``sid_vocab_size`` rows of the HF embedding table starting at ``token_offset``: 0 for a model
+built from a config (its whole vocabulary is the SID vocabulary), the original vocabulary size
+for a pretrained model (the SID tokens are appended and the embeddings resized). vstar token t
+is HF token ``token_offset + t``; the logits returned are those of the SID block only, computed
+from the last hidden state with the matching rows of the output embedding (a pretrained model's
+text vocabulary is never scored: decoding never looks outside the codes).
+
+**Cache.** ``past_key_values`` is a ``DynamicCache`` built from a ``KVCache``'s per-layer keys
+and values ([B, H_kv, T, Dh]) and read back after the call; the cache's mask is the HF
+``attention_mask`` (left padding and VED's masked ancestors are zeros) and its ``next_pos``
+gives explicit ``position_ids``, exactly as ``SidGenerator`` numbers positions (a padded prompt
+position counts nothing). The wrapper does not share histories (``share_history = False``):
+decoders give it per-row caches (``vstar.model.interface.rows_cache``), and a ``SharedKVCache``
+passed anyway is materialised.
+
+**Hidden.** The base model's last hidden state (after its final norm) is ``hidden``, the state
+the value head reads (``vstar.model.value``).
+
+Nothing is downloaded: a pretrained model is read from a local folder (``local_files_only``);
+tests build tiny random Qwen2 / Llama / GPT-2 models from configs. ``transformers`` is imported
+when a model is built or loaded, not when vstar is imported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vstar.core import checkpoint
+from vstar.core.errors import InputError
+from vstar.model.cache import KVCache, SharedKVCache
+from vstar.model.config import ModelConfig
+from vstar.model.generator import GeneratorOutput
+from vstar.model.vocab import BOS, PAD, SidVocab
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# config attributes that would change the logits after the output layer: the wrapper computes
+# the SID logits itself, so a model using one is refused rather than scored wrongly
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier_scale")
+# dropout attributes of the common configs, set from model.dropout when built from a config
+_DROPOUTS = ("attention_dropout", "attn_pdrop", "resid_pdrop", "embd_pdrop", "hidden_dropout")
+
+
+class HFSidLM(nn.Module):
+    """``SidLM`` over a ``transformers`` causal LM (``lm``) with the SID vocabulary at
+    ``token_offset`` (module docstring)."""
+
+    share_history = False    # takes per-row KVCaches (vstar.model.interface.shares_history)
+
+    def __init__(self, lm: nn.Module, cfg: ModelConfig, sid_vocab_size: int,
+                 token_offset: int = 0):
+        super().__init__()
+        n_rows = lm.get_input_embeddings().num_embeddings
+        if token_offset < 0 or token_offset + sid_vocab_size > n_rows:
+            raise ValueError(f"SID tokens [{token_offset}, {token_offset + sid_vocab_size}) do "
+                             f"not fit the model's {n_rows} embedding rows")
+        text_cfg = lm.config.get_text_config()
+        used = [a for a in _LOGIT_TRANSFORMS if getattr(text_cfg, a, None) not in (None, 1, 1.0)]
+        if used:
+            raise InputError(f"the {text_cfg.model_type} model transforms its logits ({used}); "
+                             "the HF backbone scores SID tokens from the last hidden state and "
+                             "does not support that", field="model.hf_name_or_path")
+        self.lm = lm
+        self.cfg = cfg
+        self.sid_vocab_size = int(sid_vocab_size)
+        self.token_offset = int(token_offset)
+        self.max_positions = getattr(text_cfg, "max_position_embeddings", None)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.lm.config.get_text_config().hidden_size)
+
+    @property
+    def vocab_size(self) -> int:
+        """vstar's output vocabulary (``SidVocab.size``), as ``SidGenerator.vocab_size``."""
+        return self.sid_vocab_size
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def sid_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits [..., sid_vocab_size] (float32) of the SID tokens from hidden states."""
+        out = self.lm.get_output_embeddings()
+        rows = slice(self.token_offset, self.token_offset + self.sid_vocab_size)
+        bias = out.bias[rows] if getattr(out, "bias", None) is not None else None
+        return F.linear(hidden, out.weight[rows], bias).float()
+
+    def forward(self, tokens: torch.Tensor, cache: KVCache | SharedKVCache | None = None,
+                pad_mask: torch.Tensor | None = None) -> GeneratorOutput:
+        """tokens [B, T] (vstar ids); pad_mask [B, T] (True = real) for padded prompts; cache
+        from a previous call continues those sequences (its new tokens are all real)."""
+        from transformers import DynamicCache
+
+        B, T = tokens.shape
+        dev = tokens.device
+        if pad_mask is None:
+            pad_mask = torch.ones(B, T, dtype=torch.bool, device=dev)
+        if isinstance(cache, SharedKVCache):
+            cache = cache.materialize()
+        step = (pad_mask.long().cumsum(1) - 1).clamp(min=0)                 # [B, T]
+        if cache is None:
+            pos, full_mask, past = step, pad_mask, DynamicCache()
+        else:
+            pos = cache.next_pos[:, None] + step
+            full_mask = torch.cat([cache.mask, pad_mask], dim=1)
+            past = _dynamic_cache(cache)
+        if self.max_positions is not None and int(pos.max()) >= self.max_positions:
+            raise ValueError(f"sequence position {int(pos.max())} exceeds the model's "
+                             f"max_position_embeddings {self.max_positions}; shorten histories "
+                             "(data.max_history) or raise model.hf_config.max_position_embeddings")
+        out = self.lm.base_model(input_ids=tokens + self.token_offset,
+                                 attention_mask=full_mask.long(), position_ids=pos,
+                                 past_key_values=past, use_cache=True)
+        hidden = out.last_hidden_state                                       # [B, T, D]
+        layers = out.past_key_values.layers
+        new_cache = KVCache([layer.keys for layer in layers], [layer.values for layer in layers],
+                            full_mask, pos[:, -1] + 1)
+        return GeneratorOutput(self.sid_logits(hidden), hidden, new_cache)
+
+
+def _dynamic_cache(cache: KVCache) -> Any:
+    """A ``DynamicCache`` holding ``cache``'s tensors themselves. ``DynamicCache(ddp_cache_data)``
+    would copy every layer (a concatenation onto an empty tensor): with per-beam caches that
+    copy was a third of beam search's time. Falls back to it if the layer class differs."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    past = DynamicCache()
+    if not hasattr(past, "layers") or not hasattr(DynamicLayer, "lazy_initialization"):
+        return DynamicCache(ddp_cache_data=list(zip(cache.keys, cache.values)))
+    for k, v in zip(cache.keys, cache.values):
+        layer = DynamicLayer()
+        layer.lazy_initialization(k, v)          # dtype, device, initialised
+        layer.keys, layer.values = k, v
+        past.layers.append(layer)
+    return past
+
+
+def _dtype(cfg: ModelConfig) -> torch.dtype:
+    if cfg.dtype not in DTYPES:
+        raise InputError(f"expected one of {sorted(DTYPES)}, got {cfg.dtype!r}",
+                         field="model.dtype")
+    return DTYPES[cfg.dtype]
+
+
+def build_hf_config(cfg: ModelConfig, sid_vocab_size: int, max_positions: int) -> Any:
+    """The ``transformers`` config of a model built from scratch: ``model.hf_config`` (its
+    ``model_type`` and any attribute overrides) over vstar's sizes (n_layer, n_head, n_embd,
+    4 x n_embd feed-forward, model.dropout), the SID vocabulary with PAD/BOS, tied input and
+    output embeddings (as ``SidGenerator``) and ``max_positions`` positions."""
+    from transformers import AutoConfig
+
+    over = dict(cfg.hf_config)
+    model_type = over.pop("model_type", None)
+    if not model_type:
+        raise InputError("expected a model_type (qwen2, llama, gpt2, ...)",
+                         field="model.hf_config.model_type")
+    for name in ("vocab_size", "pad_token_id", "bos_token_id"):
+        if name in over:
+            raise InputError("set by the SID vocabulary, not configurable",
+                             field=f"model.hf_config.{name}")
+    try:
+        base = AutoConfig.for_model(model_type)
+    except ValueError as err:
+        raise InputError(f"unknown model_type {model_type!r} ({str(err).splitlines()[0]})",
+                         field="model.hf_config.model_type") from None
+    sizes = {"hidden_size": cfg.n_embd, "num_hidden_layers": cfg.n_layer,
+             "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_head,
+             "intermediate_size": 4 * cfg.n_embd, "max_position_embeddings": max_positions,
+             **{name: cfg.dropout for name in _DROPOUTS}}
+    kwargs = {k: v for k, v in sizes.items() if hasattr(base, k)}
+    kwargs.update(vocab_size=sid_vocab_size, pad_token_id=PAD, bos_token_id=BOS,
+                  eos_token_id=None, tie_word_embeddings=True)
+    kwargs.update(over)
+    try:
+        return AutoConfig.for_model(model_type, **kwargs)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"invalid {model_type} config ({str(err).splitlines()[0]})",
+                         field="model.hf_config") from None
+
+
+def _local_folder(path: str | os.PathLike, field: str) -> Path:
+    folder = Path(path).expanduser()
+    if not (folder / "config.json").is_file():
+        raise InputError("expected a local Hugging Face model folder with config.json "
+                         "(vstar never downloads models)", file=str(folder), field=field)
+    return folder
+
+
+def new_hf_model(cfg: ModelConfig, vocab: SidVocab, max_history: int) -> HFSidLM:
+    """A Hugging Face backbone for these SIDs: the pretrained model at ``model.hf_name_or_path``
+    with the SID tokens appended (embeddings resized; ``model.hf_config`` overrides its config),
+    or a randomly initialised one built by ``build_hf_config``; in ``model.dtype``."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if cfg.history != "codes" or vocab.item_history:
+        raise InputError(f"got {cfg.history!r}, expected 'codes' with model.backbone=hf (the "
+                         "HF backbone reads token-level histories)", field="model.history")
+    dtype = _dtype(cfg)
+    if cfg.hf_name_or_path:
+        folder = _local_folder(cfg.hf_name_or_path, "model.hf_name_or_path")
+        over = {k: v for k, v in cfg.hf_config.items() if k != "model_type"}
+        config = AutoConfig.from_pretrained(folder, local_files_only=True, **over)
+        lm = AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=dtype,
+                                                  local_files_only=True)
+        offset = lm.get_input_embeddings().num_embeddings
+        lm.resize_token_embeddings(offset + vocab.size)
+    else:
+        block = 1 + (max_history + 1) * vocab.n_levels        # as SidGenerator's block_size
+        lm = AutoModelForCausalLM.from_config(build_hf_config(cfg, vocab.size, block)).to(dtype)
+        offset = 0
+    return HFSidLM(lm, cfg, vocab.size, offset)
+
+
+def save_hf_model(path: str | os.PathLike, model: HFSidLM, vocab: SidVocab) -> Path:
+    """The model in the Hugging Face layout (``save_pretrained``: config.json,
+    model.safetensors) plus ``sid_vocab.json`` (``vstar.core.checkpoint.save_hf_generator``)."""
+    return checkpoint.save_hf_generator(
+        path, lambda folder: model.lm.save_pretrained(folder),
+        codebook_sizes=vocab.codebook_sizes, token_offset=model.token_offset,
+        sid_vocab_size=model.sid_vocab_size, model_config=dataclasses.asdict(model.cfg))
+
+
+def load_hf_model(path: str | os.PathLike, vocab: SidVocab) -> HFSidLM:
+    """The model ``save_hf_model`` wrote, in eval mode; InputError if its SID vocabulary is not
+    ``vocab``'s (a model trained on other SIDs would decode the wrong items)."""
+    from transformers import AutoModelForCausalLM
+
+    ckpt = checkpoint.load_hf_generator(path)
+    if ckpt.codebook_sizes != vocab.codebook_sizes or ckpt.sid_vocab_size != vocab.size:
+        raise InputError(f"checkpoint SID codebooks {ckpt.codebook_sizes} differ from the "
+                         f"current SIDs {vocab.codebook_sizes}", file=str(path))
+    if vocab.item_history:
+        raise InputError("the HF backbone reads token-level histories: expected a vocabulary "
+                         "for model.history='codes'", file=str(path), field="model.history")
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    cfg = ModelConfig(**{k: v for k, v in ckpt.model_config.items() if k in fields})
+    lm = AutoModelForCausalLM.from_pretrained(ckpt.path, dtype=_dtype(cfg),
+                                              local_files_only=True)
+    return HFSidLM(lm, cfg, ckpt.sid_vocab_size, ckpt.token_offset).eval()
