@@ -4,7 +4,7 @@
 # Each variant is its own experiment folder runs/gen_<variant>; the last lines print the table
 # and write it to docs/results/generator_ablation.md.
 #
-#   scripts/generator_ablation.sh                # all variants, seeds 0 1 2 (about 15 min per
+#   scripts/generator_ablation.sh                # all variants, seeds 0 1 2 (about 15-20 min per
 #                                                # variant and seed on the 2-core reference machine)
 #   SEEDS="[0]" scripts/generator_ablation.sh    # one seed
 #   THREADS=1 scripts/generator_ablation.sh      # when two jobs share the machine
@@ -23,6 +23,8 @@ run() {  # run <variant> <overrides...>
 
 "$VSTAR" run "$CONFIG" run.name=gen_default "run.seeds=$SEEDS" "run.methods=[sft,sasrec]" \
     run.num_threads="$THREADS"
+run no_distill sft.distill=0                       # no distillation from the SASRec teacher
+run subset_valid sft.val_max_users=2000            # early stopping on a 2,000-row subset
 run token_history model.history=codes              # history as L code tokens per item
 run no_item_id model.item_id_embedding=false       # item-level history without an ID embedding
 run text_sids sid.vectors=text                     # SIDs from MiniLM text embeddings
