@@ -350,7 +350,7 @@ def test_two_concurrent_runs_with_the_same_name_the_second_is_refused(experiment
     second = subprocess.run(cmd + ["sasrec.lr=3e-3", "run.overwrite=true"], env=env,
                             capture_output=True, text=True)
     assert second.returncode == 2 and f"pid {first.pid}" in second.stderr, second.stderr
-    out, err = first.communicate(timeout=120)
+    out, err = first.communicate(timeout=600)    # 600 toy epochs: ~20 s idle, more under load
     assert first.returncode == 0, err
     run = experiment / "runs" / "toy" / "sasrec" / "seed0"
     assert "lr: 0.001" in (run / "config.yaml").read_text()
