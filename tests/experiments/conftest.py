@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 
-@pytest.fixture()
-def experiment(tmp_path):
+def write_experiment(tmp_path):
+    """Write the tiny experiment into ``tmp_path``; returns it."""
     rng = np.random.default_rng(0)
     n_items, n_users = 30, 50
     lines = ["user_id,item_id,timestamp"]
@@ -34,3 +34,19 @@ run: {{name: toy, out_dir: {tmp_path / 'runs'}, cache_dir: {tmp_path / 'cache'},
       methods: [popularity, sasrec, sft, grpo_beam, vstar], progress: false}}
 """)
     return tmp_path
+
+
+@pytest.fixture()
+def experiment(tmp_path):
+    return write_experiment(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def experiment_after_sft(tmp_path_factory):
+    """The tiny experiment with its SFT generator trained, once per test module (RL methods
+    then start from it)."""
+    from vstar.experiments.cli import main
+
+    path = write_experiment(tmp_path_factory.mktemp("experiment"))
+    assert main(["run", str(path / "cfg.yaml"), "run.methods=[sft]", "run.num_threads=1"]) == 0
+    return path

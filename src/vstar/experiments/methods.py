@@ -8,6 +8,8 @@
     grpo_beam_sibling  ... + Sibling-GRPO
     grpo_ved           VED groups + GRPO (value head trained with TD)
     vstar              VED + Sibling-GRPO: full V-STAR
+    gspo, dapo, grpo_beam_tree, hepo, sdpo   other RL methods on beam groups (docs/method.md
+                       "Other RL methods")
 
 Every runner trains (or fits) one seed in ``ctx.run`` and evaluates through ``ctx.evaluate``:
 full-catalogue ranking of the evaluation splits (constrained beam search of width
@@ -219,3 +221,24 @@ RL_RECIPES = {
 for _name, (_decoder, _sibling, _value_loss, _help) in RL_RECIPES.items():
     register(Method(_name, run_rl, kind="rl", help=_help,
                     preset={"decoder": _decoder, "sibling": _sibling, "value_loss": _value_loss}))
+
+# Other RL methods on beam-search groups (docs/method.md "Other RL methods"): name: (help, preset)
+_BEAM_GRPO = {"decoder": "beam", "sibling": False, "value_loss": False}
+OTHER_RL_RECIPES = {
+    "gspo": ("beam groups + GRPO advantages with GSPO's sequence-level ratio (2 updates/batch)",
+             {**_BEAM_GRPO, "ratio_level": "sequence", "updates_per_batch": 2}),
+    "dapo": ("beam groups + GRPO, DAPO's zero-variance group filter, clip 0.2/0.28, no KL, "
+             "2 updates/batch",
+             {**_BEAM_GRPO, "filter_zero_variance": True, "clip_eps": 0.2,
+              "clip_eps_high": 0.28, "kl_beta": 0.0, "updates_per_batch": 2}),
+    "grpo_beam_tree": ("beam groups + a TreeRL-style tree advantage per token",
+                       {**_BEAM_GRPO, "advantage": "treerl"}),
+    "hepo": ("beam groups + GPR's HEPO: history process rewards, GAE over SID levels with the "
+             "value head, per-level weights",
+             {**_BEAM_GRPO, "value_loss": True, "advantage": "hepo", "value_gate": "always",
+              "value_diag_every": 0}),
+    "sdpo": ("S-DPO: the logged target against the beam's other candidates, softmax DPO",
+             {**_BEAM_GRPO, "policy_loss": "sdpo"}),
+}
+for _name, (_help, _preset) in OTHER_RL_RECIPES.items():
+    register(Method(_name, run_rl, kind="rl", help=_help, preset=_preset))

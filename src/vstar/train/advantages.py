@@ -468,3 +468,147 @@ def tree_value_paths(depth: torch.Tensor, node_codes: torch.Tensor, evaluated: t
     ok = torch.zeros(B, P, dtype=torch.bool, device=dev)
     ok[b, slot] = True
     return codes, ok
+
+
+# --------------------------------------------------------------------------- other RL methods
+# docs/method.md "Other RL methods": DAPO's group filter, a TreeRL-style tree advantage and
+# HEPO's process rewards + GAE (GPR). Each returns plain tensors; the trainer picks one with
+# ``rl.advantage`` / ``rl.filter_zero_variance``.
+
+
+def zero_variance_keep(rewards: torch.Tensor, valid: torch.Tensor,
+                       tol: float = 0.0) -> torch.Tensor:
+    """DAPO's dynamic filter: True for the users whose valid rewards are not all equal. ``[B]``.
+
+    A group whose rewards tie (max - min <= ``tol``; also a group of 0 or 1 valid candidates)
+    has a zero GRPO advantage everywhere: it only dilutes the mean over users and adds its KL
+    term, so DAPO leaves it out of the policy loss.
+    """
+    _check_group(None, rewards, valid)
+    hi = torch.where(valid, rewards, torch.full_like(rewards, -torch.inf)).amax(1)   # [B]
+    lo = torch.where(valid, rewards, torch.full_like(rewards, torch.inf)).amin(1)
+    return (valid.sum(1) >= 2) & (hi - lo > tol)
+
+
+def tree_advantages(cand_codes: torch.Tensor, rewards: torch.Tensor,
+                    valid: torch.Tensor) -> torch.Tensor:
+    """TreeRL-style token advantage on the prefix tree of each user's group. ``[B, G, L]``.
+
+    Node n = (user, y<=l); V(n) = mean reward of the user's valid candidates below n (the leaves
+    of n); the root is the whole group. The token of candidate y at depth l gets
+    ``A_l = [(V(n_l) - V(n_{l-1})) + (V(n_l) - V(root))] / sqrt(|leaves(n_l)|)``, n_0 = root:
+    the local gain of the choice over its parent plus its global gain over the group, divided
+    by the square root of the candidates that share the node (each of them repeats the token).
+    No std normalisation. Invalid candidates get 0.
+    """
+    _check_group(cand_codes, rewards, valid)
+    B, G, L = cand_codes.shape
+    rewards = rewards.detach()
+    adv = torch.zeros(B, G, L, dtype=rewards.dtype, device=rewards.device)
+    live = valid.reshape(-1).nonzero().squeeze(1)                     # [M], flat b*G + g
+    if live.numel() == 0:
+        return adv
+    user = live // G
+    codes = cand_codes.reshape(B * G, L)[live].long()                 # [M, L]
+    r = rewards.reshape(B * G)[live]                                  # [M]
+    ones = torch.ones_like(r)
+
+    def node_mean(depth: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """V and |leaves| of the depth-``depth`` node of every live candidate ([M] each)."""
+        _, node = torch.unique(torch.cat([user[:, None], codes[:, :depth]], 1), dim=0,
+                               return_inverse=True)
+        n = torch.zeros(int(node.max()) + 1, dtype=r.dtype, device=r.device)
+        count = n.index_add(0, node, ones)
+        total = n.index_add(0, node, r)
+        return (total / count)[node], count[node]
+
+    v_root, _ = node_mean(0)
+    v_parent = v_root
+    flat = adv.view(B * G, L)
+    for l in range(1, L + 1):
+        v_node, n_leaves = node_mean(l)
+        flat[live, l - 1] = ((v_node - v_parent) + (v_node - v_root)) / n_leaves.sqrt()
+        v_parent = v_node
+    return adv
+
+
+def hepo_process_rewards(cand_codes: torch.Tensor, valid: torch.Tensor,
+                         hist_codes: torch.Tensor, hist_valid: torch.Tensor,
+                         allowed: torch.Tensor, alpha: float = 0.1) -> torch.Tensor:
+    """HEPO's process reward per SID level (GPR; docs/method.md "Other RL methods"). ``[B, G, L]``.
+
+    ``hist_codes`` [B, H, L] / ``hist_valid`` [B, H]: the SIDs of the user's history items;
+    ``allowed`` bool [B, G, L, K]: the trie-valid codes at level l under the candidate's prefix
+    y<l (K = the largest codebook). P_l(t) = share of the history items whose first l codes are
+    (y<l, t); ``Delta_l = P_l(y_l) - mean_{t allowed} P_l(t)``; ``r_l = alpha * max(0,
+    Delta_l)`` for l < L. The last level's entry is 0 (its reward is the terminal reward R,
+    added by :func:`hepo_advantages`), and so is every entry of an invalid candidate or of a
+    user without history.
+    """
+    _check_group(cand_codes, None, valid)
+    B, G, L = cand_codes.shape
+    K = allowed.shape[-1]
+    if allowed.shape[:3] != (B, G, L) or allowed.dtype != torch.bool:
+        raise InputError(f"expected a bool tensor [{B}, {G}, {L}, K], got {allowed.dtype} "
+                         f"{tuple(allowed.shape)}", field="allowed")
+    if hist_codes.dim() != 3 or hist_codes.shape[0] != B or hist_codes.shape[2] != L \
+            or hist_valid.shape != hist_codes.shape[:2]:
+        raise InputError(f"expected hist_codes [{B}, H, {L}] and hist_valid [{B}, H], got "
+                         f"{tuple(hist_codes.shape)} and {tuple(hist_valid.shape)}",
+                         field="hist_codes")
+    codes = cand_codes.clamp(min=0).long()
+    hist = hist_codes.clamp(min=0).long()
+    n_hist = hist_valid.sum(1).to(torch.float32).clamp_min(1.0)          # [B]
+    # same[b, g, h, l] = the history item h shares the candidate's first l codes (l = 0..L-1)
+    eq = (codes[:, :, None, :] == hist[:, None, :, :]).long().cumprod(-1)   # [B, G, H, L]
+    same_before = torch.cat([torch.ones_like(eq[..., :1]), eq[..., :-1]], -1)  # y<l matches
+    same_before = same_before * hist_valid[:, None, :, None].long()
+    onehot = F.one_hot(hist, K).to(torch.float32)                         # [B, H, L, K]
+    counts = torch.einsum("bghl,bhlk->bglk", same_before.to(torch.float32), onehot)
+    share = counts / n_hist[:, None, None, None]                          # P_l(t), [B, G, L, K]
+    chosen = share.gather(3, codes[..., None]).squeeze(3)                 # P_l(y_l)
+    n_allowed = allowed.sum(-1).clamp_min(1).to(share.dtype)
+    mean_sib = (share * allowed).sum(-1) / n_allowed                      # over trie-valid t
+    r = alpha * (chosen - mean_sib).clamp_min(0.0)                        # [B, G, L]
+    r[..., L - 1] = 0.0
+    has_hist = hist_valid.any(1)[:, None, None]
+    return torch.where(valid[..., None] & has_hist, r, torch.zeros_like(r))
+
+
+def gae_advantages(level_rewards: torch.Tensor, values: torch.Tensor, gamma: float = 0.99,
+                   lam: float = 0.95) -> torch.Tensor:
+    """GAE over SID levels: ``delta_l = r_l + gamma V(s_{l+1}) - V(s_l)`` with V(s_{L+1}) := 0,
+    ``A_l = sum_{k >= 0} (gamma lam)^k delta_{l+k}``. ``[..., L]`` (values: V(s_1..s_L))."""
+    if values.shape != level_rewards.shape:
+        raise InputError(f"expected values of shape {tuple(level_rewards.shape)}, got "
+                         f"{tuple(values.shape)}", field="values")
+    v = values.detach()
+    v_next = torch.cat([v[..., 1:], torch.zeros_like(v[..., :1])], -1)
+    delta = level_rewards + gamma * v_next - v
+    adv = torch.zeros_like(delta)
+    acc = torch.zeros_like(delta[..., 0])
+    for l in range(delta.shape[-1] - 1, -1, -1):
+        acc = delta[..., l] + gamma * lam * acc
+        adv[..., l] = acc
+    return adv
+
+
+def hepo_advantages(process: torch.Tensor, rewards: torch.Tensor, values: torch.Tensor,
+                    valid: torch.Tensor, gamma: float = 0.99, lam: float = 0.95,
+                    eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+    """HEPO's per-level advantages and the per-level rewards the value head is trained on.
+
+    Level rewards: r_l = ``process[..., l]`` for l < L, r_L = R (the step's reward). Levels
+    l < L: GAE with the value head (:func:`gae_advantages`); the last level: the group z-score
+    of R (:func:`grpo_advantages`). Returns (adv [B, G, L], level_rewards [B, G, L]); invalid
+    candidates get 0 in both.
+    """
+    _check_group(process, rewards, valid)
+    L = process.shape[-1]
+    level_rewards = process.clone()
+    level_rewards[..., L - 1] = torch.where(valid, rewards.detach(), torch.zeros_like(rewards))
+    adv = gae_advantages(level_rewards, values, gamma, lam)
+    adv[..., L - 1] = grpo_advantages(rewards.detach(), valid, eps)
+    zero = torch.zeros_like(adv)
+    return (torch.where(valid[..., None], adv, zero),
+            torch.where(valid[..., None], level_rewards, zero))

@@ -24,6 +24,9 @@ PREFIX_EMBEDDINGS = ("bucket_mean", "single_item")
 RL_SIBLING_SAME = "same"               # sibling_reward: the step's own reward (the paper)
 RL_VALUE_TARGETS = ("tree", "candidates")
 RL_VALUE_GATES = ("chance", "logp", "always")
+RL_ADVANTAGES = ("grpo", "treerl", "hepo")   # docs/method.md "Other RL methods"
+RL_RATIO_LEVELS = ("token", "sequence")
+RL_POLICY_LOSSES = ("clipped", "sdpo")
 
 
 def _reward_names() -> list[str]:
@@ -146,6 +149,28 @@ class RLConfig:
         "value_gate": one_of(*RL_VALUE_GATES), "value_gate_margin": non_negative,
     }
 
+    # --- other RL methods (docs/method.md "Other RL methods"; registry: gspo, dapo,
+    # grpo_beam_tree, hepo, sdpo) ---
+    advantage: str = "grpo"           # the clipped loss's advantage: one of RL_ADVANTAGES
+    ratio_level: str = "token"        # "sequence": GSPO's ratio exp(mean_l log rho_l) per item
+    clip_eps_high: float | None = None  # DAPO: clip the ratio to [1-clip_eps, 1+clip_eps_high]
+                                        # (None: clip_eps; acts only with updates_per_batch > 1)
+    filter_zero_variance: bool = False  # DAPO: leave users whose rewards all tie out of the
+                                        # policy loss
+    hepo_alpha: float = 0.1           # HEPO: process reward r_l = alpha * max(0, Delta_l)
+    gae_lambda: float = 0.95          # HEPO: GAE lambda over SID levels (gamma: ``gamma``)
+    hepo_level_weights: list[float] | None = None  # HEPO: c_l per level (None: l / L)
+    policy_loss: str = "clipped"      # "clipped" (GRPO's, with the fields above) or "sdpo"
+    sdpo_beta: float = 1.0            # S-DPO: beta of the softmax-DPO loss
+
+    RULES.update({
+        "advantage": one_of(*RL_ADVANTAGES), "ratio_level": one_of(*RL_RATIO_LEVELS),
+        "clip_eps_high": optional(positive), "filter_zero_variance": boolean(),
+        "hepo_alpha": non_negative, "gae_lambda": probability,
+        "hepo_level_weights": optional(list_of(non_negative, nonempty=True)),
+        "policy_loss": one_of(*RL_POLICY_LOSSES), "sdpo_beta": positive,
+    })
+
     def validate(self, prefix: str = "rl") -> None:
         check_fields(self, prefix, self.RULES)
         require(self.value_gate == "always" or not self.value_loss or self.value_diag_every >= 1,
@@ -154,3 +179,11 @@ class RLConfig:
                 f"value_gate 'always')")
         self.ved.validate(f"{prefix}.ved")
         self.value_head.validate(f"{prefix}.value_head")
+        # other RL methods
+        require(self.advantage != "hepo" or self.value_loss, f"{prefix}.value_loss",
+                self.value_loss, "true with advantage 'hepo' (its GAE reads the value head)")
+        require(self.advantage != "hepo" or self.decoder != "ved" or self.value_targets != "tree",
+                f"{prefix}.value_targets", self.value_targets, "'candidates' with advantage "
+                "'hepo' and decoder 'ved' (HEPO's terminal reward needs a candidate item)")
+        require(self.policy_loss != "sdpo" or self.advantage == "grpo", f"{prefix}.advantage",
+                self.advantage, "'grpo' with policy_loss 'sdpo' (S-DPO reads no advantage)")

@@ -62,9 +62,12 @@ from vstar.train.advantages import (PrefixEmbeddings, SiblingAdvantages, dense_v
                                     sibling_advantages, sibling_mass_on_target_path,
                                     td_targets, tree_value_paths, value_loss,
                                     within_user_correlation)
+from vstar.train.advantages import (hepo_advantages, hepo_process_rewards, tree_advantages,
+                                    zero_variance_keep)
 from vstar.train.config import (RL_DECODERS, RL_SIBLING_SAME, RL_VALUE_GATES, RL_VALUE_TARGETS,
                                 RLConfig)
-from vstar.train.losses import grpo_loss, sibling_loss
+from vstar.train.config import RL_ADVANTAGES, RL_POLICY_LOSSES, RL_RATIO_LEVELS
+from vstar.train.losses import grpo_loss, kl_k3, sdpo_loss, sibling_loss
 from vstar.train.rewards import REWARDS, RewardContext, get_reward
 
 log = logging.getLogger(__name__)
@@ -87,6 +90,8 @@ class RLBatch:
     decode_stats: dict | None = None         # logged figures of the decoder (VED: see propose)
     tree_codes: torch.Tensor | None = None   # [B, P, L] extra value paths (VED tree), -1 = pad
     tree_valid: torch.Tensor | None = None   # [B, P]
+    keep_users: torch.Tensor | None = None   # [B] users in the clipped policy loss (DAPO's
+                                             # filter; None: all)
 
 
 def check_rl_config(cfg: RLConfig) -> None:
@@ -117,6 +122,17 @@ def check_rl_config(cfg: RLConfig) -> None:
     for name in ("grad_clip", "value_grad_clip"):
         if not getattr(cfg, name) > 0:
             bad(name, f"expected a max gradient norm > 0, got {getattr(cfg, name)}")
+    # other RL methods (docs/method.md "Other RL methods")
+    if cfg.advantage not in RL_ADVANTAGES:
+        bad("advantage", f"expected one of {RL_ADVANTAGES}, got {cfg.advantage!r}")
+    if cfg.ratio_level not in RL_RATIO_LEVELS:
+        bad("ratio_level", f"expected one of {RL_RATIO_LEVELS}, got {cfg.ratio_level!r}")
+    if cfg.policy_loss not in RL_POLICY_LOSSES:
+        bad("policy_loss", f"expected one of {RL_POLICY_LOSSES}, got {cfg.policy_loss!r}")
+    if cfg.advantage == "hepo" and not cfg.value_loss:
+        bad("value_loss", "expected true with advantage 'hepo' (its GAE reads the value head)")
+    if cfg.advantage == "hepo" and cfg.decoder == "ved" and cfg.value_targets == "tree":
+        bad("value_targets", "expected 'candidates' with advantage 'hepo' and decoder 'ved'")
 
 
 def _zero_value(hidden: torch.Tensor) -> torch.Tensor:
@@ -171,6 +187,12 @@ class RLTrainer:
         self.value_in_ved_since = 0 if cfg.value_gate == "always" else -1
         self.history: list[dict] = []
         self._value_data = None     # the step's detached value states (refit_value)
+        L = vocab.n_levels          # HEPO's c_l (docs/method.md "Other RL methods")
+        c = cfg.hepo_level_weights or [(l + 1) / L for l in range(L)]
+        if len(c) != L:
+            raise InputError(f"expected {L} weights (one per SID level), got {len(c)}",
+                             field="rl.hepo_level_weights")
+        self.hepo_level_weights = torch.tensor(c, dtype=torch.float32)
 
     def _lr_factor(self, step: int, n_steps: int) -> float:
         warm = min(1.0, (step + 1) / max(1, self.cfg.warmup_steps))
@@ -262,13 +284,21 @@ class RLTrainer:
                                             b.pad_mask, b.codes).log_probs    # [B, G, L]
             if logp_old is None:                                          # first use of the batch
                 logp_old = sc.log_probs.detach()
-            terms["grpo"], g_stats = grpo_loss(sc.log_probs, logp_old, logp_ref, adv, b.valid,
-                                               cfg.clip_eps, cfg.kl_beta)
             # both policy losses are means over the users with a valid candidate: this rank's
             # weight in the global mean (1 with one process; vstar.core.dist)
             user_share = dist.global_share(int((b.valid.sum(1) > 0).sum()))
-            terms["grpo"] = terms["grpo"] * user_share
-            stats.update({f"grpo_{k}": v for k, v in g_stats.items()})
+            if cfg.policy_loss == "sdpo":                                 # S-DPO instead
+                terms["sdpo"], d_stats = self._sdpo_term(b, sc.log_probs, logp_ref)
+                stats.update({f"sdpo_{k}": v for k, v in d_stats.items()})
+            else:
+                # DAPO's filter: only the kept users (all without it) enter the GRPO mean
+                pv = b.valid if b.keep_users is None else b.valid & b.keep_users[:, None]
+                terms["grpo"], g_stats = grpo_loss(
+                    sc.log_probs, logp_old, logp_ref, adv, pv, cfg.clip_eps, cfg.kl_beta,
+                    cfg.clip_eps_high, cfg.ratio_level,
+                    self.hepo_level_weights if cfg.advantage == "hepo" else None)
+                terms["grpo"] = terms["grpo"] * dist.global_share(int((pv.sum(1) > 0).sum()))
+                stats.update({f"grpo_{k}": v for k, v in g_stats.items()})
             if cfg.sibling:                                               # Eq. 19
                 terms["sib"], s_stats = sibling_loss(sc.log_probs, logp_old, logp_ref, sib,
                                                      b.valid, cfg.clip_eps, cfg.kl_beta)
@@ -279,6 +309,24 @@ class RLTrainer:
             stats.update(v_stats)
         stats.update({f"loss_{k}": float(v.detach()) for k, v in terms.items()})
         return terms, stats, logp_old
+
+    def _sdpo_term(self, b: RLBatch, logp_cand: torch.Tensor,
+                   ref_cand: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """S-DPO: the logged target against the group's other candidates (docs/method.md
+        "Other RL methods"). Under torchrun: this rank's share of the mean over users."""
+        pos = b.target_codes[:, None, :]                                  # [B, 1, L]
+        logp_pos = score_candidates(self.policy, self.vocab, self.trie, b.tokens, b.pad_mask,
+                                    pos).log_probs[:, 0]                  # [B, L]
+        with torch.no_grad():
+            ref_pos = score_candidates(self.reference, self.vocab, self.trie, b.tokens,
+                                       b.pad_mask, pos).log_probs[:, 0]
+        neg = b.valid & (b.items != b.target_items[:, None])              # [B, G]
+        loss, stats = sdpo_loss(logp_pos, ref_pos, logp_cand, ref_cand, neg, self.cfg.sdpo_beta)
+        with torch.no_grad():
+            tok = b.valid[..., None].expand_as(logp_cand)
+            stats["kl_mean"] = (float(kl_k3(logp_cand[tok], ref_cand[tok]).mean())
+                                if bool(tok.any()) else 0.0)
+        return loss * dist.global_share(int(neg.any(1).sum())), stats
 
     def _value_term(self, b: RLBatch, cand_hidden: torch.Tensor, dense: torch.Tensor,
                     value_only: bool) -> tuple[torch.Tensor, dict]:
@@ -348,7 +396,8 @@ class RLTrainer:
         cfg = self.cfg
         pol = [p for p in self.policy.parameters() if p.requires_grad]
         head = list(self.value_head.parameters())
-        loss_pi = None if value_only else (terms["grpo"] + cfg.w_sib * terms.get("sib", 0.0))
+        loss_pi = None if value_only else (terms.get("grpo", 0.0) + terms.get("sdpo", 0.0)
+                                           + cfg.w_sib * terms.get("sib", 0.0))
         loss_v = None
         if "value" in terms:
             loss_v = terms["value"] * (1.0 if value_only else cfg.w_value)
@@ -380,6 +429,64 @@ class RLTrainer:
         norm_p = float(torch.nn.utils.clip_grad_norm_(pol, cfg.grad_clip))
         norm_v = float(torch.nn.utils.clip_grad_norm_(head, cfg.value_grad_clip))
         return norm_p, norm_v
+
+    # ------------------------------------------------------------------ other RL methods
+    def other_advantages(self, idx: np.ndarray, b: RLBatch, rewards: torch.Tensor,
+                         adv: torch.Tensor, dense: torch.Tensor):
+        """DAPO's group filter, TreeRL's or HEPO's advantage when the config asks for them
+        (docs/method.md "Other RL methods"). Returns (advantage [B, G] or [B, G, L], value
+        rewards [B, G, L], logged statistics); sets ``b.keep_users`` for the filter."""
+        cfg, stats = self.cfg, {}
+        if cfg.filter_zero_variance:
+            b.keep_users = zero_variance_keep(rewards, b.valid)
+            n_users = int((b.valid.sum(1) > 0).sum())
+            stats["dapo_kept_share"] = int(b.keep_users.sum()) / max(1, n_users)
+        if cfg.advantage == "treerl":
+            adv = tree_advantages(b.codes.clamp(min=0), rewards, b.valid)
+        elif cfg.advantage == "hepo":
+            process = hepo_process_rewards(b.codes, b.valid, *self._history_codes(idx),
+                                           self._sibling_codes(b.codes), cfg.hepo_alpha)
+            with torch.no_grad():
+                hidden = score_candidates(self.policy, self.vocab, self.trie, b.tokens,
+                                          b.pad_mask, b.codes).hidden
+                values = self.value_head(hidden)                          # [B, G, L]
+            adv, dense = hepo_advantages(process, rewards, values, b.valid, cfg.gamma,
+                                         cfg.gae_lambda, cfg.adv_eps)
+            L, v = process.shape[-1], b.valid
+            coarse = process[..., : L - 1][v]                             # [n, L-1]
+            stats["hepo_process_reward_mean"] = float(coarse.mean()) if coarse.numel() else 0.0
+            stats["hepo_process_reward_nonzero"] = (float((coarse > 0).float().mean())
+                                                    if coarse.numel() else 0.0)
+        if adv.dim() == 3:
+            a = adv[b.valid]                                              # [n, L]
+            stats.update({f"adv_abs_l{l + 1}": float(a[:, l].abs().mean()) if a.numel() else 0.0
+                          for l in range(adv.shape[-1])})
+        return adv, dense, stats
+
+    def _history_codes(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """SIDs of the history items the model reads (the last ``max_history``): [B, H, L] and
+        a mask [B, H]."""
+        hist = [np.asarray(self.rows.histories[i])[-self.max_history:] for i in idx]
+        H = max(1, max(len(h) for h in hist))
+        items = torch.zeros(len(hist), H, dtype=torch.long)
+        mask = torch.zeros(len(hist), H, dtype=torch.bool)
+        for r, h in enumerate(hist):
+            items[r, : len(h)] = torch.as_tensor(h, dtype=torch.long)
+            mask[r, : len(h)] = True
+        return self.trie.codes[items], mask
+
+    def _sibling_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """The trie-valid codes at each level under each candidate's prefix: [B, G, L, K_max]."""
+        B, G, L = codes.shape
+        K = max(self.trie.codebook_sizes)
+        flat = codes.clamp(min=0).reshape(B * G, L)
+        node = torch.zeros(B * G, dtype=torch.long, device=codes.device)
+        out = torch.zeros(B * G, L, K, dtype=torch.bool, device=codes.device)
+        for l in range(L):
+            allowed = self.trie.allowed(l, node)                          # [B*G, K_l]
+            out[:, l, : allowed.shape[1]] = allowed
+            node = self.trie.step(l, node, flat[:, l])
+        return out.reshape(B, G, L, K)
 
     # ------------------------------------------------------------------ value diagnostic
     @torch.no_grad()
@@ -466,6 +573,8 @@ class RLTrainer:
         check_finite(adv[b.valid], "advantage", step)
         sib = self.sibling_advantages(b, rewards)
         dense = self._dense(b.codes, b.valid, b)
+        adv, dense, method_stats = self.other_advantages(idx, b, rewards, adv, dense)
+        check_finite(adv[b.valid], "advantage", step)
         logp_old = None
         for _ in range(cfg.updates_per_batch):                            # 4-5. loss, update
             terms, stats, logp_old = self.losses(b, adv, sib, dense, logp_old, value_only)
@@ -483,7 +592,9 @@ class RLTrainer:
                                    time.perf_counter() - t0)
         record.update({"value_warmup": float(value_only), "value_in_ved": value_in_ved,
                        "grad_norm_policy": norm_p, "grad_norm_value": norm_v,
-                       "diag_seconds": t_diag, **diag})
+                       "diag_seconds": t_diag, **diag, **method_stats})
+        if cfg.ratio_level == "sequence" and "grpo_ratio_mean" in stats:
+            record["gspo_seq_ratio_mean"] = stats["grpo_ratio_mean"]   # last update's
         # over ranks: the (share-weighted) losses summed into the global losses, the other
         # statistics averaged over the ranks' users
         record = dist.reduce_record(record, [k for k in record if k.startswith("loss_")])
@@ -508,7 +619,8 @@ class RLTrainer:
                 "sib_adv_mass": total / B, "sib_adv_mass_on_target_path": float(on_path.sum()) / B,
                 "sib_adv_share_on_target_path": (float(on_path.sum()) / total if total > 0
                                                  else float("nan")),
-                "kl": stats.get("grpo_kl_mean", 0.0), "unique_items_per_G": float(np.mean(uniq_items)),
+                "kl": stats.get("grpo_kl_mean", stats.get("sdpo_kl_mean", 0.0)),
+                "unique_items_per_G": float(np.mean(uniq_items)),
                 **uniq_codes, "target_in_group": float(hit.any(1).float().mean()),
                 "decode_forward_tokens_per_user": b.forward_tokens / B,
                 "lr": self.sched.get_last_lr()[0],
