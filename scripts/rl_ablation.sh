@@ -6,6 +6,7 @@
 #
 #   EXPERIMENT=sci_gen_lr1 SEEDS="0 1 2" scripts/rl_ablation.sh
 #   JOBS=2 ...     # seeds two at a time, one torch thread each (the 2-core reference machine)
+#   METHODS="gspo dapo" ...   # other registry entries from the same SFT generators (issue 13)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VSTAR=${VSTAR:-.venv/bin/vstar}
@@ -13,7 +14,7 @@ EXPERIMENT=${EXPERIMENT:?set EXPERIMENT to the run.name whose sft/seed<k> genera
 SEEDS=${SEEDS:-"0 1 2"}
 JOBS=${JOBS:-1}
 CONFIG=${CONFIG:-configs/scientific.yaml}
-METHODS="grpo_beam grpo_beam_sibling grpo_ved vstar"
+METHODS=${METHODS:-"grpo_beam grpo_beam_sibling grpo_ved vstar"}
 # 2 epochs over the 8,317 training users at 64 users per step: 8317 * 2 / 64 = 260 steps
 RL=(rl.users_per_step=64 rl.steps=260)
 THREADS=$([ "$JOBS" -gt 1 ] && echo 1 || echo 2)
@@ -21,7 +22,7 @@ THREADS=$([ "$JOBS" -gt 1 ] && echo 1 || echo 2)
 for seed in $SEEDS; do
     while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 5; done
     "$VSTAR" rl "$CONFIG" --method $METHODS run.name="$EXPERIMENT" "run.seeds=[$seed]" \
-        run.num_threads="$THREADS" "${RL[@]}" > "runs/$EXPERIMENT.rl_seed$seed.log" 2>&1 &
+        run.num_threads="$THREADS" "${RL[@]}" > "runs/$EXPERIMENT.rl_seed$seed.${METHODS// /_}.log" 2>&1 &
 done
 wait
 

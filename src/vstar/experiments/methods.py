@@ -225,6 +225,9 @@ for _name, (_decoder, _sibling, _value_loss, _help) in RL_RECIPES.items():
 # Other RL methods on beam-search groups (docs/method.md "Other RL methods"): name: (help, preset)
 _BEAM_GRPO = {"decoder": "beam", "sibling": False, "value_loss": False}
 OTHER_RL_RECIPES = {
+    "grpo_beam_x2": ("beam groups + GRPO with 2 updates per batch (PPO clipping): the baseline "
+                     "of gspo and dapo, which reuse each batch twice",
+                     {**_BEAM_GRPO, "updates_per_batch": 2}),
     "gspo": ("beam groups + GRPO advantages with GSPO's sequence-level ratio (2 updates/batch)",
              {**_BEAM_GRPO, "ratio_level": "sequence", "updates_per_batch": 2}),
     "dapo": ("beam groups + GRPO, DAPO's zero-variance group filter, clip 0.2/0.28, no KL, "
