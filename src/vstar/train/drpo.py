@@ -9,11 +9,12 @@ minimises a weighted negative log-likelihood of the logged items,
 (trie-constrained log-probs, ``vstar.decode.scoring``) and differs only in the weight w_i.
 With A_i = (R_i - mean_D R) / (std_D R + 1e-8), the log-level normalised advantage:
 
-    topk      DRPO (hard filtering): w_i = 1[R_i >= q] / alpha, q = the return of the
-              ceil(alpha |D|)-th best sample of the whole log (ties kept). **Reconstruction**:
-              the maximiser of sup_{Q : dQ/dP_D <= 1/alpha} E_Q[log pi] puts density 1/alpha on
-              the top-alpha quantile of returns, so this is an unbiased minibatch estimate of that
-              optimistic distributionally robust objective.
+    topk      DRPO (hard filtering): w_i = 1[R_i >= q] * |D| / |K|, q = the return of the
+              ceil(alpha |D|)-th best sample of the whole log, K = {i : R_i >= q} (ties at q are
+              all kept, so |K| >= alpha |D|; without ties |D| / |K| = 1 / alpha).
+              **Reconstruction**: the maximiser of sup_{Q : dQ/dP_D <= 1/alpha} E_Q[log pi] puts
+              density 1/alpha on the top-alpha quantile of returns, so the minibatch mean is an
+              unbiased estimate of that optimistic distributionally robust objective.
     naive     w_i = A_i on every sample: negatives are pushed down (the repulsive gradient).
     positive  w_i = max(A_i, 0): advantage-weighted SFT on the positives only.
     awr       w_i = min(exp(A_i / tau), w_max): AWR-style soft down-weighting, never negative.
@@ -114,10 +115,12 @@ def topk_threshold(returns: np.ndarray, alpha: float) -> float:
 def sample_weights(mode: str, returns: np.ndarray, *, alpha: float = 0.3, tau: float = 1.0,
                    max_weight: float = 20.0) -> np.ndarray:
     """The static weight w_i of every sample of the log under ``mode`` (soft_nll: A_i, its
-    negatives are scaled by the NLL in :func:`drpo_loss`)."""
+    negatives are scaled by the NLL in :func:`drpo_loss`). topk: 1 / (kept share) on the kept
+    samples, 0 elsewhere."""
     adv = normalised_advantage(returns)
     if mode == "topk":
-        return (np.asarray(returns) >= topk_threshold(returns, alpha)).astype(np.float64) / alpha
+        keep = np.asarray(returns) >= topk_threshold(returns, alpha)
+        return keep.astype(np.float64) * (len(keep) / keep.sum())
     if mode in ("naive", "soft_nll"):
         return adv
     if mode == "positive":
