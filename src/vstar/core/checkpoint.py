@@ -17,6 +17,9 @@ is expected is a clear error naming the file, not a shape mismatch three calls l
                                                      early-stopping state and history
     sasrec        save_sasrec / load_sasrec          SASRec weights, its config and n_items
     embeddings    save_embeddings / load_embeddings  a float32 [N, D] matrix of item embeddings
+    semantic_scorer  save_semantic_scorer /          A2PO's semantic judge: the aggregator MLP's
+                  load_semantic_scorer               weights, its input size, width, recency
+                                                     decay and aspect names
     hf_generator  save_hf_generator /                a folder in the Hugging Face layout
                   load_hf_generator                  (``save_pretrained``: config.json,
                                                      model.safetensors) plus ``sid_vocab.json``:
@@ -40,7 +43,7 @@ from vstar.core.errors import InputError
 from vstar.core.io import atomic_dir, atomic_path, atomic_write_json, read_json, to_jsonable
 
 FORMAT_VERSION = 1
-KINDS = ("generator", "rl_state", "sft_state", "sasrec", "embeddings")
+KINDS = ("generator", "rl_state", "sft_state", "sasrec", "embeddings", "semantic_scorer")
 
 _KIND, _FORMAT = "vstar_kind", "vstar_format"
 # rl_state sections: tensors are stored as "<section>.<key>"
@@ -372,3 +375,21 @@ def load_embeddings(path: str | os.PathLike) -> tuple[Any, str]:
     if EMBEDDINGS_KEY not in tensors:
         raise InputError(f"expected a tensor named {EMBEDDINGS_KEY!r}", file=str(path))
     return tensors[EMBEDDINGS_KEY].numpy(), str(meta.get("model", ""))
+
+
+# ---------------------------------------------------------------------------------------------
+# A2PO's semantic judge (vstar.train.semantic_reward)
+# ---------------------------------------------------------------------------------------------
+
+def save_semantic_scorer(path: str | os.PathLike, state_dict: Mapping[str, Any], *, dim: int,
+                         hidden: int, decay: float, aspects: list[str]) -> Path:
+    return _write(path, "semantic_scorer", state_dict,
+                  {"dim": int(dim), "hidden": int(hidden), "decay": float(decay),
+                   "aspects": list(aspects)})
+
+
+def load_semantic_scorer(path: str | os.PathLike) -> tuple[dict, dict]:
+    """(state_dict, {dim, hidden, decay, aspects}) of a semantic judge."""
+    tensors, meta = _read(path, "semantic_scorer")
+    _require(meta, ("dim", "hidden", "decay", "aspects"), path, "semantic_scorer")
+    return tensors, {k: meta[k] for k in ("dim", "hidden", "decay", "aspects")}

@@ -16,6 +16,7 @@
             sasrec.safetensors
             rl_state.safetensors rl_config.json rl_log.jsonl
             sft_history.json sft_state.safetensors   SFT per-epoch state (resume)
+            semantic_scorer.safetensors       A2PO's semantic judge (its aggregator)
 
     <run.cache_dir>/                          CacheLayout
         embeddings/text-emb-<key>.safetensors
@@ -136,6 +137,11 @@ class RunLayout:
     @property
     def sft_history(self) -> Path:
         return self.path / "sft_history.json"
+
+    @property
+    def semantic_scorer(self) -> Path:
+        """A2PO's semantic judge, trained on the training split (``vstar.train.semantic_reward``)."""
+        return self.path / "semantic_scorer.safetensors"
 
     # where it sits
     @property

@@ -23,6 +23,7 @@ def k_core(data: InteractionData, k: int) -> InteractionData:
         return data
     sequences = list(data.sequences)
     timestamps = list(data.timestamps) if data.timestamps is not None else None
+    ratings = list(data.ratings) if data.ratings is not None else None
     keep_user = np.ones(data.n_users, dtype=bool)
     keep_item = np.ones(data.n_items, dtype=bool)
     rounds = 0
@@ -38,6 +39,8 @@ def k_core(data: InteractionData, k: int) -> InteractionData:
                 sequences[u] = sequences[u][mask]
                 if timestamps is not None:
                     timestamps[u] = timestamps[u][mask]
+                if ratings is not None:
+                    ratings[u] = ratings[u][mask]
         lengths = np.array([len(s) for s in sequences], dtype=np.int64)
         new_keep_user = keep_user & (lengths >= k)
         changed = (new_keep_item != keep_item).any() or (new_keep_user != keep_user).any()
@@ -57,6 +60,7 @@ def k_core(data: InteractionData, k: int) -> InteractionData:
         item_text=None if data.item_text is None else
         [data.item_text[i] for i in np.flatnonzero(keep_item)],
         item_features={c: v[keep_item] for c, v in data.item_features.items()},
+        ratings=None if ratings is None else [ratings[u] for u in users],
     )
     log.info("%d-core on %s (%d rounds): users %d -> %d, items %d -> %d, interactions %d -> %d",
              k, data.name, rounds, data.n_users, out.n_users, data.n_items, out.n_items,

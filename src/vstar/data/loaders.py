@@ -107,12 +107,14 @@ def _assemble(name: str, users: list[str], items: list[str], times: np.ndarray |
               catalogue: list[str] | None, item_text: list[str] | None,
               item_features: dict[str, np.ndarray] | None, *, file: str,
               row_where: Callable[[int], tuple[int | None, str]],
-              item_field: Callable[[int], str]) -> InteractionData:
+              item_field: Callable[[int], str],
+              ratings: np.ndarray | None = None) -> InteractionData:
     """Long format (one row per interaction) -> InteractionData.
 
     Users keep their order of first appearance; each user's rows are sorted by time (stable, so
     rows with equal timestamps keep file order). For errors, ``row_where(r)`` -> (line, text)
-    and ``item_field(r)`` -> the field name of row r's item.
+    and ``item_field(r)`` -> the field name of row r's item. ``ratings`` (one per row, optional)
+    follow their rows into ``InteractionData.ratings``.
     """
     if catalogue is None:
         catalogue = list(dict.fromkeys(items))
@@ -128,15 +130,18 @@ def _assemble(name: str, users: list[str], items: list[str], times: np.ndarray |
         item_idx[r] = i
         rows_of_user.setdefault(u, []).append(r)
     sequences, timestamps = [], [] if times is not None else None
+    user_ratings = [] if ratings is not None else None
     for rows in rows_of_user.values():
         rows_arr = np.asarray(rows, dtype=np.int64)
         if times is not None:
             rows_arr = rows_arr[np.argsort(times[rows_arr], kind="stable")]
             timestamps.append(times[rows_arr].astype(np.float64))
         sequences.append(item_idx[rows_arr])
+        if ratings is not None:
+            user_ratings.append(np.asarray(ratings, dtype=np.float64)[rows_arr])
     return InteractionData(name=name, item_ids=list(catalogue), user_ids=list(rows_of_user),
                            sequences=sequences, timestamps=timestamps, item_text=item_text,
-                           item_features=dict(item_features or {}))
+                           item_features=dict(item_features or {}), ratings=user_ratings)
 
 
 # ----------------------------------------------------------------------------- LC-Rec
@@ -261,7 +266,8 @@ def load_recbole(folder: str | Path, name: str | None = None, *, user_col: str =
     ``name`` defaults to the folder name. Interactions are sorted per user by timestamp (stable).
     Item text joins the item file's token / token_seq fields ("Toy Story. 1995. Animation
     Children's Comedy" for ml-100k); its float fields become ``item_features``. With
-    ``min_rating``, interactions whose rating is below it are dropped.
+    ``min_rating``, interactions whose rating is below it are dropped. A ``rating_col`` column,
+    when there is one, is kept as ``InteractionData.ratings``.
     """
     folder = Path(folder)
     name = name or folder.name
@@ -273,12 +279,14 @@ def load_recbole(folder: str | Path, name: str | None = None, *, user_col: str =
             raise InputError(f"missing column {c!r} (have {list(cols)})", file=str(inter_file),
                              line=1, field=c)
     keep = np.ones(len(cols[user_col]), dtype=bool)
-    if min_rating is not None:
-        if rating_col not in cols:
-            raise InputError(f"min_rating is set but there is no {rating_col!r} column",
-                             file=str(inter_file), line=1, field=rating_col)
+    ratings = None
+    if rating_col and rating_col in cols:
         ratings = _floats(cols[rating_col], file=str(inter_file), field=rating_col,
                           line_of=line_of)
+    if min_rating is not None:
+        if ratings is None:
+            raise InputError(f"min_rating is set but there is no {rating_col!r} column",
+                             file=str(inter_file), line=1, field=rating_col)
         keep = ratings >= min_rating
         log.info("%s: min_rating=%s keeps %d of %d interactions", name, min_rating, keep.sum(),
                  len(keep))
@@ -312,7 +320,8 @@ def load_recbole(folder: str | Path, name: str | None = None, *, user_col: str =
     data = _assemble(name, users, items, None if times is None else times[rows], catalogue,
                      item_text, features, file=str(inter_file),
                      row_where=lambda r: (line_of(int(rows[r])), ""),
-                     item_field=lambda r: item_col)
+                     item_field=lambda r: item_col,
+                     ratings=None if ratings is None else ratings[rows])
     log.info("loaded %s: %d users, %d items, %d interactions", name, data.n_users, data.n_items,
              data.n_interactions)
     return data
@@ -436,15 +445,19 @@ def load_table(interactions_path: str | Path, items_path: str | Path | None = No
     if time_col:
         times = _numeric_column(table, time_col, inter_file, where, what="a numeric timestamp")
     rows = np.arange(table.num_rows)
+    ratings = None                      # kept as InteractionData.ratings when the column exists
+    if rating_col and rating_col in table.column_names:
+        ratings = _numeric_column(table, rating_col, inter_file, where,
+                                  allow_null=min_rating is None)
     if min_rating is not None:
         _require(table, [rating_col], inter_file)
-        ratings = _numeric_column(table, rating_col, inter_file, where)
         rows = np.flatnonzero(ratings >= min_rating)
         log.info("%s: min_rating=%s keeps %d of %d interactions", name, min_rating, len(rows),
                  table.num_rows)
         users = [users[r] for r in rows]
         items = [items[r] for r in rows]
         times = None if times is None else times[rows]
+        ratings = ratings[rows]
 
     catalogue, item_text, features = None, None, {}
     if items_path is not None:
@@ -465,7 +478,7 @@ def load_table(interactions_path: str | Path, items_path: str | Path | None = No
 
     data = _assemble(name, users, items, times, catalogue, item_text, features,
                      file=str(inter_file), row_where=lambda r: where(int(rows[r])),
-                     item_field=lambda r: item_col)
+                     item_field=lambda r: item_col, ratings=ratings)
     log.info("loaded %s: %d users, %d items, %d interactions", name, data.n_users, data.n_items,
              data.n_interactions)
     return data

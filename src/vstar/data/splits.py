@@ -18,20 +18,26 @@ log = logging.getLogger(__name__)
 
 
 class _RowBuilder:
-    def __init__(self) -> None:
+    def __init__(self, ratings: list[np.ndarray] | None = None) -> None:
         self.users: list[int] = []
         self.histories: list[np.ndarray] = []
         self.targets: list[int] = []
+        self.ratings = ratings                   # the data's per-user ratings, if any
+        self.target_ratings: list[float] = []
 
     def add(self, user: int, seq: np.ndarray, pos: int, max_history: int) -> None:
         """Row predicting ``seq[pos]`` from the (at most ``max_history``) items before it."""
         self.users.append(user)
         self.histories.append(np.array(seq[max(0, pos - max_history):pos], dtype=np.int64))
         self.targets.append(int(seq[pos]))
+        if self.ratings is not None:
+            self.target_ratings.append(float(self.ratings[user][pos]))
 
     def build(self) -> SplitRows:
         return SplitRows(users=np.asarray(self.users, dtype=np.int64), histories=self.histories,
-                         targets=np.asarray(self.targets, dtype=np.int64))
+                         targets=np.asarray(self.targets, dtype=np.int64),
+                         target_ratings=None if self.ratings is None else
+                         np.asarray(self.target_ratings, dtype=np.float64))
 
 
 def leave_one_out(data: InteractionData, max_history: int = 20) -> Splits:
@@ -47,7 +53,7 @@ def leave_one_out(data: InteractionData, max_history: int = 20) -> Splits:
     """
     if max_history < 1:
         raise InputError(f"max_history must be >= 1, got {max_history}", field="max_history")
-    train, valid, test = _RowBuilder(), _RowBuilder(), _RowBuilder()
+    train, valid, test = (_RowBuilder(data.ratings) for _ in range(3))
     n_train_only = n_no_rows = 0
     for u, seq in enumerate(data.sequences):
         n = len(seq)
@@ -109,7 +115,7 @@ def time_split(data: InteractionData, ratios: Sequence[float] = (0.8, 0.1, 0.1),
     cum = np.cumsum(ratios)
     b1, b2 = (int(np.floor(n * c + 1e-9)) for c in cum[:2])
 
-    builders = (_RowBuilder(), _RowBuilder(), _RowBuilder())
+    builders = tuple(_RowBuilder(data.ratings) for _ in range(3))
     skipped = [0, 0, 0]
     for rank, k in enumerate(order):
         part = 0 if rank < b1 else (1 if rank < b2 else 2)

@@ -21,6 +21,8 @@ class InteractionData:
     timestamps: list[np.ndarray] | None = None  # [n_users] of float64 [len_u], or None
     item_text: list[str] | None = None        # [n_items] one text per item, None if ID-only
     item_features: dict[str, np.ndarray] = field(default_factory=dict)  # numeric [n_items] columns
+    ratings: list[np.ndarray] | None = None   # [n_users] of float64 [len_u] (explicit feedback,
+                                              # e.g. MovieLens 1-5), aligned with sequences
 
     @property
     def n_items(self) -> int:
@@ -49,13 +51,16 @@ class SplitRows:
     users: np.ndarray            # int64 [R]
     histories: list[np.ndarray]  # [R] of int64 [<= max_history], oldest first, never empty
     targets: np.ndarray          # int64 [R]
+    target_ratings: np.ndarray | None = None   # float64 [R]: the target's rating, when the
+                                               # data has ratings (offline returns, DRPO)
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def subset(self, idx: np.ndarray) -> "SplitRows":
         idx = np.asarray(idx)
-        return SplitRows(self.users[idx], [self.histories[i] for i in idx], self.targets[idx])
+        return SplitRows(self.users[idx], [self.histories[i] for i in idx], self.targets[idx],
+                         None if self.target_ratings is None else self.target_ratings[idx])
 
 
 @dataclass

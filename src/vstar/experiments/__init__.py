@@ -3,6 +3,7 @@
     config.py     PipelineConfig (one typed section per stage), load_config (YAML + key=value)
     registry.py   Method, register, get_method: one entry per method a table can hold
     methods.py    the built-in methods (baselines, SFT, the RL recipes) and their runners
+    a2po_drpo.py  A2PO (business + semantic reward) and the offline DRPO modes
     pipeline.py   prepare (data, splits, SIDs) -> run_method -> evaluate, for every seed
     rundir.py     RunDir: a run folder with its config, provenance and log
     collab.py     collaborative SID vectors: item embeddings of a SASRec fitted on the train split

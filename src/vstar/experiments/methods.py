@@ -155,9 +155,12 @@ def run_sft(ctx: MethodContext) -> dict:
                          "sid_levels": vocab.n_levels})
 
 
-def run_rl(ctx: MethodContext) -> dict:
+def run_rl(ctx: MethodContext, trainer_cls: type = RLTrainer,
+           trainer_kwargs: dict | None = None, wrap_ranker: Any = None,
+           extra: dict | None = None) -> dict:
     """RL from the same seed's SFT generator with ``rl.*`` + the method's preset, then the same
-    beam-search evaluation."""
+    beam-search evaluation. A recipe with its own trainer (A2PO) passes ``trainer_cls`` and its
+    ``trainer_kwargs``, optionally ``wrap_ranker(rank) -> rank`` and ``extra`` for metrics.json."""
     cfg, prep, layout = ctx.cfg, ctx.prep, ctx.run.layout
     sft_ckpt = parent_run(ctx, "sft")        # finished, same SIDs and items; recorded as parent
     vocab, trie = sid_tables(ctx)
@@ -169,8 +172,9 @@ def run_rl(ctx: MethodContext) -> dict:
     values = None
     if cfg.data.value_cols and cfg.data.value_cols[0] in prep.data.item_features:
         values = prep.data.item_features[cfg.data.value_cols[0]]
-    trainer = RLTrainer(policy, vocab, trie, prep.splits.train, rcfg, prep.splits.max_history,
-                        seed=ctx.seed, item_emb=prep.item_emb, item_values=values)
+    trainer = trainer_cls(policy, vocab, trie, prep.splits.train, rcfg, prep.splits.max_history,
+                          seed=ctx.seed, item_emb=prep.item_emb, item_values=values,
+                          **(trainer_kwargs or {}))
     if ctx.run.resumed and layout.rl_state.is_file():     # only when asked (run.resume=true)
         trainer.load(layout.rl_state)
         if trainer.step_idx > rcfg.steps:
@@ -194,9 +198,11 @@ def run_rl(ctx: MethodContext) -> dict:
     summary = {k: float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
                for k in keys
                for vals in [np.asarray([h[k] for h in hist if k in h], dtype=float)]}
-    return ctx.evaluate(beam_ranker(ctx, policy, vocab, trie), train_s,
+    ranker = beam_ranker(ctx, policy, vocab, trie)
+    return ctx.evaluate(ranker if wrap_ranker is None else wrap_ranker(ranker), train_s,
                         {"rl": {k: v for k, v in dataclasses.asdict(rcfg).items()
-                                if not isinstance(v, dict)}, "rl_summary": summary},
+                                if not isinstance(v, dict)}, "rl_summary": summary,
+                         **(extra or {})},
                         {"seconds_per_rl_step": summary.get("step_seconds")})
 
 
@@ -245,3 +251,6 @@ OTHER_RL_RECIPES = {
 }
 for _name, (_help, _preset) in OTHER_RL_RECIPES.items():
     register(Method(_name, run_rl, kind="rl", help=_help, preset=_preset))
+
+# A2PO (S-GRec) and DRPO: runners and registry entries in their own module
+from vstar.experiments import a2po_drpo as _a2po_drpo  # noqa: E402,F401  (registers them)

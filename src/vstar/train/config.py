@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from vstar.core.validate import (at_least, boolean, check_fields, count, fraction, list_of,
                                  non_negative, non_negative_int, one_of, optional, positive,
                                  probability, registered, require)
+from vstar.core.validate import between, number, text      # rules of the A2PO / DRPO fields
 from vstar.data.windows import WINDOW_MODES
 from vstar.decode.config import VEDConfig
 from vstar.model.config import ValueHeadConfig
@@ -27,6 +28,8 @@ RL_VALUE_GATES = ("chance", "logp", "always")
 RL_ADVANTAGES = ("grpo", "treerl", "hepo")   # docs/method.md "Other RL methods"
 RL_RATIO_LEVELS = ("token", "sequence")
 RL_POLICY_LOSSES = ("clipped", "sdpo")
+RL_A2PO = ("off", "fusion", "reward_sum", "adv_sum")
+RL_DRPO_MODES = ("topk", "naive", "positive", "awr", "soft_nll")
 
 
 def _reward_names() -> list[str]:
@@ -128,6 +131,20 @@ class RLConfig:
     # --- bookkeeping ---
     checkpoint_every: int = 50        # steps between rl_state checkpoints (0: only at the end)
     log_every: int = 10
+    # --- A2PO (S-GRec): business + semantic reward (docs/method.md "A2PO and DRPO") ---
+    a2po: str = "off"                 # one of RL_A2PO: how the two rewards' advantages combine
+    semantic_fraction: float = 1.0    # share of a step's groups the semantic judge scores
+    semantic_train_steps: int = 300   # Adam steps of the judge's aggregator (pairwise loss)
+    item_value_column: str = ""       # item feature multiplying the business reward ("": none)
+    # --- DRPO: offline training on a logged (history, item, return) set (same section) ---
+    drpo_mode: str = "topk"           # one of RL_DRPO_MODES: the per-sample weight
+    drpo_alpha: float = 0.3           # topk: the kept top fraction of the log's returns, (0, 1]
+    drpo_tau: float = 1.0             # awr: temperature of exp(A / tau)
+    drpo_max_weight: float = 20.0     # awr: weights clipped at this value
+    drpo_nll_lambda: float = 1.0      # soft_nll: negatives weighted by exp(-lambda * NLL / L)
+    drpo_rating_center: float = 3.0   # return of a logged item = its rating - this
+    drpo_negatives: float = 0.5       # injected random items per logged sample (expected)
+    drpo_negative_return: float = -2.0   # the return of an injected random item
 
     # one rule per field (vstar.core.validate); a new field needs an entry here
     RULES = {
@@ -147,6 +164,13 @@ class RLConfig:
         "sibling_std_floor": non_negative, "value_updates_per_step": count,
         "value_targets": one_of(*RL_VALUE_TARGETS), "value_diag_every": non_negative_int,
         "value_gate": one_of(*RL_VALUE_GATES), "value_gate_margin": non_negative,
+        # A2PO and DRPO
+        "a2po": one_of(*RL_A2PO), "semantic_fraction": probability,
+        "semantic_train_steps": count, "item_value_column": text(nonempty=False),
+        "drpo_mode": one_of(*RL_DRPO_MODES), "drpo_alpha": between(0.0, 1.0),
+        "drpo_tau": positive, "drpo_max_weight": positive, "drpo_nll_lambda": non_negative,
+        "drpo_rating_center": number, "drpo_negatives": non_negative,
+        "drpo_negative_return": number,
     }
 
     # --- other RL methods (docs/method.md "Other RL methods"; registry: gspo, dapo,
@@ -177,6 +201,8 @@ class RLConfig:
                 f"{prefix}.value_diag_every", self.value_diag_every,
                 f">= 1: value_gate {self.value_gate!r} opens on the value diagnostic (or set "
                 f"value_gate 'always')")
+        require(self.drpo_alpha > 0, f"{prefix}.drpo_alpha", self.drpo_alpha,
+                "a fraction in (0, 1]: the share of the log DRPO keeps")
         self.ved.validate(f"{prefix}.ved")
         self.value_head.validate(f"{prefix}.value_head")
         # other RL methods

@@ -148,6 +148,9 @@ class RLTrainer:
                  item_emb: np.ndarray | None = None, item_values: np.ndarray | None = None,
                  reward_fn: str | Callable | None = None):
         check_rl_config(cfg)
+        if cfg.a2po != "off" and not getattr(self, "fuses_semantic_reward", False):
+            raise InputError("rl.a2po needs the A2PO trainer: run a method 'a2po*' (or "
+                             "vstar.train.a2po.A2POTrainer)", field="rl.a2po")
         self.cfg, self.vocab, self.trie, self.rows = cfg, vocab, trie, rows
         self.max_history = max_history
         # RL runs without dropout (eval mode, gradients still flow): the sampling policy pi_old,
@@ -255,6 +258,11 @@ class RLTrainer:
 
     def rewards(self, b: RLBatch) -> torch.Tensor:
         return self.reward_fn(self._context(b))                           # [B, G]
+
+    def advantages(self, b: RLBatch, rewards: torch.Tensor) -> torch.Tensor:
+        """The per-candidate advantage [B, G] of the policy loss: GRPO's group z-score (a
+        subclass may fuse several rewards here, e.g. ``vstar.train.a2po.A2POTrainer``)."""
+        return grpo_advantages(rewards, b.valid, self.cfg.adv_eps)
 
     def sibling_advantages(self, b: RLBatch, rewards: torch.Tensor) -> SiblingAdvantages:
         """Eq. 15-18 on the sibling reward (``rl.sibling_reward``; docs/method.md section 5)."""
@@ -569,7 +577,7 @@ class RLTrainer:
         rewards = self.rewards(b)                                         # 2. reward
         step = self.step_idx + 1
         check_finite(rewards[b.valid], "reward", step)
-        adv = grpo_advantages(rewards, b.valid, cfg.adv_eps)              # 3. advantages
+        adv = self.advantages(b, rewards)                                 # 3. advantages
         check_finite(adv[b.valid], "advantage", step)
         sib = self.sibling_advantages(b, rewards)
         dense = self._dense(b.codes, b.valid, b)
