@@ -60,31 +60,6 @@ def test_soft_targets_are_the_teachers_code_marginals_given_the_true_prefix():
     assert checked == 3 * len(rows)
 
 
-def test_teacher_temperature_softens_the_item_softmax_before_the_marginals():
-    codes, rows, teacher = _world()
-    vocab = SidVocab([3, 4, 2])
-    windows, flags = build_windows(rows, 5, "chunks")
-    _, targets, _ = encode_windows(windows, flags, torch.as_tensor(codes), vocab)
-    args = (teacher, windows, flags, torch.as_tensor(codes), vocab, targets)
-    cold, row = teacher_code_targets(*args)
-    warm, _ = teacher_code_targets(*args, temperature=2.0)
-    hot, _ = teacher_code_targets(*args, temperature=1e6)
-    # first supervised token of window 0: level 0, no prefix; brute force at T = 2
-    w = windows[0]
-    i = int(np.flatnonzero(flags[0])[0])
-    with torch.no_grad():
-        p = torch.softmax(teacher(torch.as_tensor(w[:i] + 1)[None]) / 2.0, -1)[0].numpy()
-    q = np.bincount(codes[:, 0], weights=p, minlength=4)
-    np.testing.assert_allclose(warm[row[0, 3 * i]].numpy(), q / q.sum(), rtol=1e-4, atol=1e-6)
-    # T -> infinity: every item equally likely, so a code's mass is its share of the items
-    # under the prefix (level 0: 8 of 24 items per first code, 3 codes used of K_max = 4)
-    np.testing.assert_allclose(hot[row[0, 3 * i]].numpy(), [1 / 3, 1 / 3, 1 / 3, 0], atol=1e-4)
-    # softer = higher entropy, on average over all targets
-    def entropy(s):
-        return float(-(s * s.clamp(min=1e-30).log()).sum(1).mean())
-    assert entropy(cold) < entropy(warm) < entropy(hot)
-
-
 def test_distilling_one_hot_targets_is_the_cross_entropy_and_uniform_ones_the_entropy_gap():
     codes, rows, _ = _world(1)
     vocab = SidVocab([3, 4, 2])

@@ -58,8 +58,6 @@ class SFTConfig:
     distill: float = 0.0           # weight a of knowledge distillation from the experiment's
                                    # SASRec: (1 - a) * CE + a * KL(teacher's code marginals ||
                                    # generator), per SID level given the true prefix
-    distill_temperature: float = 1.0  # T of the teacher's item softmax, softmax(logits / T),
-                                      # before its code marginals are taken (T > 1: softer)
 
 
 
@@ -68,8 +66,7 @@ class SFTConfig:
              "grad_clip": positive, "val_metric": one_of(*SFT_VAL_METRICS), "val_beam": count,
              "val_max_users": non_negative_int, "eval_every": count,
              "windows": one_of(*WINDOW_MODES), "label_smoothing": fraction,
-             "loss": one_of(*SFT_LOSSES), "distill": fraction,
-             "distill_temperature": positive}
+             "loss": one_of(*SFT_LOSSES), "distill": fraction}
 
     def validate(self, prefix: str = "sft") -> None:
         check_fields(self, prefix, self.RULES)

@@ -77,7 +77,7 @@ def target_nodes(targets: torch.Tensor, levels: torch.Tensor, vocab: SidVocab,
 @torch.no_grad()
 def teacher_code_targets(teacher: torch.nn.Module, windows: list[np.ndarray],
                          flags: list[np.ndarray], item_codes: torch.Tensor, vocab: SidVocab,
-                         targets: torch.Tensor, chunk: int = 1024, temperature: float = 1.0
+                         targets: torch.Tensor, chunk: int = 1024
                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """A SASRec teacher's distribution over each supervised code, for distillation.
 
@@ -85,8 +85,6 @@ def teacher_code_targets(teacher: torch.nn.Module, windows: list[np.ndarray],
     items before it, right-aligned as when it ranks a history, and gives p(item); the soft target of SID level l is that distribution summed over the items that share
     the true item's first l codes, grouped by their level-l code (so it is the teacher's
     p(code_l | history, true prefix), the quantity the generator's level-l softmax estimates).
-    ``temperature`` T > 1 softens the teacher's item softmax first (softmax(logits / T)): more of
-    its mass goes to the items it ranks below the top, which is what top-k ranking needs.
 
     Returns (soft [S, K_max] float32, row [N, T] long): ``soft[row[n, t]]`` is the target of the
     supervised token ``targets[n, t]`` (``encode_windows``'s layout), row -1 elsewhere.
@@ -107,7 +105,7 @@ def teacher_code_targets(teacher: torch.nn.Module, windows: list[np.ndarray],
         inputs = torch.zeros(len(part), max(len(h) for h in part), dtype=torch.long)
         for r, h in enumerate(part):            # right-aligned, as the teacher ranks histories
             inputs[r, inputs.shape[1] - len(h):] = torch.from_numpy(np.asarray(h) + 1)
-        p = torch.softmax(teacher(inputs) / temperature, dim=-1)                 # [c, I]
+        p = torch.softmax(teacher(inputs), dim=-1)                               # [c, I]
         c = len(part)
         true = codes[torch.as_tensor(items[s:s + chunk])]                       # [c, L]
         same = torch.ones_like(p, dtype=torch.bool)
@@ -230,9 +228,9 @@ def train_sft(model: SidModel, vocab: SidVocab, trie: SidTrie, splits: Splits,
         if teacher is None:
             raise InputError("sft.distill > 0 needs a teacher model", field="sft.distill")
         soft, soft_row = teacher_code_targets(teacher, windows, flags, trie.codes, vocab,
-                                              targets, temperature=cfg.distill_temperature)
-        log.info("SFT: distilling %d code distributions of the SASRec teacher (weight %.2f, "
-                 "temperature %.2f)", len(soft), cfg.distill, cfg.distill_temperature)
+                                              targets)
+        log.info("SFT: distilling %d code distributions of the SASRec teacher (weight %.2f)",
+                 len(soft), cfg.distill)
     log.info("SFT: %d training rows in %d windows, %d supervised tokens", len(splits.train),
              len(windows), int((targets >= 0).sum()))
     val = splits.valid
