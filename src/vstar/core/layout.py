@@ -16,6 +16,11 @@
             sasrec.safetensors
             rl_state.safetensors rl_config.json rl_log.jsonl
             sft_history.json sft_state.safetensors   SFT per-epoch state (resume)
+            events.out.tfevents.*             TensorBoard curves (run.tensorboard; the folder is
+                                              the log dir: `tensorboard --logdir runs/`)
+            budget_<split>.json               the inference budget curve (`vstar budget`)
+            report.html                       `vstar report RUN_DIR` of this run alone
+        report.html                           `vstar report`: tables, curves, SIDs, search trees
 
     <run.cache_dir>/                          CacheLayout
         embeddings/text-emb-<key>.safetensors
@@ -35,6 +40,7 @@ from typing import Any
 from vstar.core.errors import InputError
 
 METRICS_FILE = "metrics.json"
+TENSORBOARD_EVENTS = "events.out.tfevents.*"   # torch.utils.tensorboard's event file names
 _SEED_RE = re.compile(r"^seed(\d+)$")
 
 
@@ -137,6 +143,26 @@ class RunLayout:
     def sft_history(self) -> Path:
         return self.path / "sft_history.json"
 
+    @property
+    def tensorboard_dir(self) -> Path:
+        """TensorBoard's log dir for the run: the run folder itself (event files
+        ``events.out.tfevents.*``), so ``tensorboard --logdir <out_dir>`` lists every run as
+        ``<experiment>/<method>/seed<k>``."""
+        return self.path
+
+    def tensorboard_events(self) -> list[Path]:
+        """The run's TensorBoard event files, oldest first (a resumed run adds one)."""
+        return sorted(self.path.glob(TENSORBOARD_EVENTS))
+
+    @property
+    def report(self) -> Path:
+        """``vstar report RUN_DIR``'s HTML page of this run."""
+        return self.path / "report.html"
+
+    def budget_curve(self, split: str) -> Path:
+        """The budget curve (beam vs VED at equal decode budgets) ``vstar budget`` measured."""
+        return self.path / f"budget_{split}.json"
+
     # where it sits
     @property
     def method(self) -> str:
@@ -204,6 +230,11 @@ class ExperimentLayout:
     @property
     def results(self) -> Path:
         return self.root / "results.md"
+
+    @property
+    def report(self) -> Path:
+        """``vstar report``'s self-contained HTML page of the experiment."""
+        return self.root / "report.html"
 
     def method_dir(self, method: str) -> Path:
         return self.root / method
