@@ -98,3 +98,42 @@ def tiny_setup(n_items: int = 40, sizes=(4, 5, 3), n_users: int = 5, seed: int =
     histories = [rng.integers(0, len(codes), size=rng.integers(1, 6)) for _ in range(n_users)]
     tokens, mask = vocab.encode_histories(histories, torch.as_tensor(codes))
     return codes, vocab, trie, model, tokens, mask
+
+
+def write_toy_experiment(path, seeds=(0,), methods=("popularity", "sasrec", "sft", "grpo_beam",
+                                                     "vstar")):
+    """A tiny synthetic experiment in ``path`` (created): inter.csv (50 users, 8 interactions
+    each, walking a 30-item catalogue in steps of 2), items.csv (a price per item), vectors.npy
+    (random item vectors for 2-level SIDs) and cfg.yaml (1-layer model, 2 SFT epochs, 3 value
+    warm-up + 2 RL steps; experiment ``toy`` in ``path/runs``). Returns ``path``."""
+    from pathlib import Path
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    n_items, n_users = 30, 50
+    lines = ["user_id,item_id,timestamp"]
+    for u in range(n_users):
+        start = rng.integers(0, n_items)
+        for t in range(8):  # each user walks the catalogue: item (start + 2t) mod n
+            lines.append(f"u{u},i{(start + 2 * t) % n_items},{t}")
+    (path / "inter.csv").write_text("\n".join(lines) + "\n")
+    (path / "items.csv").write_text("item_id,price\n" + "".join(
+        f"i{i},{1 + i % 3}\n" for i in range(n_items)))
+    vectors = rng.normal(size=(n_items, 8)).astype(np.float32)
+    np.save(path / "vectors.npy", vectors)
+    (path / "cfg.yaml").write_text(f"""
+data: {{format: table, path: {path / 'inter.csv'}, item_path: {path / 'items.csv'},
+        name: toy, max_history: 5, value_cols: [price]}}
+sid: {{method: rkmeans, codebook_sizes: [4, 4], collisions: reassign,
+       vectors_path: {path / 'vectors.npy'}}}
+model: {{n_layer: 1, n_head: 2, n_embd: 16, dropout: 0.0}}
+sft: {{max_epochs: 2, val_beam: 5, batch_size: 16}}
+sasrec: {{max_epochs: 2, hidden: 16, batch_size: 16}}
+rl: {{steps: 2, users_per_step: 8, n_candidates: 4, checkpoint_every: 1, ved: {{init_beam: 2}},
+     value_warmup_steps: 3}}
+eval: {{beam_width: 10, ks: [1, 5, 10], batch_size: 16}}
+run: {{name: toy, out_dir: {path / 'runs'}, cache_dir: {path / 'cache'}, seeds: [{', '.join(map(str, seeds))}],
+      methods: [{', '.join(methods)}], progress: false}}
+""")
+    return path

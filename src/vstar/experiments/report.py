@@ -85,7 +85,7 @@ def report_runs(target: str | Path) -> tuple[ExperimentLayout, list[RunLayout], 
         return run.experiment, [run], True
     experiment = ExperimentLayout(path)
     runs = []
-    for sub in sorted(p for p in path.iterdir() if p.is_dir() and p.name != "artifacts"):
+    for sub in sorted(p for p in path.iterdir() if p.is_dir()):
         try:
             runs += [r for r in experiment.seed_runs(sub.name).values() if r.config.is_file()]
         except InputError:
