@@ -137,3 +137,61 @@ run: {{name: toy, out_dir: {path / 'runs'}, cache_dir: {path / 'cache'}, seeds: 
       methods: [{', '.join(methods)}], progress: false}}
 """)
     return path
+
+
+CHROMIUM = "/usr/bin/chromium"     # Debian's package `chromium` (apt-get install -y chromium)
+_CHECK_SCRIPT = """<script>
+window.addEventListener('load', () => {
+  const imgs = [...document.images].map(i => ({alt: i.alt, w: i.naturalWidth, h: i.naturalHeight}));
+  const svgs = [...document.querySelectorAll('svg.tree')].map(s => {
+    const r = s.getBoundingClientRect(); return {w: r.width, h: r.height}; });
+  const sections = [...document.querySelectorAll('section')].map(s => ({
+    id: s.id, h: s.getBoundingClientRect().height}));
+  const out = document.createElement('pre');
+  out.id = 'vstar-check';
+  out.textContent = JSON.stringify({imgs, svgs, sections,
+    height: document.documentElement.scrollHeight});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def _chromium(args: list, timeout: float = 120.0) -> str:
+    import subprocess
+
+    done = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+                           "--hide-scrollbars", "--virtual-time-budget=5000", *args],
+                          capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"chromium exited {done.returncode}: {done.stderr[-2000:]}")
+    return done.stdout
+
+
+def browser_check(page, workdir) -> dict:
+    """Load an HTML page in headless Chromium and measure what it shows: every ``<img>``'s
+    decoded size (alt, w, h), every search-tree SVG's rendered size, every ``<section>``'s id
+    and height, and the page height. A copy of the page with a measuring script is loaded
+    (the page itself has none)."""
+    import json
+    import re
+    from pathlib import Path
+
+    page, workdir = Path(page), Path(workdir)
+    probe = workdir / f"{page.stem}.probe.html"
+    probe.write_text(page.read_text(encoding="utf-8").replace("</body>", _CHECK_SCRIPT
+                                                              + "</body>"), encoding="utf-8")
+    dom = _chromium(["--dump-dom", probe.resolve().as_uri()])
+    found = re.search(r'<pre id="vstar-check">(.*?)</pre>', dom, re.S)
+    if found is None:
+        raise RuntimeError("the page's measuring script did not run (no #vstar-check in the DOM)")
+    import html as _html
+
+    return json.loads(_html.unescape(found.group(1)))
+
+
+def browser_screenshot(page, png, width: int = 1400, height: int = 4000) -> None:
+    """A PNG of the page's top ``height`` pixels at ``width`` in headless Chromium."""
+    from pathlib import Path
+
+    _chromium([f"--screenshot={Path(png).resolve()}", f"--window-size={width},{height}",
+               Path(page).resolve().as_uri()])
