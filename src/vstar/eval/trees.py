@@ -191,7 +191,7 @@ def tree_svg(nodes: list[dict], vmin: float, vmax: float, labels: dict[int, str]
     pos = layout_tree(nodes)
     rows = max((r for _, r in pos.values()), default=0) + 1
     depth = max((n["depth"] for n in nodes), default=0)
-    left, top, label_w = 14, 30, 260
+    left, top, label_w = 14, 30, 300
     width = left + depth * col_w + label_w
     height = int(top + rows * row_h + 10)
     xy = {i: (left + c * col_w, top + r * row_h + row_h / 2) for i, (c, r) in pos.items()}
