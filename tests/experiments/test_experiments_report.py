@@ -131,3 +131,17 @@ def test_report_of_one_run_folder_shows_it_and_its_baseline(trained_toy, tmp_pat
     assert "<tr><td>grpo_beam</td><td>1</td><td>1</td>" in page
     assert "<tr><td>sft</td><td>1</td><td>1</td>" in page and "vstar</td>" not in page
     assert page.count('<div class="user">') == 1 and "grpo_beam/seed1" in page
+
+
+def test_report_refuses_bad_options_and_folders_naming_them(trained_toy, tmp_path, capsys):
+    exp = trained_toy / "runs" / "toy"
+    assert main(["report", str(exp), "--users", "-1", "-o", str(tmp_path / "r.html")]) == 2
+    assert "--users" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["report", str(empty)]) == 2
+    assert "no run folders" in capsys.readouterr().err
+    path = build_report(exp, tmp_path / "no_trees.html", ReportOptions(users=0))
+    assert "no search trees asked for" in path.read_text()

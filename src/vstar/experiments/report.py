@@ -449,6 +449,8 @@ def _title(data: Any, item: int) -> str:
 
 def trees_section(runs: Sequence[RunLayout], experiment: ExperimentLayout,
                   opts: ReportOptions) -> str:
+    if opts.users < 1:
+        return _note("no search trees asked for (--users 0)")
     run = _tree_run(runs, experiment, opts.tree_method)
     if run is None:
         return _note("no search trees: no run with a generator checkpoint")
@@ -619,6 +621,12 @@ def build_report(target: str | Path, out: str | Path | None = None,
     """Write the HTML report of an experiment or run folder; returns its path (default
     ``<experiment>/report.html``, or ``report.html`` in a run folder given as target)."""
     opts = opts or ReportOptions()
+    if opts.users < 0:
+        raise InputError(f"got {opts.users}, expected a number of users >= 0", field="--users")
+    if opts.n_resamples < 1:
+        raise InputError(f"got {opts.n_resamples}, expected >= 1", field="--n-resamples")
+    if opts.split not in ("valid", "test"):
+        raise InputError(f"got {opts.split!r}, expected 'valid' or 'test'", field="--split")
     experiment, runs, one_run = report_runs(target)
     shown = list(runs)
     if one_run and opts.baseline:                 # the baseline's run of the same seed
