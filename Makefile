@@ -19,6 +19,7 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/vstar run configs/demo_ml100k.yaml
+	$(BIN)/vstar report runs/demo_ml100k
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -13,8 +13,10 @@
 
     hf_decode  beam search through the HF backbone vs the native decoder vs
             transformers.generate with a prefix-lookup LogitsProcessor -> hf_decode.json
+    report  `vstar report` of the demo experiment (toy experiment with --quick): build time,
+            size, headless-Chromium check, and a screenshot -> report.json (+ report_screenshot.png)
 
-    .venv/bin/python bench/run_all.py [--quick] [--only decode|ved|sft|synthetic_rl|trie|serve|hf_decode ...] [--threads 1]
+    .venv/bin/python bench/run_all.py [--quick] [--only decode|ved|sft|synthetic_rl|trie|serve|hf_decode|report ...] [--threads 1]
         [--device cpu|cuda] [--out-dir bench/results] [--repeats N] [--seed 0]
 
 --quick: tiny sizes, 1 repeat (a smoke test of the harness, well under a minute); without
@@ -35,6 +37,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:
 import bench_decode  # noqa: E402
 import bench_serve  # noqa: E402
 import bench_hf_decode  # noqa: E402
+import bench_report  # noqa: E402
 import bench_sft  # noqa: E402
 import bench_synthetic_rl  # noqa: E402
 import bench_trie  # noqa: E402
@@ -42,7 +45,7 @@ import bench_ved  # noqa: E402
 import harness  # noqa: E402
 
 BENCHMARKS = {m.NAME: m for m in (bench_decode, bench_ved, bench_sft, bench_synthetic_rl,
-                                     bench_trie, bench_serve, bench_hf_decode)}
+                                     bench_trie, bench_serve, bench_hf_decode, bench_report)}
 
 
 def main(argv: list[str] | None = None) -> int:

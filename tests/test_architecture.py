@@ -98,7 +98,8 @@ RUN_FILES = re.compile(r"""["'](config\.yaml|versions\.json|seed\.txt|log\.txt|m
                        r"""status\.json|provenance\.json|"""
                        r"""ranks_|(generator|sasrec|rl_state|sft_state)\.safetensors|rl_config\.json|rl_log\.jsonl|"""
                        r"""sft_history\.json|sid\.index\.json|sid_report\.json|sid_key\.json|"""
-                       r"""artifacts["'/]|stage_seconds\.json|results\.md|text-emb-|seed\{)""")
+                       r"""artifacts["'/]|stage_seconds\.json|results\.md|text-emb-|seed\{|"""
+                       r"""report\.html|budget_\{|events\.out\.tfevents)""")
 CHECKPOINT_KEYS = re.compile(r"""["'](policy\.|value\.|opt\.|sampler_rng|torch_rng|best\.|vstar_kind|"""
                              r"""generator_config|model_config|numpy_rng|lr_schedule)["']""")
 

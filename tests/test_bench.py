@@ -13,7 +13,7 @@ def test_quick_bench_writes_a_json_record_per_benchmark(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     names = sorted(p.name for p in tmp_path.glob("*.json"))
-    assert names == ["decode_speed.json", "hf_decode.json", "serve_load.json",
+    assert names == ["decode_speed.json", "hf_decode.json", "report.json", "serve_load.json",
                      "sft_throughput.json", "synthetic_rl.json", "trie_scale.json",
                      "ved_cost.json"]
     for name in names:

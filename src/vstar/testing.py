@@ -98,3 +98,100 @@ def tiny_setup(n_items: int = 40, sizes=(4, 5, 3), n_users: int = 5, seed: int =
     histories = [rng.integers(0, len(codes), size=rng.integers(1, 6)) for _ in range(n_users)]
     tokens, mask = vocab.encode_histories(histories, torch.as_tensor(codes))
     return codes, vocab, trie, model, tokens, mask
+
+
+def write_toy_experiment(path, seeds=(0,), methods=("popularity", "sasrec", "sft", "grpo_beam",
+                                                     "vstar")):
+    """A tiny synthetic experiment in ``path`` (created): inter.csv (50 users, 8 interactions
+    each, walking a 30-item catalogue in steps of 2), items.csv (a price per item), vectors.npy
+    (random item vectors for 2-level SIDs) and cfg.yaml (1-layer model, 2 SFT epochs, 3 value
+    warm-up + 2 RL steps; experiment ``toy`` in ``path/runs``). Returns ``path``."""
+    from pathlib import Path
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    n_items, n_users = 30, 50
+    lines = ["user_id,item_id,timestamp"]
+    for u in range(n_users):
+        start = rng.integers(0, n_items)
+        for t in range(8):  # each user walks the catalogue: item (start + 2t) mod n
+            lines.append(f"u{u},i{(start + 2 * t) % n_items},{t}")
+    (path / "inter.csv").write_text("\n".join(lines) + "\n")
+    (path / "items.csv").write_text("item_id,price\n" + "".join(
+        f"i{i},{1 + i % 3}\n" for i in range(n_items)))
+    vectors = rng.normal(size=(n_items, 8)).astype(np.float32)
+    np.save(path / "vectors.npy", vectors)
+    (path / "cfg.yaml").write_text(f"""
+data: {{format: table, path: {path / 'inter.csv'}, item_path: {path / 'items.csv'},
+        name: toy, max_history: 5, value_cols: [price]}}
+sid: {{method: rkmeans, codebook_sizes: [4, 4], collisions: reassign,
+       vectors_path: {path / 'vectors.npy'}}}
+model: {{n_layer: 1, n_head: 2, n_embd: 16, dropout: 0.0}}
+sft: {{max_epochs: 2, val_beam: 5, batch_size: 16}}
+sasrec: {{max_epochs: 2, hidden: 16, batch_size: 16}}
+rl: {{steps: 2, users_per_step: 8, n_candidates: 4, checkpoint_every: 1, ved: {{init_beam: 2}},
+     value_warmup_steps: 3}}
+eval: {{beam_width: 10, ks: [1, 5, 10], batch_size: 16}}
+run: {{name: toy, out_dir: {path / 'runs'}, cache_dir: {path / 'cache'}, seeds: [{', '.join(map(str, seeds))}],
+      methods: [{', '.join(methods)}], progress: false}}
+""")
+    return path
+
+
+CHROMIUM = "/usr/bin/chromium"     # Debian's package `chromium` (apt-get install -y chromium)
+_CHECK_SCRIPT = """<script>
+window.addEventListener('load', () => {
+  const imgs = [...document.images].map(i => ({alt: i.alt, w: i.naturalWidth, h: i.naturalHeight}));
+  const svgs = [...document.querySelectorAll('svg.tree')].map(s => {
+    const r = s.getBoundingClientRect(); return {w: r.width, h: r.height}; });
+  const sections = [...document.querySelectorAll('section')].map(s => ({
+    id: s.id, h: s.getBoundingClientRect().height}));
+  const out = document.createElement('pre');
+  out.id = 'vstar-check';
+  out.textContent = JSON.stringify({imgs, svgs, sections,
+    height: document.documentElement.scrollHeight});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def _chromium(args: list, timeout: float = 120.0) -> str:
+    import subprocess
+
+    done = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+                           "--hide-scrollbars", "--virtual-time-budget=5000", *args],
+                          capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"chromium exited {done.returncode}: {done.stderr[-2000:]}")
+    return done.stdout
+
+
+def browser_check(page, workdir) -> dict:
+    """Load an HTML page in headless Chromium and measure what it shows: every ``<img>``'s
+    decoded size (alt, w, h), every search-tree SVG's rendered size, every ``<section>``'s id
+    and height, and the page height. A copy of the page with a measuring script is loaded
+    (the page itself has none)."""
+    import json
+    import re
+    from pathlib import Path
+
+    page, workdir = Path(page), Path(workdir)
+    probe = workdir / f"{page.stem}.probe.html"
+    probe.write_text(page.read_text(encoding="utf-8").replace("</body>", _CHECK_SCRIPT
+                                                              + "</body>"), encoding="utf-8")
+    dom = _chromium(["--dump-dom", probe.resolve().as_uri()])
+    found = re.search(r'<pre id="vstar-check">(.*?)</pre>', dom, re.S)
+    if found is None:
+        raise RuntimeError("the page's measuring script did not run (no #vstar-check in the DOM)")
+    import html as _html
+
+    return json.loads(_html.unescape(found.group(1)))
+
+
+def browser_screenshot(page, png, width: int = 1400, height: int = 4000) -> None:
+    """A PNG of the page's top ``height`` pixels at ``width`` in headless Chromium."""
+    from pathlib import Path
+
+    _chromium([f"--screenshot={Path(png).resolve()}", f"--window-size={width},{height}",
+               Path(page).resolve().as_uri()])

@@ -17,6 +17,11 @@
             rl_state.safetensors rl_config.json rl_log.jsonl
             sft_history.json sft_state.safetensors   SFT per-epoch state (resume)
             semantic_scorer.safetensors       A2PO's semantic judge (its aggregator)
+            events.out.tfevents.*             TensorBoard curves (run.tensorboard; the folder is
+                                              the log dir: `tensorboard --logdir runs/`)
+            budget_<split>.json               the inference budget curve (`vstar budget`)
+            report.html                       `vstar report RUN_DIR` of this run alone
+        report.html                           `vstar report`: tables, curves, SIDs, search trees
 
     <run.cache_dir>/                          CacheLayout
         embeddings/text-emb-<key>.safetensors
@@ -36,6 +41,7 @@ from typing import Any
 from vstar.core.errors import InputError
 
 METRICS_FILE = "metrics.json"
+TENSORBOARD_EVENTS = "events.out.tfevents.*"   # torch.utils.tensorboard's event file names
 _SEED_RE = re.compile(r"^seed(\d+)$")
 
 
@@ -143,6 +149,26 @@ class RunLayout:
         """A2PO's semantic judge, trained on the training split (``vstar.train.semantic_reward``)."""
         return self.path / "semantic_scorer.safetensors"
 
+    @property
+    def tensorboard_dir(self) -> Path:
+        """TensorBoard's log dir for the run: the run folder itself (event files
+        ``events.out.tfevents.*``), so ``tensorboard --logdir <out_dir>`` lists every run as
+        ``<experiment>/<method>/seed<k>``."""
+        return self.path
+
+    def tensorboard_events(self) -> list[Path]:
+        """The run's TensorBoard event files, oldest first (a resumed run adds one)."""
+        return sorted(self.path.glob(TENSORBOARD_EVENTS))
+
+    @property
+    def report(self) -> Path:
+        """``vstar report RUN_DIR``'s HTML page of this run."""
+        return self.path / "report.html"
+
+    def budget_curve(self, split: str) -> Path:
+        """The budget curve (beam vs VED at equal decode budgets) ``vstar budget`` measured."""
+        return self.path / f"budget_{split}.json"
+
     # where it sits
     @property
     def method(self) -> str:
@@ -210,6 +236,11 @@ class ExperimentLayout:
     @property
     def results(self) -> Path:
         return self.root / "results.md"
+
+    @property
+    def report(self) -> Path:
+        """``vstar report``'s self-contained HTML page of the experiment."""
+        return self.root / "report.html"
 
     def method_dir(self, method: str) -> Path:
         return self.root / method

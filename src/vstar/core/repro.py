@@ -18,7 +18,22 @@ _VERSIONED = {  # versions.json key -> distribution names to try, first found wi
     "torch": ("torch",), "numpy": ("numpy",), "faiss": ("faiss-cpu", "faiss-gpu", "faiss"),
     "safetensors": ("safetensors",), "sentence_transformers": ("sentence-transformers",),
     "omegaconf": ("omegaconf",), "scipy": ("scipy",), "transformers": ("transformers",),
+    "tensorboard": ("tensorboard",),
 }
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The command this process was started with, as one shell line (``vstar run cfg.yaml``;
+    ``python -m vstar ...`` for the module entry point)."""
+    import shlex
+
+    argv = list(sys.argv if argv is None else argv)
+    if not argv:
+        return ""
+    head = Path(argv[0]).name
+    if head == "__main__.py":
+        head = f"python -m {Path(argv[0]).parent.name}"
+    return " ".join([head, shlex.join(argv[1:])]).strip()
 
 
 def utc_now() -> str:
@@ -100,6 +115,8 @@ def collect_versions(seed: int | None = None) -> dict[str, Any]:
         info["cuda"] = getattr(torch.version, "cuda", None)
         info["cuda_available"] = bool(torch.cuda.is_available())
     info.update({
+        "command": command_line(),
+        "cwd": os.getcwd(),
         "git_commit": git_commit(),
         "hostname": socket.gethostname(),
         "cpu_count": os.cpu_count(),

@@ -59,10 +59,12 @@ def prefill(model: SidLM, tokens: torch.Tensor, pad_mask: torch.Tensor):
 
 @torch.no_grad()
 def beam_search(model: SidLM, vocab: SidVocab, trie: SidTrie, tokens: torch.Tensor,
-                pad_mask: torch.Tensor, width: int) -> DecodeResult:
+                pad_mask: torch.Tensor, width: int, trace: list | None = None) -> DecodeResult:
     """Top-``width`` distinct catalogue items per user by constrained log-probability.
 
     tokens / pad_mask: left-padded prompts [B, T] (``SidVocab.encode_histories``).
+    trace: if a list, the beam of every depth d = 1..L is appended to it as (codes [B, W, d],
+    scores [B, W]; -inf for empty slots): the search tree, for pictures (``vstar report``).
     """
     L = vocab.n_levels
     B = tokens.shape[0]
@@ -81,6 +83,8 @@ def beam_search(model: SidLM, vocab: SidVocab, trie: SidTrie, tokens: torch.Tens
         code = torch.cat([code, torch.zeros(B, W - k0, dtype=torch.long, device=dev)], 1)
     codes = code[:, :, None]                                              # [B, W, 1]
     alive = torch.isfinite(scores)
+    if trace is not None:
+        trace.append((codes.clone(), scores.clone()))
     nodes = torch.where(alive, trie.step(0, nodes[:, None].expand(B, W), code), 0)  # [B, W]
     cache = rows_cache(model, cache, torch.arange(B, device=dev).repeat_interleave(W))
     forward_tokens = 0
@@ -96,6 +100,8 @@ def beam_search(model: SidLM, vocab: SidVocab, trie: SidTrie, tokens: torch.Tens
         alive = torch.isfinite(scores)
         codes = torch.cat([codes.gather(1, parent[:, :, None].expand(-1, -1, level)),
                            code[:, :, None]], dim=2)                      # [B, W, level+1]
+        if trace is not None:
+            trace.append((codes.clone(), scores.clone()))
         parent_nodes = nodes.gather(1, parent)
         nodes = torch.where(alive, trie.step(level, parent_nodes, code), 0)
         cache = out.cache.index_select((torch.arange(B, device=dev)[:, None] * W + parent).reshape(-1))

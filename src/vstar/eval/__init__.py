@@ -6,6 +6,7 @@
     compare.py  group runs by (dataset, protocol, split, method) into mean +- std tables
     paired.py   paired test of two methods of one experiment, user by user
     budget.py   accuracy vs decode budget, beam search against VED, and its plot
+    trees.py    search trees of VED and beam search as node lists and SVG pictures
 """
 
 from vstar.eval.compare import compare_runs, find_metrics_files, print_table, render_table

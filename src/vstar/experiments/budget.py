@@ -131,7 +131,8 @@ def run_budget_curve(run_dir: str | os.PathLike, split: str = "test",
 
     Evaluates the first ``max_users`` rows of ``split`` (all if None) at ``cfg.eval.ks`` (and
     K=10), with the VED config the run was trained with. Writes
-    ``<out_dir>/budget_curve_<experiment>_<method>_seed<k>_<split>.json`` and ``.png``.
+    ``<out_dir>/budget_curve_<experiment>_<method>_seed<k>_<split>.json`` and ``.png``, and the
+    JSON also into the run folder (``RunLayout.budget_curve``), where ``vstar report`` finds it.
     """
     from vstar.experiments.config import load_config
     from vstar.experiments.pipeline import prepare_data
@@ -165,6 +166,7 @@ def run_budget_curve(run_dir: str | os.PathLike, split: str = "test",
     out_dir = Path(out_dir)
     json_path = out_dir / f"{stem}.json"
     atomic_write_json(json_path, payload)
+    atomic_write_json(layout.budget_curve(split), payload)     # the run's own copy (vstar report)
     png_path = plot_budget_curve(records, out_dir / f"{stem}.png",
                                  title=f"{experiment.name} {layout.method} "
                                        f"{layout.path.resolve().name} ({split}, {len(rows)} users)")

@@ -11,6 +11,7 @@
     vstar budget runs/scientific/vstar/seed0 --widths 10 20 # beam vs VED at equal decode budgets
     vstar serve runs/scientific/vstar/seed0 --port 8000     # HTTP: POST /recommend, GET /metadata
     vstar rl-summary runs/scientific grpo_beam vstar        # mean of every logged RL curve
+    vstar report runs/scientific                            # one HTML page: tables, curves, trees
 
 Data-parallel training on several processes or GPUs (``vstar.core.dist``)::
 
@@ -179,6 +180,21 @@ def cmd_rl_summary(args) -> None:
     print(render_rl_summary(rl_summary(args.experiment, args.methods)))
 
 
+def cmd_report(args) -> None:
+    import logging
+
+    from vstar.experiments.report import ReportOptions, build_report
+
+    if not args.verbose:                 # rebuilding data for the trees logs at INFO: keep quiet
+        logging.getLogger("vstar").setLevel(logging.WARNING)
+    opts = ReportOptions(baseline=args.baseline, metric=args.metric,
+                         n_resamples=args.n_resamples, users=args.users,
+                         tree_method=args.tree_method, split=args.split, seed=args.seed,
+                         budget_files=args.budget_curve or (), threads=args.threads)
+    path = build_report(args.target, args.output, opts)
+    print(f"report: {path}")
+
+
 def _method_command(sub, kind: str, help: str) -> None:
     """``vstar <kind>``: run methods of one kind from the registry (all if only one exists)."""
     from vstar.experiments.registry import get_method, method_names
@@ -255,6 +271,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("experiment", type=Path, help="experiment folder <out_dir>/<name>")
     p.add_argument("methods", nargs="+", help="RL methods (folders of the experiment)")
     p.set_defaults(fn=cmd_rl_summary)
+    p = sub.add_parser("report", help="one self-contained HTML page: comparison table, training "
+                       "curves, budget curve, SID statistics, search trees, configs")
+    p.add_argument("target", type=Path, help="experiment folder <out_dir>/<name>, or one run "
+                   "folder <experiment>/<method>/seed<k>")
+    p.add_argument("-o", "--output", type=Path, default=None,
+                   help="default: <experiment>/report.html (report.html in a run folder)")
+    p.add_argument("--baseline", default=None,
+                   help="method of the paired-test column (default: sft when shown)")
+    p.add_argument("--metric", default="NDCG@10", help="metric of the paired test")
+    p.add_argument("--n-resamples", type=int, default=2000, help="bootstrap resamples")
+    p.add_argument("--users", type=int, default=3, help="users whose search trees are drawn")
+    p.add_argument("--tree-method", default=None,
+                   help="method whose run draws the trees (default: vstar, grpo_ved, any RL, sft)")
+    p.add_argument("--split", choices=["valid", "test"], default="test",
+                   help="split the trees' users come from")
+    p.add_argument("--seed", type=int, default=0, help="which users are drawn")
+    p.add_argument("--budget-curve", nargs="+", default=None, metavar="JSON",
+                   help="more budget-curve files (vstar budget output) to show")
+    p.add_argument("--threads", type=int, default=None, help="default: the config's run one")
+    p.set_defaults(fn=cmd_report)
     return parser
 
 

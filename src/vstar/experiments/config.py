@@ -62,13 +62,17 @@ class RunConfig:
     overwrite: bool = False
     resume: bool = False          # RL: continue an interrupted run folder from rl_state.safetensors
     progress: bool = True
+    tensorboard: bool = True      # training curves as TensorBoard event files in each run folder
+    wandb: bool = False           # also to Weights & Biases (needs the optional wandb package)
+    wandb_project: str = "vstar"
 
     RULES = {"name": Rule(_folder_name, "a folder name (no '/', not '.' or '..')"),
              "out_dir": text(), "cache_dir": text(),
              "seeds": list_of(non_negative_int, nonempty=True, unique=True),
              "methods": list_of(text(), nonempty=True, unique=True),
              "num_threads": count, "overwrite": boolean(), "resume": boolean(),
-             "progress": boolean()}
+             "progress": boolean(), "tensorboard": boolean(), "wandb": boolean(),
+             "wandb_project": text()}
 
     def validate(self, prefix: str = "run") -> None:
         check_fields(self, prefix, self.RULES)
@@ -80,7 +84,8 @@ class RunConfig:
 
 # what a resumed run may change (``RunDir.resume``): bookkeeping, and RL steps may grow
 RESUMABLE = ("run.resume", "run.overwrite", "run.progress", "run.num_threads", "run.methods",
-             "run.seeds", "rl.steps", "rl.log_every", "rl.checkpoint_every", "eval.batch_size")
+             "run.seeds", "run.tensorboard", "run.wandb", "run.wandb_project", "rl.steps",
+             "rl.log_every", "rl.checkpoint_every", "eval.batch_size")
 
 
 @dataclass

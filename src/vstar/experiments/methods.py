@@ -145,7 +145,7 @@ def run_sft(ctx: MethodContext) -> dict:
     model, history = train_sft(model, vocab, trie, splits, cfg.sft, seed=ctx.seed,
                                validate=validate, progress=cfg.run.progress, teacher=teacher,
                                checkpoint_path=ctx.run.layout.sft_state,
-                               resume=ctx.run.resumed)
+                               resume=ctx.run.resumed, scalars=ctx.scalars)
     train_s = time.perf_counter() - t0
     if dist.is_main():
         atomic_write_json(ctx.run.layout.sft_history, history)
@@ -186,7 +186,7 @@ def run_rl(ctx: MethodContext, trainer_cls: type = RLTrainer,
     elif layout.rl_log.is_file() and dist.is_main():
         layout.rl_log.unlink()                            # a resume without state starts over
     t0 = time.perf_counter()
-    trainer.train(layout.rl_log, layout.rl_state, progress=cfg.run.progress)
+    trainer.train(layout.rl_log, layout.rl_state, progress=cfg.run.progress, scalars=ctx.scalars)
     train_s = time.perf_counter() - t0
     trainer.save(layout.rl_state)                         # every rank (gathers RNGs), rank 0 writes
     if dist.is_main():

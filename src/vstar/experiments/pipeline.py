@@ -32,6 +32,7 @@ from vstar.core.errors import InputError, check_finite
 from vstar.core.io import FolderLock, atomic_path, atomic_write_json, read_json
 from vstar.core.layout import ExperimentLayout
 from vstar.core.repro import checkpoint_sha256, file_sha256, fingerprint, set_seed
+from vstar.core.scalars import NullScalars, Scalars, open_scalars
 from vstar.data import load_dataset, make_splits
 from vstar.data.types import InteractionData, SplitRows, Splits
 from vstar.eval.metrics import evaluate_ranking, target_ranks
@@ -76,6 +77,7 @@ class MethodContext:
     run: RunDir
     seed: int
     method: Method
+    scalars: Scalars = field(default_factory=NullScalars)   # training curves (run.tensorboard)
 
     @property
     def experiment(self) -> ExperimentLayout:
@@ -266,7 +268,11 @@ def run_method(cfg: Any, prep: Prepared, method: str, seed: int) -> Path:
     with run:
         run.logger.info("method %s, seed %d, dataset %s (%s)", method, seed, prep.data.name,
                         prep.splits.protocol)
-        spec.runner(MethodContext(cfg, prep, run, seed, spec))
+        with open_scalars(layout.tensorboard_dir, tensorboard=cfg.run.tensorboard,
+                          wandb=cfg.run.wandb, wandb_project=cfg.run.wandb_project,
+                          name=f"{experiment.name}/{experiment.run_name(method, seed)}",
+                          config=config, main=dist.is_main()) as scalars:
+            spec.runner(MethodContext(cfg, prep, run, seed, spec, scalars))
         return run.path
 
 

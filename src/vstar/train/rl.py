@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 
 from vstar.core import checkpoint, dist
 from vstar.core.errors import InputError, check_finite
+from vstar.core.scalars import NullScalars, Scalars
 from vstar.data.types import SplitRows
 from vstar.decode.beam import beam_search
 from vstar.decode.sampling import constrained_sample
@@ -638,11 +639,15 @@ class RLTrainer:
     # ------------------------------------------------------------------ loop, checkpoints
     def train(self, log_path: str | os.PathLike | None = None,
               checkpoint_path: str | os.PathLike | None = None,
-              progress: bool = True) -> list[dict]:
+              progress: bool = True, scalars: Scalars | None = None) -> list[dict]:
         """Steps until ``value_warmup_steps + steps`` (the warm-up only with the value loss):
-        each step's record is appended to ``log_path`` (JSON lines) and the state is saved to
-        ``checkpoint_path`` every ``cfg.checkpoint_every`` steps."""
+        each step's record is appended to ``log_path`` (JSON lines) and given to ``scalars``
+        (``vstar.core.scalars``: every entry as the curve ``rl/<name>`` at x = ``step``), and the
+        state is saved to ``checkpoint_path`` every ``cfg.checkpoint_every`` steps."""
         cfg = self.cfg
+        scalars = scalars or NullScalars()
+        if self.step_idx:          # resumed: curves logged after the checkpoint are hidden
+            scalars.restart_at(self.step_idx + 1)
         bar = tqdm(total=self.total_steps, initial=self.step_idx, desc="rl",
                    disable=not progress or not dist.is_main())
         while self.step_idx < self.total_steps:
@@ -650,6 +655,7 @@ class RLTrainer:
             if log_path is not None and dist.is_main():
                 with open(log_path, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps(rec) + "\n")
+            scalars.log("rl", {k: v for k, v in rec.items() if k != "step"}, rec["step"])
             if self.step_idx % cfg.log_every == 0 or self.step_idx == self.total_steps:
                 value = f"{rec['loss_value']:.4f}" if "loss_value" in rec else "off"
                 log.info("rl step %d%s: reward %.4f +- %.4f, adv std %.3f, sibling groups %.2f "

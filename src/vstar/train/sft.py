@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from vstar.core import checkpoint, dist
 from vstar.core.errors import InputError, check_finite
+from vstar.core.scalars import NullScalars, Scalars
 from vstar.data.types import Splits, SplitRows
 from vstar.data.windows import build_windows
 from vstar.decode.trie import SidTrie
@@ -195,8 +196,8 @@ def held_out_loss(model: SidModel, vocab: SidVocab, tokens, targets, levels,
 def train_sft(model: SidModel, vocab: SidVocab, trie: SidTrie, splits: Splits,
               cfg: SFTConfig, seed: int = 0, validate: Validate | None = None,
               progress: bool = True, checkpoint_path: str | os.PathLike | None = None,
-              resume: bool = False, teacher: torch.nn.Module | None = None
-              ) -> tuple[SidModel, list[dict]]:
+              resume: bool = False, teacher: torch.nn.Module | None = None,
+              scalars: Scalars | None = None) -> tuple[SidModel, list[dict]]:
     """Train with AdamW + warmup/cosine LR; keep the best validation state (early stopping).
 
     Every ``cfg.eval_every`` epochs, ``validate(model, rows)`` scores a fixed seeded subset of
@@ -214,6 +215,10 @@ def train_sft(model: SidModel, vocab: SidVocab, trie: SidTrie, splits: Splits,
     ``cfg.batch_size`` windows, its loss weighted by its share of the batch's supervised tokens,
     and gradients are summed over ranks before clipping: a step equals the single-process step.
     Rank 0 alone writes the checkpoint; validation decodes each rank's share of the users.
+
+    ``scalars`` (``vstar.core.scalars``, e.g. TensorBoard) gets the curves, x = optimiser steps:
+    ``sft/loss`` and ``sft/lr`` every step, and after every epoch its record (``sft/epoch/...``:
+    train loss, seconds, and on evaluated epochs the validation NLL and metrics).
     """
     torch.manual_seed(dist.rank_seed(seed))       # dropout: each rank its own stream
     rng = np.random.default_rng(seed)
@@ -265,6 +270,9 @@ def train_sft(model: SidModel, vocab: SidVocab, trie: SidTrie, splits: Splits,
         best, bad = float(state.early_stopping["best"]), int(state.early_stopping["bad"])
         history, start = list(state.history), state.epoch
         log.info("SFT resumed from %s after epoch %d", checkpoint_path, start)
+    scalars = scalars or NullScalars()
+    if start:                      # curves an interrupted run logged after its checkpoint: hidden
+        scalars.restart_at(start * steps_per_epoch + 1)
     dist.broadcast_module(model)                     # every rank starts from rank 0's weights
     for epoch in range(start, cfg.max_epochs):
         if bad >= cfg.patience:                        # resumed after the early stop
@@ -295,9 +303,11 @@ def train_sft(model: SidModel, vocab: SidVocab, trie: SidTrie, splits: Splits,
             value = dist.all_sum([float(loss.detach())])[0]   # the global batch's mean loss
             check_finite(torch.tensor(value), "sft loss", len(losses) + 1 + epoch * steps_per_epoch)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            lr = opt.param_groups[0]["lr"]               # the rate this step used
             opt.step()
             sched.step()
             losses.append(value)
+            scalars.log("sft", {"loss": value, "lr": lr}, epoch * steps_per_epoch + len(losses))
         record = {"epoch": epoch, "train_loss": float(np.mean(losses)),
                   "train_seconds": time.perf_counter() - t0}
         if validate is not None and ((epoch + 1) % cfg.eval_every == 0
@@ -316,6 +326,8 @@ def train_sft(model: SidModel, vocab: SidVocab, trie: SidTrie, splits: Splits,
             else:
                 bad += 1
         history.append(record)
+        scalars.log("sft/epoch", {k: v for k, v in record.items() if k != "epoch"},
+                    (epoch + 1) * steps_per_epoch)
         log.info("SFT epoch %d: loss %.4f, valid NLL/code %.4f, valid %s %.4f (best %.4f), "
                  "%.1fs", epoch, record["train_loss"], record.get("valid_nll", float("nan")),
                  cfg.val_metric, record.get(cfg.val_metric, float("nan")), best,
