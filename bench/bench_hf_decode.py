@@ -8,7 +8,9 @@ histories, beam width 50. Models of the same size (2 layers, 4 heads, 128 dims, 
 (``HFSidLM``; its SwiGLU feed-forward has 3 matrices, so it has ~1.3x the native parameters).
 
     native       beam_search(SidGenerator)            one copy of each history per user
-    hf_wrapper   beam_search(HFSidLM)                 DynamicCache per call, per-beam copies
+    hf_wrapper   beam_search(HFSidLM)                 one copy of each history per user
+                                                      (the shared-history attention function)
+    hf_per_beam_copies  the same with share_history=False: the history copied into every beam
     hf_generate  lm.generate(num_beams=W, num_return_sequences=W, renormalize_logits=True,
                  logits_processor=[PrefixLookup])     a Python dict lookup per beam and step
 
@@ -137,8 +139,17 @@ def run(quick: bool = False, threads: int = 1, device: str = "cpu",
         return torch.cat([generate_items(hf.lm, table, trie, vocab, tokens[s:s + bs],
                                          mask[s:s + bs], W) for s in range(0, B, bs)])
 
+    def per_beam(bs):               # the wrapper without its shared-history cache
+        hf.share_history = False
+        try:
+            return beams(hf, bs)
+        finally:
+            hf.share_history = True
+
+    assert hf.share_history, "the benchmark's HF family has a shared-history cache"
     runs = {"native": (lambda: beams(native, p["batch_size"]), native),
             "hf_wrapper": (lambda: beams(hf, p["batch_size"]), hf),
+            "hf_per_beam_copies": (lambda: per_beam(p["batch_size"]), hf),
             "hf_generate": (lambda: generated(p["generate_batch"]), hf)}
     rows, items = [], {}
     with torch.no_grad():

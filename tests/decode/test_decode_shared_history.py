@@ -1,7 +1,9 @@
 """One copy of the history per user (``SharedKVCache``): every decoder returns what it returned
 with a copy of the history per beam (``share_history=False``, the ``KVCache.index_select`` path
 of backbones without a shared cache), on seeded random models with left-padded prompts of
-different lengths, token-level and item-level history."""
+different lengths, token-level and item-level history, and through the Hugging Face backbone
+(Qwen2, Llama, GPT-2: token-level history; its shared-history attention function against its
+per-beam ``DynamicCache`` path)."""
 
 import warnings
 
@@ -12,16 +14,20 @@ from vstar.decode import (VEDConfig, beam_search, constrained_sample, score_cand
                           value_guided_decode)
 from vstar.model import KVCache, ValueHead, ValueHeadConfig
 from vstar.model.cache import SharedKVCache
-from vstar.testing import CountingLM, tiny_setup
+from vstar.testing import HF_TYPES, CountingLM, tiny_setup
 
-HISTORIES = ["codes", "items"]
+# (backbone, history): the native generator with both histories, every HF family tested
+HISTORIES = [("vstar", "codes"), ("vstar", "items")] + [(t, "codes") for t in HF_TYPES]
 SIZES = (6, 6, 4)
 ATOL = 1e-5
 
 
 def _setup(history, seed=0, n_users=7):
+    backbone, history = history if isinstance(history, tuple) else ("vstar", history)
     codes, vocab, trie, model, tokens, mask = tiny_setup(n_items=100, sizes=SIZES, seed=seed,
-                                                         n_users=n_users, history=history)
+                                                         n_users=n_users, history=history,
+                                                         backbone=backbone)
+    assert model.share_history
     assert len(set(mask.sum(1).tolist())) > 1, "prompts of different lengths (left padding)"
     return codes, vocab, trie, model, tokens, mask
 
@@ -44,7 +50,7 @@ def _same(a, b):
     assert torch.equal(a.tokens_per_user, b.tokens_per_user)
 
 
-@pytest.mark.parametrize("history", HISTORIES)
+@pytest.mark.parametrize("history", HISTORIES, ids=lambda h: "-".join(h))
 @pytest.mark.parametrize("width", [1, 10, 50])
 def test_beam_search_identical_with_one_history_copy_per_user(history, width):
     codes, vocab, trie, model, tokens, mask = _setup(history)
@@ -54,7 +60,7 @@ def test_beam_search_identical_with_one_history_copy_per_user(history, width):
     _same(old, new)
 
 
-@pytest.mark.parametrize("history", HISTORIES)
+@pytest.mark.parametrize("history", HISTORIES, ids=lambda h: "-".join(h))
 def test_seeded_sampling_identical_with_one_history_copy_per_user(history):
     codes, vocab, trie, model, tokens, mask = _setup(history)
 
@@ -65,7 +71,7 @@ def test_seeded_sampling_identical_with_one_history_copy_per_user(history):
     _same(*_per_row_and_shared(model, sample))
 
 
-@pytest.mark.parametrize("history", HISTORIES)
+@pytest.mark.parametrize("history", HISTORIES, ids=lambda h: "-".join(h))
 @pytest.mark.parametrize("cfg", [VEDConfig(budget=40, init_beam=4),
                                  VEDConfig(budget=60, init_beam=8, expansions_per_round=3,
                                            leaf_score="logp")])
@@ -86,7 +92,7 @@ def test_ved_identical_with_one_history_copy_per_user(history, cfg):
     assert torch.allclose(old.tree.entropy, new.tree.entropy, atol=ATOL, equal_nan=True)
 
 
-@pytest.mark.parametrize("history", HISTORIES)
+@pytest.mark.parametrize("history", HISTORIES, ids=lambda h: "-".join(h))
 def test_candidate_scores_and_gradients_identical_with_one_history_copy_per_user(history):
     codes, vocab, trie, model, tokens, mask = _setup(history)
     cand = torch.as_tensor(codes[:12]).reshape(1, 12, 3).repeat(tokens.shape[0], 1, 1)

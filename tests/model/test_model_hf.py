@@ -13,7 +13,7 @@ from vstar.decode.scoring import score_candidates
 from vstar.decode.ved import VEDConfig, value_guided_decode
 from vstar.model import ModelConfig, SidVocab
 from vstar.model.backbone import load_model, new_model, save_model
-from vstar.model.cache import SharedKVCache
+from vstar.model.cache import KVCache, SharedKVCache
 from vstar.model.hf import HFSidLM, new_hf_model
 from vstar.model.value import ValueHead
 from vstar.testing import HF_TYPES, tiny_hf_model, tiny_setup
@@ -24,7 +24,7 @@ from vstar.testing import HF_TYPES, tiny_hf_model, tiny_setup
 def test_logits_with_cache_equal_the_full_forward_and_padding_changes_nothing(model_type):
     vocab = SidVocab([4, 5, 3])
     m = tiny_hf_model(vocab, model_type)
-    assert isinstance(m, HFSidLM) and m.hidden_size == 32 and not m.share_history
+    assert isinstance(m, HFSidLM) and m.hidden_size == 32 and m.share_history
     torch.manual_seed(1)
     tok = torch.randint(2, vocab.size, (3, 10))
     full = m(tok)
@@ -59,9 +59,60 @@ def test_masked_cache_entries_and_shared_caches_are_read_as_absent(model_type):
                            torch.zeros(2, 1, dtype=torch.bool), hist.next_pos.clone())
     feed = torch.randint(2, vocab.size, (2, 1))
     a = m(feed, cache=hist)
-    b = m(feed, cache=masked)                            # materialised by the wrapper
+    b = m(feed, cache=masked)                            # the shared-history attention
+    assert isinstance(b.cache, SharedKVCache) and b.cache.suffix_length == 2
     assert torch.allclose(a.logits, b.logits, atol=1e-5)
     assert torch.allclose(a.hidden, b.hidden, atol=1e-5)
+    m.share_history = False
+    c = m(feed, cache=masked)                            # materialised by the wrapper
+    assert isinstance(c.cache, KVCache) and torch.allclose(a.logits, c.logits, atol=1e-5)
+    assert m.lm.config._attn_implementation == "sdpa"    # the model's own attention again
+
+
+def test_shared_history_attention_with_grouped_query_heads_equals_per_row_caches():
+    """Qwen2 with 4 query heads on 1 key/value head: each query head reads the one history copy.
+    Rows of users in any order (VED's layout), a suffix of 2 tokens, then one more."""
+    vocab = SidVocab([4, 5, 3])
+    torch.manual_seed(0)
+    cfg = ModelConfig(history="codes", n_layer=2, n_head=4, n_embd=32, dropout=0.0,
+                      backbone="hf", hf_config={"model_type": "qwen2", "num_key_value_heads": 1})
+    m = new_hf_model(cfg, vocab, 10).eval()
+    assert m.lm.config.num_key_value_heads == 1 and m.share_history
+    tok = torch.randint(2, vocab.size, (3, 7))
+    mask = torch.ones(3, 7, dtype=torch.bool)
+    mask[2, :3] = False                                   # a left-padded prompt
+    hist = m(tok, pad_mask=mask).cache
+    assert hist.keys[0].shape == (3, 1, 7, 8)
+    row_user = torch.tensor([2, 0, 2, 1, 0])
+    feed = torch.randint(2, vocab.size, (5, 2))
+    more = torch.randint(2, vocab.size, (5, 1))
+    shared = m(feed, cache=SharedKVCache.repeat(hist, row_user))
+    shared2 = m(more, cache=shared.cache)
+    per_row = m(feed, cache=hist.index_select(row_user))
+    per_row2 = m(more, cache=per_row.cache)
+    assert torch.allclose(shared.logits, per_row.logits, atol=1e-5)
+    assert torch.allclose(shared2.logits, per_row2.logits, atol=1e-5)
+    assert torch.allclose(shared2.cache.materialize().keys[1], per_row2.cache.keys[1], atol=1e-6)
+    # and the whole sequence read at once gives the same last logits (row 3: user 1 unpadded)
+    whole = m(torch.cat([tok[1:2], feed[3:4], more[3:4]], 1))
+    assert torch.allclose(whole.logits[0, -1], shared2.logits[3, -1], atol=1e-5)
+
+
+def test_a_family_without_the_shared_history_path_falls_back_with_a_log_line(caplog):
+    vocab = SidVocab([4, 5, 3])
+    cfg = ModelConfig(history="codes", n_layer=1, n_head=2, n_embd=16, dropout=0.0,
+                      backbone="hf", hf_config={"model_type": "mistral"})
+    with caplog.at_level("INFO", logger="vstar.model.hf"):
+        m = new_hf_model(cfg, vocab, 5).eval()
+    assert not m.share_history
+    assert "no shared-history cache" in caplog.text and "mistral" in caplog.text
+    torch.manual_seed(0)
+    hist = m(torch.randint(2, vocab.size, (2, 4))).cache
+    feed = torch.randint(2, vocab.size, (3, 1))
+    row_user = torch.tensor([1, 0, 1])
+    out = m(feed, cache=SharedKVCache.repeat(hist, row_user))   # materialised
+    assert isinstance(out.cache, KVCache)
+    assert torch.allclose(out.logits, m(feed, cache=hist.index_select(row_user)).logits)
 
 
 @pytest.mark.parametrize("model_type", ["qwen2", "llama"])

@@ -178,15 +178,17 @@ class RowGroups:
 def shared_prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                             mask: torch.Tensor, prefix_k: torch.Tensor, prefix_v: torch.Tensor,
                             prefix_mask: torch.Tensor, groups: RowGroups,
-                            dropout_p: float = 0.0) -> torch.Tensor:
+                            dropout_p: float = 0.0, scale: float | None = None) -> torch.Tensor:
     """Attention of N rows over [their user's history | their own keys], one softmax per query.
 
     q [N, H, T, Dh]; k, v [N, H, S, Dh] (the row's own keys: suffix cache + new tokens);
     mask [N, 1 or H, T, S] bool (True = may attend); prefix_k, prefix_v [B, H, Tp, Dh];
     prefix_mask [B, Tp] (True = real history token: every query of the user may attend it);
-    groups: the rows' places in the [B, G] grid. Returns [N, H, T, Dh].
+    groups: the rows' places in the [B, G] grid; scale: of the scores, 1 / sqrt(Dh) if None.
+    Returns [N, H, T, Dh].
     """
-    scale = 1.0 / math.sqrt(q.shape[-1])
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
     Tp = prefix_k.shape[2]
     hist = torch.matmul(groups.to_grid(q), prefix_k.transpose(-1, -2)) * scale  # [B, H, G*T, Tp]
     hist = hist.masked_fill(~prefix_mask[:, None, None, :], float("-inf"))

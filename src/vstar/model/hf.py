@@ -17,9 +17,20 @@ text vocabulary is never scored: decoding never looks outside the codes).
 and values ([B, H_kv, T, Dh]) and read back after the call; the cache's mask is the HF
 ``attention_mask`` (left padding and VED's masked ancestors are zeros) and its ``next_pos``
 gives explicit ``position_ids``, exactly as ``SidGenerator`` numbers positions (a padded prompt
-position counts nothing). The wrapper does not share histories (``share_history = False``):
-decoders give it per-row caches (``vstar.model.interface.rows_cache``), and a ``SharedKVCache``
-passed anyway is materialised.
+position counts nothing).
+
+**Shared history.** For the families in ``SHARED_HISTORY_FAMILIES`` (Qwen2, Llama, GPT-2: their
+attention layers call the function named by ``config._attn_implementation``) the wrapper takes a
+``SharedKVCache`` as ``SidGenerator`` does (``share_history = True``): the ``DynamicCache`` then
+holds only the rows' own suffix keys/values, the 4-d mask over them is built here, and for the
+duration of the call the model's attention is ``_shared_history_attention`` (registered with
+transformers' ``AttentionInterface``), which runs ``shared_prefix_attention`` over [the user's
+history, read once per user | the row's suffix] (``history_views``, passed down as the
+``vstar_history`` keyword). Beam search then never copies a history per beam. Other families
+(or a sliding-window / cross-attention config) keep ``share_history = False`` with a log line:
+decoders give them per-row caches (``vstar.model.interface.rows_cache``), and a
+``SharedKVCache`` passed anyway is materialised. Setting ``share_history = False`` on a
+supported model takes the per-row path too (the reference the tests compare against).
 
 **Hidden.** The base model's last hidden state (after its final norm) is ``hidden``, the state
 the value head reads (``vstar.model.value``).
@@ -31,7 +42,9 @@ when a model is built or loaded, not when vstar is imported.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -42,10 +55,12 @@ import torch.nn.functional as F
 
 from vstar.core import checkpoint
 from vstar.core.errors import InputError
-from vstar.model.cache import KVCache, SharedKVCache
+from vstar.model.cache import KVCache, SharedKVCache, history_views, shared_prefix_attention
 from vstar.model.config import ModelConfig
 from vstar.model.generator import GeneratorOutput
 from vstar.model.vocab import BOS, PAD, SidVocab
+
+log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # config attributes that would change the logits after the output layer: the wrapper computes
@@ -53,13 +68,16 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier_scale")
 # dropout attributes of the common configs, set from model.dropout when built from a config
 _DROPOUTS = ("attention_dropout", "attn_pdrop", "resid_pdrop", "embd_pdrop", "hidden_dropout")
+# families whose attention layers apply positions before the cache and call the registered
+# attention function with (module, q, k, v, 4-d mask, dropout, scaling, **kwargs): checked by
+# tests/model/test_model_hf.py against the per-row path
+SHARED_HISTORY_FAMILIES = ("qwen2", "llama", "gpt2")
+_SHARED_ATTENTION = "vstar_shared_history"
 
 
 class HFSidLM(nn.Module):
     """``SidLM`` over a ``transformers`` causal LM (``lm``) with the SID vocabulary at
     ``token_offset`` (module docstring)."""
-
-    share_history = False    # takes per-row KVCaches (vstar.model.interface.shares_history)
 
     def __init__(self, lm: nn.Module, cfg: ModelConfig, sid_vocab_size: int,
                  token_offset: int = 0):
@@ -79,6 +97,12 @@ class HFSidLM(nn.Module):
         self.sid_vocab_size = int(sid_vocab_size)
         self.token_offset = int(token_offset)
         self.max_positions = getattr(text_cfg, "max_position_embeddings", None)
+        # True: takes a SharedKVCache (vstar.model.interface.shares_history; module docstring)
+        reason = _shared_history_unsupported(lm)
+        self.share_history = reason is None
+        if reason is not None:
+            log.info("HF backbone %s: no shared-history cache (%s); decoders copy each "
+                     "user's history per beam", text_cfg.model_type, reason)
 
     @property
     def hidden_size(self) -> int:
@@ -110,6 +134,8 @@ class HFSidLM(nn.Module):
         if pad_mask is None:
             pad_mask = torch.ones(B, T, dtype=torch.bool, device=dev)
         if isinstance(cache, SharedKVCache):
+            if self.share_history:
+                return self._forward_shared(tokens, cache, pad_mask)
             cache = cache.materialize()
         step = (pad_mask.long().cumsum(1) - 1).clamp(min=0)                 # [B, T]
         if cache is None:
@@ -118,10 +144,7 @@ class HFSidLM(nn.Module):
             pos = cache.next_pos[:, None] + step
             full_mask = torch.cat([cache.mask, pad_mask], dim=1)
             past = _dynamic_cache(cache)
-        if self.max_positions is not None and int(pos.max()) >= self.max_positions:
-            raise ValueError(f"sequence position {int(pos.max())} exceeds the model's "
-                             f"max_position_embeddings {self.max_positions}; shorten histories "
-                             "(data.max_history) or raise model.hf_config.max_position_embeddings")
+        self._check_positions(pos)
         out = self.lm.base_model(input_ids=tokens + self.token_offset,
                                  attention_mask=full_mask.long(), position_ids=pos,
                                  past_key_values=past, use_cache=True)
@@ -130,6 +153,96 @@ class HFSidLM(nn.Module):
         new_cache = KVCache([layer.keys for layer in layers], [layer.values for layer in layers],
                             full_mask, pos[:, -1] + 1)
         return GeneratorOutput(self.sid_logits(hidden), hidden, new_cache)
+
+    def _check_positions(self, pos: torch.Tensor) -> None:
+        if self.max_positions is not None and int(pos.max()) >= self.max_positions:
+            raise ValueError(f"sequence position {int(pos.max())} exceeds the model's "
+                             f"max_position_embeddings {self.max_positions}; shorten histories "
+                             "(data.max_history) or raise model.hf_config.max_position_embeddings")
+
+    def _forward_shared(self, tokens: torch.Tensor, cache: SharedKVCache,
+                        pad_mask: torch.Tensor) -> GeneratorOutput:
+        """``forward`` continuing a ``SharedKVCache``: the model sees only the rows' suffix
+        cache; every layer's attention adds the user's history (``_shared_history_attention``).
+        The mask is ``SidGenerator``'s: query i sees the real suffix keys up to itself, and
+        always itself."""
+        B, T = tokens.shape
+        dev = tokens.device
+        pos = cache.next_pos[:, None] + (pad_mask.long().cumsum(1) - 1).clamp(min=0)
+        self._check_positions(pos)
+        full_mask = torch.cat([cache.mask, pad_mask], dim=1)                # [B, t + T]
+        t = cache.suffix_length
+        q_idx = torch.arange(T, device=dev)[:, None] + t
+        k_idx = torch.arange(t + T, device=dev)[None, :]
+        attn = ((k_idx <= q_idx)[None] & full_mask[:, None, :]) | (k_idx == q_idx)[None]
+        past = _dynamic_cache(KVCache(cache.keys, cache.values, cache.mask, cache.next_pos))
+        with _attention_implementation(self.lm, _SHARED_ATTENTION):
+            out = self.lm.base_model(input_ids=tokens + self.token_offset,
+                                     attention_mask=attn[:, None], position_ids=pos,
+                                     past_key_values=past, use_cache=True,
+                                     vstar_history=history_views(cache))
+        hidden = out.last_hidden_state                                       # [B, T, D]
+        layers = out.past_key_values.layers
+        new_cache = SharedKVCache(cache.prefix, cache.row_user, [layer.keys for layer in layers],
+                                  [layer.values for layer in layers], full_mask, pos[:, -1] + 1)
+        return GeneratorOutput(self.sid_logits(hidden), hidden, new_cache)
+
+
+def _shared_history_unsupported(lm: nn.Module) -> str | None:
+    """Why ``lm`` cannot take a ``SharedKVCache`` (None if it can)."""
+    cfg = lm.config.get_text_config()
+    if cfg.model_type not in SHARED_HISTORY_FAMILIES:
+        return f"model_type {cfg.model_type!r} is not one of {SHARED_HISTORY_FAMILIES}"
+    if getattr(cfg, "add_cross_attention", False) or getattr(cfg, "is_encoder_decoder", False):
+        return "cross-attention"
+    if getattr(cfg, "use_sliding_window", False) or "sliding_attention" in (
+            getattr(cfg, "layer_types", None) or ()):
+        return "sliding-window attention"
+    if getattr(cfg, "reorder_and_upcast_attn", False):
+        return "reorder_and_upcast_attn"
+    return None
+
+
+def _shared_history_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
+                              value: torch.Tensor, attention_mask: torch.Tensor | None,
+                              dropout: float = 0.0, scaling: float | None = None,
+                              vstar_history: list | None = None, **kwargs: Any
+                              ) -> tuple[torch.Tensor, None]:
+    """The attention function of ``HFSidLM._forward_shared`` (transformers' signature):
+    query [N, Hq, T, Dh]; key, value [N, Hkv, S, Dh] (the rows' suffix and new tokens);
+    attention_mask [N, 1, T, S] bool. Grouped-query heads attend as one [Hkv, g*T] block of
+    queries per key head. Returns ([N, T, Hq, Dh], no weights)."""
+    if vstar_history is None or attention_mask is None:
+        raise RuntimeError("the shared-history attention runs only inside HFSidLM's "
+                           "SharedKVCache call (vstar_history and a 4-d mask are required)")
+    view = vstar_history[module.layer_idx]
+    N, Hq, T, Dh = query.shape
+    Hkv = key.shape[1]
+    g = Hq // Hkv
+    mask = attention_mask.expand(N, 1, T, key.shape[2])
+    if g > 1:                # head h reads key head h // g: [N, Hkv, g, T] -> [N, Hkv, g*T]
+        query = query.reshape(N, Hkv, g * T, Dh)
+        mask = mask.repeat(1, 1, g, 1)
+    y = shared_prefix_attention(query, key, value, mask, view.keys, view.values, view.mask,
+                                view.groups, dropout, scale=scaling)
+    return y.reshape(N, Hq, T, Dh).transpose(1, 2).contiguous(), None
+
+
+@contextlib.contextmanager
+def _attention_implementation(lm: nn.Module, name: str):
+    """``lm``'s attention layers call ``name``'s function inside the block (registered on
+    first use), their own implementation again after it."""
+    from transformers import AttentionInterface
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    if name not in ALL_ATTENTION_FUNCTIONS:
+        AttentionInterface.register(name, _shared_history_attention)
+    before = lm.config._attn_implementation
+    lm.config._attn_implementation = name
+    try:
+        yield
+    finally:
+        lm.config._attn_implementation = before
 
 
 def _dynamic_cache(cache: KVCache) -> Any:
