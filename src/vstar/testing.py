@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from vstar.data.types import SplitRows
 from vstar.decode.trie import SidTrie
 from vstar.model.config import ModelConfig
 from vstar.model.generator import SidGenerator
@@ -195,3 +196,22 @@ def browser_screenshot(page, png, width: int = 1400, height: int = 4000) -> None
 
     _chromium([f"--screenshot={Path(png).resolve()}", f"--window-size={width},{height}",
                Path(page).resolve().as_uri()])
+
+
+def toy_rl_world(seed=0, n_items=30, sizes=(4, 4, 4), n_embd=16, ratings=False):
+    """A tiny RL world for trainer tests: ``n_items`` distinct 3-level SIDs drawn from the code
+    grid, a random 1-layer generator (token-level history, width ``n_embd``), and 40 rows whose
+    target is a fixed function of the last history item (with a rating 1-5 per row when
+    ``ratings``). Returns (vocab, trie, model, rows)."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.arange(k) for k in sizes], indexing="ij"), -1).reshape(-1, 3)
+    codes = grid[rng.choice(len(grid), n_items, replace=False)]
+    vocab, trie = SidVocab(list(sizes)), SidTrie(codes, list(sizes))
+    torch.manual_seed(seed)
+    model = SidGenerator(ModelConfig(history="codes", n_layer=1, n_head=2, n_embd=n_embd,
+                                     dropout=0.0), vocab_size=vocab.size, block_size=64)
+    hist = [rng.integers(0, n_items, size=rng.integers(1, 5)) for _ in range(40)]
+    targets = np.asarray([(h[-1] * 7 + 3) % n_items for h in hist])
+    rows = (SplitRows(np.arange(40), hist, targets, rng.integers(1, 6, size=40).astype(float))
+            if ratings else SplitRows(np.arange(40), hist, targets))
+    return vocab, trie, model, rows

@@ -9,11 +9,10 @@ import torch
 
 from vstar.core.errors import InputError
 from vstar.data.types import SplitRows
-from vstar.decode import SidTrie
-from vstar.model import ModelConfig, SidGenerator, SidVocab
 from vstar.train.config import RLConfig
 from vstar.train.drpo import (DRPOTrainer, build_offline_log, drpo_loss, normalised_advantage,
                               sample_weights, topk_threshold)
+from vstar.testing import toy_rl_world
 
 
 def test_the_offline_log_centres_ratings_and_injects_random_items():
@@ -57,18 +56,8 @@ def test_soft_nll_scales_only_the_negatives_by_their_nll():
     assert drpo_loss(logp, w, neg, "naive").tolist() == pytest.approx([1.0, -2.0])
 
 
-def _toy(seed=0, n_items=30, sizes=(4, 4, 4)):
-    rng = np.random.default_rng(seed)
-    grid = np.stack(np.meshgrid(*[np.arange(k) for k in sizes], indexing="ij"), -1).reshape(-1, 3)
-    codes = grid[rng.choice(len(grid), n_items, replace=False)]
-    vocab, trie = SidVocab(list(sizes)), SidTrie(codes, list(sizes))
-    torch.manual_seed(seed)
-    model = SidGenerator(ModelConfig(history="codes", n_layer=1, n_head=2, n_embd=16,
-                                     dropout=0.0), vocab_size=vocab.size, block_size=64)
-    hist = [rng.integers(0, n_items, size=rng.integers(1, 5)) for _ in range(40)]
-    rows = SplitRows(np.arange(40), hist, np.asarray([(h[-1] * 7 + 3) % n_items for h in hist]),
-                     rng.integers(1, 6, size=40).astype(float))
-    return vocab, trie, model, rows
+def _toy():
+    return toy_rl_world(ratings=True)
 
 
 def _train(mode):

@@ -9,14 +9,12 @@ import pytest
 import torch
 
 from vstar.core.errors import InputError
-from vstar.data.types import SplitRows
-from vstar.decode import SidTrie
 from vstar.decode.scoring import score_candidates
-from vstar.model import ModelConfig, SidGenerator, SidVocab
 from vstar.train.advantages import (gae_advantages, grpo_advantages, hepo_advantages,
                                     hepo_process_rewards, tree_advantages, zero_variance_keep)
 from vstar.train.losses import grpo_loss, sdpo_loss
 from vstar.train.rl import RLConfig, RLTrainer
+from vstar.testing import toy_rl_world
 
 # --------------------------------------------------------------------------- GSPO
 
@@ -233,17 +231,8 @@ def test_sdpo_loss_decreases_when_the_positive_log_ratio_rises_and_skips_users_w
 # --------------------------------------------------------------------------- in the trainer
 
 
-def _toy(seed=0, n_items=30, sizes=(4, 4, 4)):
-    rng = np.random.default_rng(seed)
-    grid = np.stack(np.meshgrid(*[np.arange(k) for k in sizes], indexing="ij"), -1).reshape(-1, 3)
-    codes = grid[rng.choice(len(grid), n_items, replace=False)]
-    vocab, trie = SidVocab(list(sizes)), SidTrie(codes, list(sizes))
-    torch.manual_seed(seed)
-    model = SidGenerator(ModelConfig(history="codes", n_layer=1, n_head=2, n_embd=32,
-                                     dropout=0.0), vocab_size=vocab.size, block_size=64)
-    hist = [rng.integers(0, n_items, size=rng.integers(1, 5)) for _ in range(40)]
-    rows = SplitRows(np.arange(40), hist, np.asarray([(h[-1] * 7 + 3) % n_items for h in hist]))
-    return vocab, trie, model, rows
+def _toy():
+    return toy_rl_world(n_embd=32)
 
 
 def _trainer(**kw):

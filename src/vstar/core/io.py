@@ -129,6 +129,21 @@ def read_json(path: str | os.PathLike) -> tuple[Any, str]:
                          file=str(path), line=_duplicate_key_line(text, e.key)) from None
 
 
+def read_log_records(path: str | os.PathLike) -> list[dict]:
+    """The JSON objects of a JSON-lines log (``rl_log.jsonl``), in order. A line that does not
+    parse (one cut by a kill mid-write) or is not an object is skipped: a log is appended to
+    while a run lives, so its last line may be partial."""
+    out = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
 def to_jsonable(value: Any, field: str) -> Any:
     """numpy / torch scalars -> python; non-finite floats -> None (JSON has no NaN)."""
     if isinstance(value, Mapping):

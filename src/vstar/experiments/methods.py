@@ -85,18 +85,11 @@ def keep_logged_steps(log_path, step: int) -> list[dict]:
     seen; later ones were logged after its last checkpoint and will be redone) and return them."""
     import json
 
-    from vstar.core.io import atomic_write_text
+    from vstar.core.io import atomic_write_text, read_log_records
 
     if not log_path.is_file():
         return []
-    kept = []
-    for line in log_path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:      # a line cut by a kill mid-write
-            continue
-        if isinstance(record, dict) and record.get("step", step + 1) <= step:
-            kept.append(record)
+    kept = [r for r in read_log_records(log_path) if r.get("step", step + 1) <= step]
     atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in kept))
     return kept
 

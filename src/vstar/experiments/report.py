@@ -28,7 +28,6 @@ import base64
 import dataclasses
 import html
 import io
-import json
 import logging
 import math
 from pathlib import Path
@@ -37,7 +36,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vstar.core.errors import InputError
-from vstar.core.io import atomic_write_text, read_json
+from vstar.core.io import atomic_write_text, read_json, read_log_records
 from vstar.core.layout import ExperimentLayout, RunLayout
 from vstar.core.repro import utc_now
 from vstar.eval.compare import DEFAULT_METRICS, compare_runs
@@ -148,16 +147,6 @@ def seed_band(curves: Sequence[dict[int, float]]) -> tuple[list[int], np.ndarray
     return steps, np.nanmean(table, 0), np.nanmin(table, 0), np.nanmax(table, 0)
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:      # a line cut by a kill mid-write
-            continue
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out
 
 
 def _by_method(runs: Sequence[RunLayout]) -> dict[str, list[RunLayout]]:
@@ -252,7 +241,7 @@ def rl_curves(runs: Sequence[RunLayout]) -> dict[str, dict[str, list[dict[int, f
     for r in runs:
         if not r.rl_log.is_file():
             continue
-        records = _read_jsonl(r.rl_log)
+        records = read_log_records(r.rl_log)
         curves = out.setdefault(r.method, {})
         for name in {k for rec in records for k in rec} - {"step"}:
             curves.setdefault(name, []).append(
