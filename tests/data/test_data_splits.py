@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from vstar.data import InteractionData, leave_one_out, time_split
+from vstar.data.splits import hold_out_last
 from vstar.core.errors import InputError
 
 
@@ -73,3 +74,28 @@ def test_time_split_needs_timestamps():
 def test_time_split_rejects_bad_ratios():
     with pytest.raises(InputError, match="summing to 1"):
         time_split(_data(SEQS, TIMES), ratios=(0.8, 0.1))
+
+
+def test_hold_out_last_gives_each_users_last_rows_to_rl():
+    # user 0: 5 items -> train targets s[1], s[2]; user 1: 6 items -> s[1..3]; user 2: 2 items
+    # -> one train row (kept for SFT: it has no more than k rows)
+    data = _data([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11], [12, 13]])
+    train = leave_one_out(data).train
+    assert train.targets.tolist() == [2, 3, 7, 8, 9, 13]
+    sft, rl = hold_out_last(train, 1)
+    assert rl.targets.tolist() == [3, 9] and rl.users.tolist() == [0, 1]
+    assert [h.tolist() for h in rl.histories] == [[1, 2], [6, 7, 8]]
+    assert sft.targets.tolist() == [2, 7, 8, 13]
+    sft2, rl2 = hold_out_last(train, 2)
+    assert rl2.targets.tolist() == [8, 9] and sft2.targets.tolist() == [2, 3, 7, 13]
+    same, none = hold_out_last(train, 0)
+    assert same is train and len(none) == 0
+    with pytest.raises(InputError, match="sft.rl_holdout"):
+        hold_out_last(train, -1)
+
+
+def test_hold_out_last_does_not_need_rows_sorted_by_user():
+    train = leave_one_out(_data([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11]])).train
+    shuffled = train.subset(np.array([2, 0, 3, 1, 4]))   # users interleaved, each in order
+    sft, rl = hold_out_last(shuffled, 1)
+    assert sorted(rl.targets.tolist()) == [3, 9] and sorted(sft.targets.tolist()) == [2, 7, 8]

@@ -78,6 +78,33 @@ def leave_one_out(data: InteractionData, max_history: int = 20) -> Splits:
     return splits
 
 
+def hold_out_last(rows: SplitRows, k: int) -> tuple[SplitRows, SplitRows]:
+    """Split training rows into (SFT rows, RL rows): the last ``k`` rows of every user who has
+    more than ``k`` go to RL, everything else to SFT (so every user still trains the generator).
+
+    Rows of one user must be in chronological order, as ``leave_one_out`` and ``time_split``
+    build them. RL on targets that SFT never supervised is what ``sft.rl_holdout`` asks for
+    (docs/method.md, "RL rows held out from SFT"): the generator has not memorised them.
+    """
+    if k < 0:
+        raise InputError(f"expected a non-negative number of rows, got {k}", field="sft.rl_holdout")
+    n = len(rows)
+    if k == 0 or n == 0:
+        return rows, rows.subset(np.zeros(0, dtype=np.int64))
+    users = np.asarray(rows.users)
+    # rank of each row from its user's end: 0 for the user's last row, 1 before it, ...
+    order = np.argsort(users, kind="stable")
+    sorted_users = users[order]
+    start = np.searchsorted(sorted_users, sorted_users, side="left")
+    stop = np.searchsorted(sorted_users, sorted_users, side="right")
+    from_end = np.empty(n, dtype=np.int64)
+    from_end[order] = stop - 1 - np.arange(n)
+    count = np.empty(n, dtype=np.int64)
+    count[order] = stop - start
+    held = (from_end < k) & (count > k)
+    return rows.subset(np.flatnonzero(~held)), rows.subset(np.flatnonzero(held))
+
+
 def time_split(data: InteractionData, ratios: Sequence[float] = (0.8, 0.1, 0.1),
                max_history: int = 10) -> Splits:
     """Global time split (MiniOneRec): the first 80% of interactions in time are train targets,

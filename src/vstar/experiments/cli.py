@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -119,9 +120,10 @@ def _run_methods(args, methods) -> None:
     from vstar.experiments.pipeline import check_runs_free, prepare, run_method
 
     cfg = _load(args)
-    check_runs_free(cfg, list(methods))
+    label = getattr(args, "label", None)
+    check_runs_free(cfg, [label] if label else list(methods))
     prep = prepare(cfg)
-    paths = [run_method(cfg, prep, m, seed) for seed in cfg.run.seeds for m in methods]
+    paths = [run_method(cfg, prep, m, seed, label) for seed in cfg.run.seeds for m in methods]
     if dist.is_main():
         _print_results(paths)
 
@@ -135,6 +137,17 @@ def cmd_methods(args) -> None:
             raise InputError(f"{name!r} is a {get_method(name).kind} method, not a "
                              f"{args.method_kind} one; expected one of "
                              f"{method_names(args.method_kind)}", field="--method")
+    label = getattr(args, "label", None)
+    if label is not None:
+        if len(args.method) != 1:
+            raise InputError(f"--as names one run folder, got {len(args.method)} methods",
+                             field="--as")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", label):
+            raise InputError(f"got {label!r}, expected a folder name of letters, digits and "
+                             "_ . + -", field="--as")
+        if label in method_names() and label != args.method[0]:
+            raise InputError(f"{label!r} is the name of another method; pick a name of its "
+                             "own for this variant", field="--as")
     _run_methods(args, args.method)
 
 
@@ -208,6 +221,9 @@ def _method_command(sub, kind: str, help: str) -> None:
     else:
         p.add_argument("--method", nargs="+", required=True, metavar="METHOD",
                        help=f"one or more of {', '.join(names)}; run in this order per seed")
+    p.add_argument("--as", dest="label", default=None, metavar="NAME",
+                   help="name the run folder and the results NAME instead of the method (one "
+                        "method: a variant with other settings, e.g. a sweep point)")
     p.set_defaults(method_kind=kind)
     p.set_defaults(fn=cmd_methods)
 

@@ -27,11 +27,13 @@ import time
 from typing import Any
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from vstar.baselines import PopularityRecommender, train_sasrec
 from vstar.core import dist
 from vstar.core.errors import InputError
 from vstar.core.io import atomic_write_json
+from vstar.data.splits import hold_out_last
 from vstar.data.types import SplitRows
 from vstar.decode.rank import rank_rows
 from vstar.decode.trie import SidTrie
@@ -135,7 +137,13 @@ def run_sft(ctx: MethodContext) -> dict:
     if cfg.sft.distill > 0:
         with dist.main_first():                   # rank 0 trains and saves it if missing
             teacher = teacher_sasrec(cfg, splits, ctx.prep.data.n_items, ctx.experiment.teacher)
-    model, history = train_sft(model, vocab, trie, splits, cfg.sft, seed=ctx.seed,
+    sft_splits = splits
+    if cfg.sft.rl_holdout:                        # RL's rows stay unseen by SFT
+        sft_rows, held = hold_out_last(splits.train, cfg.sft.rl_holdout)
+        sft_splits = dataclasses.replace(splits, train=sft_rows)
+        log.info("sft.rl_holdout=%d: %d training rows for SFT, %d held out for RL",
+                 cfg.sft.rl_holdout, len(sft_rows), len(held))
+    model, history = train_sft(model, vocab, trie, sft_splits, cfg.sft, seed=ctx.seed,
                                validate=validate, progress=cfg.run.progress, teacher=teacher,
                                checkpoint_path=ctx.run.layout.sft_state,
                                resume=ctx.run.resumed, scalars=ctx.scalars)
@@ -146,6 +154,27 @@ def run_sft(ctx: MethodContext) -> dict:
     return ctx.evaluate(beam_ranker(ctx, model, vocab, trie), train_s,
                         {"n_parameters": model.num_parameters(), "epochs": len(history),
                          "sid_levels": vocab.n_levels})
+
+
+def rl_rows(ctx: MethodContext) -> SplitRows:
+    """The training rows RL draws its users from: every training row, or with
+    ``sft.rl_holdout`` = k the k last ones per user that the SFT generator never saw. The SFT
+    run this RL run starts from must have been trained with the same k."""
+    k = ctx.cfg.sft.rl_holdout
+    parent_cfg = ctx.experiment.run("sft", ctx.seed).config
+    if parent_cfg.is_file():
+        saved = OmegaConf.select(OmegaConf.load(parent_cfg), "sft.rl_holdout", default=0)
+        if saved != k:
+            raise InputError(f"got {k}, but the SFT generator this run starts from was trained "
+                             f"with sft.rl_holdout={saved}: RL would draw rows SFT "
+                             f"{'saw' if k < saved else 'did not hold out'}",
+                             field="sft.rl_holdout")
+    rows = ctx.prep.splits.train
+    if k:
+        rows = hold_out_last(rows, k)[1]
+        log.info("RL draws from the %d training rows held out from SFT (sft.rl_holdout=%d)",
+                 len(rows), k)
+    return rows
 
 
 def run_rl(ctx: MethodContext, trainer_cls: type = RLTrainer,
@@ -165,7 +194,8 @@ def run_rl(ctx: MethodContext, trainer_cls: type = RLTrainer,
     values = None
     if cfg.data.value_cols and cfg.data.value_cols[0] in prep.data.item_features:
         values = prep.data.item_features[cfg.data.value_cols[0]]
-    trainer = trainer_cls(policy, vocab, trie, prep.splits.train, rcfg, prep.splits.max_history,
+    rows = rl_rows(ctx)
+    trainer = trainer_cls(policy, vocab, trie, rows, rcfg, prep.splits.max_history,
                           seed=ctx.seed, item_emb=prep.item_emb, item_values=values,
                           **(trainer_kwargs or {}))
     if ctx.run.resumed and layout.rl_state.is_file():     # only when asked (run.resume=true)

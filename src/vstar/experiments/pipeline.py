@@ -78,6 +78,10 @@ class MethodContext:
     seed: int
     method: Method
     scalars: Scalars = field(default_factory=NullScalars)   # training curves (run.tensorboard)
+    label: str = ""          # the run folder's and the results' name (``--as``); the method's
+
+    def __post_init__(self) -> None:
+        self.label = self.label or self.method.name
 
     @property
     def experiment(self) -> ExperimentLayout:
@@ -201,11 +205,12 @@ def evaluate_split(ctx: MethodContext, split: str, ranked: np.ndarray, cost: dic
         with open(tmp, "wb") as fh:
             np.save(fh, target_ranks(ranked, rows.targets))
     path = write_metrics(layout.metrics_dir(split), dataset=prep.data.name,
-                         protocol=prep.splits.protocol, method=ctx.method.name, seed=ctx.seed,
+                         protocol=prep.splits.protocol, method=ctx.label, seed=ctx.seed,
                          split=split, metrics=metrics,
                          invalid_rate=float(cost.get("invalid_rate", 0.0)), cost=cost,
-                         extra=extra)
-    log.info("%s seed %d %s: %s", ctx.method.name, ctx.seed, split,
+                         extra=extra if ctx.label == ctx.method.name
+                         else {"recipe": ctx.method.name, **extra})
+    log.info("%s seed %d %s: %s", ctx.label, ctx.seed, split,
              ", ".join(f"{k} {_number(metrics[k])}" for k in ("HR@1", "HR@5", "HR@10", "NDCG@10")
                        if k in metrics))
     return {"path": str(path), **metrics}
@@ -231,27 +236,31 @@ def evaluate_splits(ctx: MethodContext, rank: Ranker, train_seconds: float, extr
 # running methods
 # ---------------------------------------------------------------------------------------------
 
-def run_method(cfg: Any, prep: Prepared, method: str, seed: int) -> Path:
+def run_method(cfg: Any, prep: Prepared, method: str, seed: int, label: str | None = None
+               ) -> Path:
     """One (method, seed): a fresh run folder (or, with ``run.resume``, the unfinished one, whose
     config and SIDs must match; a finished one is kept as is), then the method's runner from the
     registry. The folder is locked while the runner works. Under torchrun rank 0 creates (or
-    resumes) and owns the folder; the other ranks run the runner beside it, writing nothing."""
+    resumes) and owns the folder; the other ranks run the runner beside it, writing nothing.
+    ``label`` names the run folder and the results instead of ``method`` (a variant of a recipe
+    with other settings, e.g. one point of a sweep: ``vstar rl --method vstar --as vstar_lr1e-4``)."""
     spec = get_method(method)
+    label = label or method
     torch.set_num_threads(cfg.run.num_threads)
     set_seed(seed)
     experiment = ExperimentLayout.of_config(cfg)
-    layout = experiment.run(method, seed)
+    layout = experiment.run(label, seed)
     config = dataclasses.asdict(cfg)
     owned: list[RunDir] = []
 
     def open_run() -> tuple[bool, bool]:          # (already finished, resumed); rank 0 only
         if cfg.run.resume and layout.versions.is_file():
             if run_state(layout.path) == "finished":
-                log.info("%s seed %d already finished: kept as is (run.resume)", method, seed)
+                log.info("%s seed %d already finished: kept as is (run.resume)", label, seed)
                 return True, True
             run = RunDir.resume(layout.path, config, resumable=RESUMABLE, console=False)
         else:
-            run = RunDir.create(experiment.root, experiment.run_name(method, seed), config,
+            run = RunDir.create(experiment.root, experiment.run_name(label, seed), config,
                                 seed, overwrite=cfg.run.overwrite, console=False)
         try:
             check_provenance(run, prep)
@@ -266,13 +275,14 @@ def run_method(cfg: Any, prep: Prepared, method: str, seed: int) -> Path:
         return layout.path
     run = owned[0] if owned else RunDir(layout.path, seed, [], resumed=resumed)  # other ranks
     with run:
-        run.logger.info("method %s, seed %d, dataset %s (%s)", method, seed, prep.data.name,
+        run.logger.info("method %s%s, seed %d, dataset %s (%s)", method,
+                        "" if label == method else f" as {label}", seed, prep.data.name,
                         prep.splits.protocol)
         with open_scalars(layout.tensorboard_dir, tensorboard=cfg.run.tensorboard,
                           wandb=cfg.run.wandb, wandb_project=cfg.run.wandb_project,
-                          name=f"{experiment.name}/{experiment.run_name(method, seed)}",
+                          name=f"{experiment.name}/{experiment.run_name(label, seed)}",
                           config=config, main=dist.is_main()) as scalars:
-            spec.runner(MethodContext(cfg, prep, run, seed, spec, scalars))
+            spec.runner(MethodContext(cfg, prep, run, seed, spec, scalars, label))
         return run.path
 
 

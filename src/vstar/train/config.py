@@ -58,6 +58,9 @@ class SFTConfig:
     distill: float = 0.0           # weight a of knowledge distillation from the experiment's
                                    # SASRec: (1 - a) * CE + a * KL(teacher's code marginals ||
                                    # generator), per SID level given the true prefix
+    rl_holdout: int = 0            # the last k training targets of each user (with more than
+                                   # k) are left out of SFT and are the rows RL draws its users
+                                   # from (0: RL draws from every training row, the paper)
 
 
 
@@ -66,7 +69,8 @@ class SFTConfig:
              "grad_clip": positive, "val_metric": one_of(*SFT_VAL_METRICS), "val_beam": count,
              "val_max_users": non_negative_int, "eval_every": count,
              "windows": one_of(*WINDOW_MODES), "label_smoothing": fraction,
-             "loss": one_of(*SFT_LOSSES), "distill": fraction}
+             "loss": one_of(*SFT_LOSSES), "distill": fraction,
+             "rl_holdout": non_negative_int}
 
     def validate(self, prefix: str = "sft") -> None:
         check_fields(self, prefix, self.RULES)

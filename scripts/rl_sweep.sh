@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The validation sweep of the V-STAR issue (8): one setting at a time around the defaults, one
+# seed, evaluated on the validation split only, each point a run folder of its own
+# (`vstar rl --method M --as LABEL`), from the same SFT generator as the ablation. Then the table.
+#
+#   EXPERIMENT=sci_kd SEED=0 JOBS=2 scripts/rl_sweep.sh
+#   POINTS_FILE=my_points.txt ...    # "LABEL METHOD override..." per line instead of the default
+# Points already finished are kept (run.resume=true), so the script can be re-run to extend it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VSTAR=${VSTAR:-.venv/bin/vstar}
+EXPERIMENT=${EXPERIMENT:?set EXPERIMENT to the run.name whose sft/seed<k> generator to start from}
+SEED=${SEED:-0}
+JOBS=${JOBS:-1}
+CONFIG=${CONFIG:-configs/scientific.yaml}
+THREADS=$([ "$JOBS" -gt 1 ] && echo 1 || echo 2)
+# the ablation's scale (scripts/rl_ablation.sh): 2 epochs over the training users, 64 per step
+RL=(rl.users_per_step=64 rl.steps=260 "eval.splits=[valid]")
+DEFAULT_POINTS="
+sw_grpo_beam_lr1e-5 grpo_beam rl.lr=1e-5
+sw_grpo_beam_lr1e-4 grpo_beam rl.lr=1e-4
+sw_vstar_lr1e-5 vstar rl.lr=1e-5
+sw_vstar_lr1e-4 vstar rl.lr=1e-4
+sw_vstar_lam0.3 vstar rl.ved.lam=0.3
+sw_vstar_beta3 vstar rl.ved.beta=3.0
+sw_vstar_budget2 vstar rl.ved.budget_multiplier=2.0
+sw_vstar_wsib2 vstar rl.w_sib=2.0
+"
+POINTS=$([ -n "${POINTS_FILE:-}" ] && cat "$POINTS_FILE" || echo "$DEFAULT_POINTS")
+
+while read -r label method overrides; do
+    [ -z "$label" ] && continue
+    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 5; done
+    # shellcheck disable=SC2086  # overrides are whitespace-separated key=value words
+    "$VSTAR" rl "$CONFIG" --method "$method" --as "$label" run.name="$EXPERIMENT" \
+        "run.seeds=[$SEED]" run.num_threads="$THREADS" run.resume=true "${RL[@]}" $overrides \
+        > "runs/$EXPERIMENT.$label.seed$SEED.log" 2>&1 &
+done <<< "$POINTS"
+wait
+
+R=runs/$EXPERIMENT
+mkdir -p docs/results
+labels=$(echo "$POINTS" | awk 'NF {print $1}')
+dirs=$(for l in $labels grpo_beam vstar sft; do echo "$R/$l/seed$SEED"; done)
+# shellcheck disable=SC2086
+"$VSTAR" compare $dirs --markdown "docs/results/${EXPERIMENT}_rl_sweep_seed$SEED.md" \
+    --metrics HR@1 HR@10 NDCG@10
