@@ -32,7 +32,8 @@ def new_model(cfg: ModelConfig, vocab: SidVocab, item_codes: torch.Tensor,
     """A freshly initialised generator of ``cfg.backbone`` for these SIDs (``item_codes``
     [N, L]) and histories of at most ``max_history`` items."""
     if cfg.backbone == "hf":
-        return new_hf_model(cfg, vocab, max_history)
+        return new_hf_model(cfg, vocab, max_history,
+                            item_codes if cfg.history == "items" else None)
     if cfg.backbone != "vstar":
         raise InputError(f"expected 'vstar' or 'hf', got {cfg.backbone!r}", field="model.backbone")
     return new_generator(cfg, vocab, item_codes, max_history)
@@ -50,5 +51,5 @@ def load_model(path: str | os.PathLike, vocab: SidVocab,
                item_codes: torch.Tensor | None = None) -> SidModel:
     """The generator saved at ``path`` (an HF folder or a safetensors file), in eval mode."""
     if Path(path).is_dir():
-        return load_hf_model(path, vocab)
+        return load_hf_model(path, vocab, item_codes)
     return load_generator(path, vocab, item_codes)

@@ -38,7 +38,7 @@ class ModelConfig:
     # BOS/PAD, either loaded from a local pretrained folder (hf_name_or_path; no hub download)
     # or built from a config (hf_config, which must then name its model_type: qwen2, llama,
     # gpt2, ...). Without hf_config sizes, the built model takes n_layer / n_head / n_embd /
-    # dropout above. The HF backbone reads token-level histories (history: codes).
+    # dropout above. It reads either history (items: inputs_embeds, vstar.model.hf).
     backbone: str = "vstar"
     hf_name_or_path: str = ""
     hf_config: dict[str, Any] = field(default_factory=dict)
@@ -56,9 +56,6 @@ class ModelConfig:
         require(self.n_embd % self.n_head == 0, f"{prefix}.n_head", self.n_head,
                 f"a divisor of {prefix}.n_embd={self.n_embd}")
         if self.backbone == "hf":
-            require(self.history == "codes", f"{prefix}.history", self.history,
-                    f"'codes' with {prefix}.backbone=hf (the HF backbone reads token-level "
-                    "histories)")
             require(bool(self.hf_name_or_path.strip()) or bool(self.hf_config.get("model_type")),
                     f"{prefix}.hf_config", self.hf_config,
                     f"a model_type (qwen2, llama, gpt2, ...) when {prefix}.hf_name_or_path is "
