@@ -54,12 +54,16 @@ def test_item_tokens_are_the_sum_of_their_code_rows_plus_the_item_id_row():
     assert mask[0, 4].tolist() == [True, False, False, True, True, False, False]
 
 
-@pytest.mark.parametrize("model_type", FAMILIES)
+@pytest.mark.parametrize("model_type", FAMILIES + ["gpt2", "qwen2-eager"])
 def test_prompt_logits_equal_the_teacher_forced_training_forward(model_type):
     """Two windows of different lengths in one right-padded batch: the logits at every
     supervised position equal those of decoding item k from the prompt BOS <i_1>..<i_{k-1}>
-    and the codes of item k fed one by one through the cache."""
-    codes, vocab, model = _model(model_type)
+    and the codes of item k fed one by one through the cache. GPT-2 (learned positions) and
+    the eager attention (which adds the float mask itself) too."""
+    family, _, attention = model_type.partition("-")
+    codes, vocab, model = _model(family)
+    if attention:
+        model.lm.config._attn_implementation = attention
     windows = [np.array([3, 17, 8, 25]), np.array([11, 2])]
     tokens, targets, _ = encode_windows(windows, [np.ones(len(w), bool) for w in windows],
                                         torch.as_tensor(codes), vocab)
