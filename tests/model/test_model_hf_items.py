@@ -165,3 +165,124 @@ def test_bfloat16_weights_and_config_errors():
     cfg = ModelConfig(history="items", backbone="hf", hf_config={"model_type": "qwen2"})
     with pytest.raises(ValueError, match="item tokens"):
         new_model(cfg, SidVocab(SIZES), torch.as_tensor(codes), 5)
+
+
+# ---------------------------------------------------------------------------------------------
+# text prompts: each history item preceded by its title's first tokens (model.hf_prompt=titles)
+# ---------------------------------------------------------------------------------------------
+
+WORDS = ["[UNK]", "[PAD]", "the", "toy", "story", "heat", "fargo", "star", "wars", "1995"]
+TEXTS = ["the", "toy story 1995", "heat", "fargo star wars the toy", "star wars", "the heat"]
+
+
+def _tokenizer(folder):
+    """A word-level tokenizer over WORDS, saved as a PreTrainedTokenizerFast (offline)."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]",
+                            pad_token="[PAD]").save_pretrained(folder)
+    return str(folder)
+
+
+def _titled(tmp_path, model_type="qwen2", n_items=12, title_tokens=3):
+    from vstar.model.backbone import make_model_vocab
+
+    codes = random_catalogue(n_items, SIZES, 0)
+    text = [TEXTS[i % len(TEXTS)] for i in range(n_items)]
+    cfg = ModelConfig(history="items", n_layer=2, n_head=2, n_embd=32, dropout=0.0,
+                      backbone="hf", hf_config={"model_type": model_type}, hf_prompt="titles",
+                      hf_title_tokens=title_tokens, hf_tokenizer=_tokenizer(tmp_path / "tok"))
+    cfg.validate()
+    vocab = make_model_vocab(cfg, SIZES, n_items, text)
+    torch.manual_seed(0)
+    model = new_model(cfg, vocab, torch.as_tensor(codes), max_history=6).eval()
+    with torch.no_grad():
+        model.lm.get_input_embeddings().weight.normal_(0, 1.0)        # text rows matter
+    return codes, vocab, model, cfg, text
+
+
+def test_titles_precede_item_tokens_in_prompts_cut_to_hf_title_tokens(tmp_path):
+    codes, vocab, model, _, text = _titled(tmp_path)
+    assert vocab.n_text == len(WORDS) and model.text_offset == vocab.size     # rows after SIDs
+    assert model.lm.get_input_embeddings().num_embeddings == vocab.size + len(WORDS)
+    # item 3's text "fargo star wars the toy" -> its first 3 words; item 0's "the" -> 1 word
+    assert text[3] == "fargo star wars the toy"
+    assert vocab.item_prefix[3].tolist() == [6, 7, 8] and vocab.item_prefix[0].tolist() == [2]
+    tokens, mask = vocab.encode_histories([np.array([0, 3])], torch.as_tensor(codes))
+    t0 = vocab.text_start
+    assert tokens[0].tolist() == [1, t0 + 2, vocab.size + 0, t0 + 6, t0 + 7, t0 + 8,
+                                  vocab.size + 3]
+    table = model.lm.get_input_embeddings().weight
+    assert torch.equal(model.embed(tokens)[0, 3], table[vocab.size + 6])      # "fargo"
+
+
+def test_titled_training_forward_equals_decoding_and_sft_and_beam_search_run(tmp_path):
+    codes, vocab, model, *_ = _titled(tmp_path)
+    windows = [np.array([3, 7, 0, 5]), np.array([11, 2])]
+    tokens, targets, levels = encode_windows(windows, [np.ones(len(w), bool) for w in windows],
+                                             torch.as_tensor(codes), vocab)
+    L = vocab.n_levels
+    with torch.no_grad():
+        teacher = model(tokens, pad_mask=tokens != 0, teacher_forced=True).logits
+    for n, window in enumerate(windows):
+        sup = (targets[n] >= 0).nonzero().flatten()
+        assert len(sup) == L * len(window)
+        for k in range(len(window)):
+            at = sup[k * L:(k + 1) * L]                     # consecutive: anchor, then L-1 codes
+            assert at.tolist() == list(range(int(at[0]), int(at[0]) + L))
+            assert targets[n, at].tolist() == vocab.code_tokens(
+                torch.as_tensor(codes[window[k]])).tolist()
+            prompt, _ = vocab.encode_histories([window[:k]], torch.as_tensor(codes))
+            with torch.no_grad():
+                out = model(prompt)
+                steps, cache = [out.logits[0, -1]], out.cache
+                for level in range(L - 1):
+                    out = model(vocab.token_of(level, torch.tensor([[codes[window[k], level]]])),
+                                cache=cache)
+                    steps.append(out.logits[0, -1])
+                    cache = out.cache
+            for level in range(L):
+                assert torch.allclose(teacher[n, at[level]], steps[level], atol=1e-4, rtol=1e-5)
+    # SFT reaches the text rows; beam search is the same with and without the shared history
+    model.train()
+    sft_loss(model, vocab, tokens, targets, levels).backward()
+    grad = model.lm.get_input_embeddings().weight.grad
+    assert grad[vocab.size + 6].abs().sum() > 0                      # "fargo" of item 3
+    model.eval()
+    from vstar.decode import SidTrie
+    trie = SidTrie(codes, SIZES)
+    prompts, mask = vocab.encode_histories([np.array([3, 7]), np.array([5])],
+                                           torch.as_tensor(codes))
+    shared = beam_search(model, vocab, trie, prompts, mask, width=5)
+    model.share_history = False
+    assert torch.equal(shared.items, beam_search(model, vocab, trie, prompts, mask, 5).items)
+
+
+def test_titled_model_round_trips_and_errors_name_the_field(tmp_path):
+    from vstar.model.backbone import make_model_vocab
+
+    codes, vocab, model, cfg, text = _titled(tmp_path)
+    tokens, mask = vocab.encode_histories([np.array([3, 7]), np.array([5])],
+                                          torch.as_tensor(codes))
+    save_model(tmp_path / "g", model, vocab)
+    back = load_model(tmp_path / "g", vocab, torch.as_tensor(codes))
+    assert back.n_text == len(WORDS) and back.text_offset == vocab.size
+    with torch.no_grad():
+        assert torch.equal(back(tokens, pad_mask=mask).logits, model(tokens, pad_mask=mask).logits)
+    with pytest.raises(InputError, match="model.hf_prompt"):
+        load_model(tmp_path / "g", SidVocab(SIZES, n_items=len(codes)), torch.as_tensor(codes))
+    with pytest.raises(InputError, match="model.hf_prompt.*item text"):
+        make_model_vocab(cfg, SIZES, len(codes), None)              # the dataset has no text
+    missing = ModelConfig(**{**cfg.__dict__, "hf_tokenizer": str(tmp_path / "nothing")})
+    with pytest.raises(InputError, match="model.hf_tokenizer"):
+        make_model_vocab(missing, SIZES, len(codes), text)
+    with pytest.raises(InputError, match="model.hf_tokenizer"):
+        ModelConfig(backbone="hf", hf_config={"model_type": "qwen2"},
+                    hf_prompt="titles").validate()                  # no tokenizer configured
+    with pytest.raises(InputError, match="model.hf_prompt"):
+        ModelConfig(hf_prompt="titles").validate()                  # the native backbone

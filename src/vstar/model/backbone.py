@@ -19,12 +19,23 @@ import torch
 
 from vstar.core.errors import InputError
 from vstar.model.config import ModelConfig
-from vstar.model.generator import SidGenerator, load_generator, new_generator, save_generator
-from vstar.model.hf import HFSidLM, load_hf_model, new_hf_model, save_hf_model
+from vstar.model.generator import (SidGenerator, load_generator, make_vocab, new_generator,
+                                   save_generator)
+from vstar.model.hf import HFSidLM, load_hf_model, new_hf_model, save_hf_model, title_tokens
 from vstar.model.vocab import SidVocab
 
 # what the trainers and decoders get: both implement ``SidLM`` and are torch modules
 SidModel = Union[SidGenerator, HFSidLM]
+
+
+def make_model_vocab(cfg: ModelConfig, codebook_sizes: list[int], n_items: int,
+                     item_text: list[str] | None = None) -> SidVocab:
+    """The vocabulary the configured generator reads: ``make_vocab``, plus each item's title
+    tokens with ``model.hf_prompt: titles`` (``item_text``: the dataset's, one per item)."""
+    if cfg.hf_prompt != "titles":
+        return make_vocab(cfg, codebook_sizes, n_items)
+    prefix, n_text = title_tokens(cfg, item_text)
+    return SidVocab(codebook_sizes, n_items=n_items, item_prefix=prefix, n_text=n_text)
 
 
 def new_model(cfg: ModelConfig, vocab: SidVocab, item_codes: torch.Tensor,

@@ -24,6 +24,13 @@ as given); decoding reads a prompt ``BOS <i_1>..<i_n>`` at positions 0..n and th
 through the cache as with token-level history. The item code table and the item-ID embedding
 are saved beside the HF weights (``sid_items.safetensors``).
 
+**Text prompts** (``model.hf_prompt: titles``): each history item token is preceded by the first
+``model.hf_title_tokens`` tokens of its item text (``title_tokens``; vstar ids from
+``SidVocab.text_start``). A text token is embedded with the HF row ``text_offset + w``: the
+model's own text rows for a pretrained model (offset 0, its tokenizer), rows appended after the
+SID block for a model built from a config (offset ``sid_vocab_size``). Text tokens are anchors
+of ``item_layout`` like item tokens: later items' codes see them, their own item's codes do not.
+
 **Cache.** ``past_key_values`` is a ``DynamicCache`` built from a ``KVCache``'s per-layer keys
 and values ([B, H_kv, T, Dh]) and read back after the call; the cache's mask is the HF
 ``attention_mask`` (left padding and VED's masked ancestors are zeros) and its ``next_pos``
@@ -60,6 +67,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -91,10 +99,16 @@ class HFSidLM(nn.Module):
     ``token_offset`` (module docstring)."""
 
     def __init__(self, lm: nn.Module, cfg: ModelConfig, sid_vocab_size: int,
-                 token_offset: int = 0, item_code_tokens: torch.Tensor | None = None):
+                 token_offset: int = 0, item_code_tokens: torch.Tensor | None = None,
+                 n_text: int = 0, text_offset: int = 0):
         """``item_code_tokens`` [N, L]: the code token ids (vstar ids, ``vocab.code_tokens``) of
-        every catalogue item, required exactly when ``cfg.history == "items"``."""
+        every catalogue item, required exactly when ``cfg.history == "items"``; ``n_text``
+        text tokens (``SidVocab.n_text``, text prompts) at HF rows from ``text_offset``."""
         super().__init__()
+        if n_text and (item_code_tokens is None or text_offset < 0
+                       or text_offset + n_text > lm.get_input_embeddings().num_embeddings):
+            raise ValueError(f"{n_text} text tokens at row {text_offset} need item tokens and "
+                             "must fit the model's embedding rows")
         if (cfg.history == "items") != (item_code_tokens is not None):
             raise ValueError("item_code_tokens are needed exactly when model.history is 'items'")
         n_rows = lm.get_input_embeddings().num_embeddings
@@ -112,6 +126,7 @@ class HFSidLM(nn.Module):
         self.sid_vocab_size = int(sid_vocab_size)
         self.token_offset = int(token_offset)
         self.max_positions = getattr(text_cfg, "max_position_embeddings", None)
+        self.n_text, self.text_offset = int(n_text), int(text_offset)
         if item_code_tokens is not None:
             self.register_buffer("item_code_tokens", torch.as_tensor(item_code_tokens).long())
         else:
@@ -152,8 +167,17 @@ class HFSidLM(nn.Module):
 
         if self.item_code_tokens is None:
             return rows(tokens)
-        return embed_item_tokens(tokens, self.sid_vocab_size, rows, self.item_code_tokens,
-                                 self.item_emb)
+        if not self.n_text:
+            return embed_item_tokens(tokens, self.sid_vocab_size, rows, self.item_code_tokens,
+                                     self.item_emb)
+        start = self.sid_vocab_size + int(self.item_code_tokens.shape[0])   # SidVocab.text_start
+        text = tokens >= start
+        x = embed_item_tokens(tokens.masked_fill(text, 0), self.sid_vocab_size, rows,
+                              self.item_code_tokens, self.item_emb)
+        where = text.nonzero(as_tuple=True)
+        if where[0].numel():
+            x = x.index_put(where, table(tokens[where] - start + self.text_offset))
+        return x
 
     def _inputs(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         """The token keyword of the HF call: ``input_ids`` (token-level history, the model's
@@ -344,11 +368,13 @@ def _dtype(cfg: ModelConfig) -> torch.dtype:
     return DTYPES[cfg.dtype]
 
 
-def build_hf_config(cfg: ModelConfig, sid_vocab_size: int, max_positions: int) -> Any:
+def build_hf_config(cfg: ModelConfig, sid_vocab_size: int, max_positions: int,
+                    extra_rows: int = 0) -> Any:
     """The ``transformers`` config of a model built from scratch: ``model.hf_config`` (its
     ``model_type`` and any attribute overrides) over vstar's sizes (n_layer, n_head, n_embd,
-    4 x n_embd feed-forward, model.dropout), the SID vocabulary with PAD/BOS, tied input and
-    output embeddings (as ``SidGenerator``) and ``max_positions`` positions."""
+    4 x n_embd feed-forward, model.dropout), the SID vocabulary with PAD/BOS (+ ``extra_rows``
+    text rows after it), tied input and output embeddings (as ``SidGenerator``) and
+    ``max_positions`` positions."""
     from transformers import AutoConfig
 
     over = dict(cfg.hf_config)
@@ -370,7 +396,7 @@ def build_hf_config(cfg: ModelConfig, sid_vocab_size: int, max_positions: int) -
              "intermediate_size": 4 * cfg.n_embd, "max_position_embeddings": max_positions,
              **{name: cfg.dropout for name in _DROPOUTS}}
     kwargs = {k: v for k, v in sizes.items() if hasattr(base, k)}
-    kwargs.update(vocab_size=sid_vocab_size, pad_token_id=PAD, bos_token_id=BOS,
+    kwargs.update(vocab_size=sid_vocab_size + extra_rows, pad_token_id=PAD, bos_token_id=BOS,
                   eos_token_id=None, tie_word_embeddings=True)
     kwargs.update(over)
     try:
@@ -401,6 +427,10 @@ def new_hf_model(cfg: ModelConfig, vocab: SidVocab, max_history: int,
     if vocab.item_history != items:
         raise ValueError(f"model.history={cfg.history!r} needs a vocabulary with"
                          f"{'' if items else 'out'} item tokens (make_vocab)")
+    if (cfg.hf_prompt == "titles") != (vocab.item_prefix is not None):
+        raise ValueError(f"model.hf_prompt={cfg.hf_prompt!r} needs a vocabulary with"
+                         f"{'' if cfg.hf_prompt == 'titles' else 'out'} item text "
+                         "(vstar.model.backbone.make_model_vocab)")
     if items and item_codes is None:
         raise ValueError("model.history='items' needs every item's codes (item_codes)")
     item_tokens = vocab.code_tokens(torch.as_tensor(item_codes)) if items else None
@@ -412,13 +442,20 @@ def new_hf_model(cfg: ModelConfig, vocab: SidVocab, max_history: int,
         lm = AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=dtype,
                                                   local_files_only=True)
         offset = lm.get_input_embeddings().num_embeddings
+        if vocab.n_text > offset:
+            raise InputError(f"the tokenizer has {vocab.n_text} tokens, the model only "
+                             f"{offset} text rows", field="model.hf_tokenizer")
         lm.resize_token_embeddings(offset + vocab.size)
+        text_offset = 0
     else:
         L = vocab.n_levels                                    # as SidGenerator's block_size
-        block = 1 + max_history + L if items else 1 + (max_history + 1) * L
-        lm = AutoModelForCausalLM.from_config(build_hf_config(cfg, vocab.size, block)).to(dtype)
-        offset = 0
-    return HFSidLM(lm, cfg, vocab.size, offset, item_code_tokens=item_tokens)
+        per_item = 1 + (cfg.hf_title_tokens if vocab.item_prefix is not None else 0)
+        block = 1 + max_history * per_item + L if items else 1 + (max_history + 1) * L
+        config = build_hf_config(cfg, vocab.size, block, extra_rows=vocab.n_text)
+        lm = AutoModelForCausalLM.from_config(config).to(dtype)
+        offset, text_offset = 0, vocab.size
+    return HFSidLM(lm, cfg, vocab.size, offset, item_code_tokens=item_tokens,
+                   n_text=vocab.n_text, text_offset=text_offset)
 
 
 def save_hf_model(path: str | os.PathLike, model: HFSidLM, vocab: SidVocab) -> Path:
@@ -460,9 +497,17 @@ def load_hf_model(path: str | os.PathLike, vocab: SidVocab,
                 items, vocab.code_tokens(torch.as_tensor(item_codes))))):
         raise InputError("the checkpoint's item SIDs differ from the current SIDs",
                          file=str(path), field="item_code_tokens")
+    if (cfg.hf_prompt == "titles") != (vocab.item_prefix is not None):
+        raise InputError(f"the checkpoint was trained with model.hf_prompt={cfg.hf_prompt!r}, "
+                         "the configured vocabulary "
+                         f"{'lacks' if cfg.hf_prompt == 'titles' else 'has'} item text",
+                         file=str(path), field="model.hf_prompt")
     lm = AutoModelForCausalLM.from_pretrained(ckpt.path, dtype=_dtype(cfg),
                                               local_files_only=True)
-    model = HFSidLM(lm, cfg, ckpt.sid_vocab_size, ckpt.token_offset, item_code_tokens=items)
+    # text rows: the model's own (pretrained, SID block appended) or after the SID block
+    text_offset = 0 if ckpt.token_offset > 0 else ckpt.sid_vocab_size
+    model = HFSidLM(lm, cfg, ckpt.sid_vocab_size, ckpt.token_offset, item_code_tokens=items,
+                    n_text=vocab.n_text, text_offset=text_offset)
     own = {k: v for k, v in model.state_dict().items() if not k.startswith("lm.")}
     if set(own) != set(ckpt.extra_state):
         raise InputError(f"the folder's item tensors {sorted(ckpt.extra_state)} do not fit the "
@@ -470,3 +515,32 @@ def load_hf_model(path: str | os.PathLike, vocab: SidVocab,
                          field="model.item_id_embedding")
     model.load_state_dict(ckpt.extra_state, strict=False)
     return model.eval()
+
+
+def title_tokens(cfg: ModelConfig, item_text: list[str] | None) -> tuple[list[np.ndarray], int]:
+    """The text prompt of every item (``model.hf_prompt: titles``): the first
+    ``model.hf_title_tokens`` tokenizer ids of its item text (the loaders put the title first),
+    no special tokens; and the tokenizer's vocabulary size. The tokenizer is read from the local
+    folder ``model.hf_tokenizer`` (else ``model.hf_name_or_path``); nothing is downloaded."""
+    from transformers import AutoTokenizer
+
+    if not item_text:
+        raise InputError("expected item text for the titles: the dataset has none (a "
+                         "loader with item text fields or data.text_cols)",
+                         field="model.hf_prompt")
+    field = "model.hf_tokenizer" if cfg.hf_tokenizer.strip() else "model.hf_name_or_path"
+    name = cfg.hf_tokenizer.strip() or cfg.hf_name_or_path.strip()
+    if not name:
+        raise InputError("expected a local tokenizer folder for model.hf_prompt=titles",
+                         field="model.hf_tokenizer")
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        raise InputError("expected a local tokenizer folder (vstar never downloads)",
+                         file=str(folder), field=field)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise InputError(f"no tokenizer could be read ({str(err).splitlines()[0]})",
+                         file=str(folder), field=field) from None
+    ids = tokenizer(list(item_text), add_special_tokens=False)["input_ids"]
+    return [np.asarray(w[:cfg.hf_title_tokens], dtype=np.int64) for w in ids], len(tokenizer)
