@@ -276,6 +276,10 @@ def test_titled_model_round_trips_and_errors_name_the_field(tmp_path):
         assert torch.equal(back(tokens, pad_mask=mask).logits, model(tokens, pad_mask=mask).logits)
     with pytest.raises(InputError, match="model.hf_prompt"):
         load_model(tmp_path / "g", SidVocab(SIZES, n_items=len(codes)), torch.as_tensor(codes))
+    shorter = make_model_vocab(ModelConfig(**{**cfg.__dict__, "hf_title_tokens": 2}), SIZES,
+                               len(codes), text)                    # other prompts than trained
+    with pytest.raises(InputError, match="titles differ"):
+        load_model(tmp_path / "g", shorter, torch.as_tensor(codes))
     with pytest.raises(InputError, match="model.hf_prompt.*item text"):
         make_model_vocab(cfg, SIZES, len(codes), None)              # the dataset has no text
     missing = ModelConfig(**{**cfg.__dict__, "hf_tokenizer": str(tmp_path / "nothing")})

@@ -100,10 +100,12 @@ class HFSidLM(nn.Module):
 
     def __init__(self, lm: nn.Module, cfg: ModelConfig, sid_vocab_size: int,
                  token_offset: int = 0, item_code_tokens: torch.Tensor | None = None,
-                 n_text: int = 0, text_offset: int = 0):
+                 n_text: int = 0, text_offset: int = 0, item_prefix: list | None = None):
         """``item_code_tokens`` [N, L]: the code token ids (vstar ids, ``vocab.code_tokens``) of
         every catalogue item, required exactly when ``cfg.history == "items"``; ``n_text``
-        text tokens (``SidVocab.n_text``, text prompts) at HF rows from ``text_offset``."""
+        text tokens (``SidVocab.n_text``, text prompts) at HF rows from ``text_offset``;
+        ``item_prefix``: the vocabulary's text before each item (kept, and saved, as the
+        ``item_prefix_tokens`` table so that a load can check it)."""
         super().__init__()
         if n_text and (item_code_tokens is None or text_offset < 0
                        or text_offset + n_text > lm.get_input_embeddings().num_embeddings):
@@ -127,6 +129,8 @@ class HFSidLM(nn.Module):
         self.token_offset = int(token_offset)
         self.max_positions = getattr(text_cfg, "max_position_embeddings", None)
         self.n_text, self.text_offset = int(n_text), int(text_offset)
+        if item_prefix is not None:
+            self.register_buffer("item_prefix_tokens", prefix_table(item_prefix))
         if item_code_tokens is not None:
             self.register_buffer("item_code_tokens", torch.as_tensor(item_code_tokens).long())
         else:
@@ -455,7 +459,7 @@ def new_hf_model(cfg: ModelConfig, vocab: SidVocab, max_history: int,
         lm = AutoModelForCausalLM.from_config(config).to(dtype)
         offset, text_offset = 0, vocab.size
     return HFSidLM(lm, cfg, vocab.size, offset, item_code_tokens=item_tokens,
-                   n_text=vocab.n_text, text_offset=text_offset)
+                   n_text=vocab.n_text, text_offset=text_offset, item_prefix=vocab.item_prefix)
 
 
 def save_hf_model(path: str | os.PathLike, model: HFSidLM, vocab: SidVocab) -> Path:
@@ -502,12 +506,18 @@ def load_hf_model(path: str | os.PathLike, vocab: SidVocab,
                          "the configured vocabulary "
                          f"{'lacks' if cfg.hf_prompt == 'titles' else 'has'} item text",
                          file=str(path), field="model.hf_prompt")
+    saved = ckpt.extra_state.get("item_prefix_tokens")
+    if vocab.item_prefix is not None and (
+            saved is None or not torch.equal(saved, prefix_table(vocab.item_prefix))):
+        raise InputError("the checkpoint's item titles differ from the current item text "
+                         "tokenised now (another tokenizer, hf_title_tokens or dataset?)",
+                         file=str(path), field="model.hf_tokenizer")
     lm = AutoModelForCausalLM.from_pretrained(ckpt.path, dtype=_dtype(cfg),
                                               local_files_only=True)
     # text rows: the model's own (pretrained, SID block appended) or after the SID block
     text_offset = 0 if ckpt.token_offset > 0 else ckpt.sid_vocab_size
     model = HFSidLM(lm, cfg, ckpt.sid_vocab_size, ckpt.token_offset, item_code_tokens=items,
-                    n_text=vocab.n_text, text_offset=text_offset)
+                    n_text=vocab.n_text, text_offset=text_offset, item_prefix=vocab.item_prefix)
     own = {k: v for k, v in model.state_dict().items() if not k.startswith("lm.")}
     if set(own) != set(ckpt.extra_state):
         raise InputError(f"the folder's item tensors {sorted(ckpt.extra_state)} do not fit the "
@@ -515,6 +525,16 @@ def load_hf_model(path: str | os.PathLike, vocab: SidVocab,
                          field="model.item_id_embedding")
     model.load_state_dict(ckpt.extra_state, strict=False)
     return model.eval()
+
+
+def prefix_table(item_prefix: list) -> torch.Tensor:
+    """The text before each item (``SidVocab.item_prefix``) as one tensor [N, W] (W the longest,
+    at least 1), padded with -1: what a saved model records of its prompts."""
+    width = max([len(w) for w in item_prefix] + [1])
+    table = torch.full((len(item_prefix), width), -1, dtype=torch.long)
+    for i, w in enumerate(item_prefix):
+        table[i, :len(w)] = torch.as_tensor(w, dtype=torch.long)
+    return table
 
 
 def title_tokens(cfg: ModelConfig, item_text: list[str] | None) -> tuple[list[np.ndarray], int]:
