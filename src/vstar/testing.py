@@ -54,15 +54,20 @@ HF_TYPES = ("qwen2", "llama", "gpt2")     # the HF model families the tests buil
 
 
 def tiny_hf_model(vocab: SidVocab, model_type: str = "qwen2", n_layer: int = 2, n_head: int = 2,
-                  n_embd: int = 32, max_history: int = 20, seed: int = 0) -> nn.Module:
+                  n_embd: int = 32, max_history: int = 20, seed: int = 0,
+                  item_codes=None) -> nn.Module:
     """A randomly initialised tiny Hugging Face backbone (``HFSidLM``) for ``vocab``, built
-    from a config (nothing downloaded), in eval mode, without dropout."""
+    from a config (nothing downloaded), in eval mode, without dropout. A vocabulary with item
+    tokens gives item-level history (with an item-ID embedding); it needs ``item_codes``."""
     from vstar.model.hf import new_hf_model
 
     torch.manual_seed(seed)
-    cfg = ModelConfig(history="codes", n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                      dropout=0.0, backbone="hf", hf_config={"model_type": model_type})
-    return new_hf_model(cfg, vocab, max_history).eval()
+    items = vocab.item_history
+    cfg = ModelConfig(history="items" if items else "codes", item_id_embedding=items,
+                      n_layer=n_layer, n_head=n_head, n_embd=n_embd, dropout=0.0,
+                      backbone="hf", hf_config={"model_type": model_type})
+    codes = torch.as_tensor(item_codes) if items else None
+    return new_hf_model(cfg, vocab, max_history, codes).eval()
 
 
 def tiny_setup(n_items: int = 40, sizes=(4, 5, 3), n_users: int = 5, seed: int = 0,
@@ -73,7 +78,7 @@ def tiny_setup(n_items: int = 40, sizes=(4, 5, 3), n_users: int = 5, seed: int =
     Returns (codes [N, L], vocab, trie, model, tokens [B, T], pad_mask [B, T]); ``full`` uses every
     SID of the code grid as the catalogue; ``history="items"``: item-level history (one token
     per history item, with a random item-ID embedding); ``backbone``: "vstar" (``SidGenerator``)
-    or an HF model type of ``HF_TYPES`` (``tiny_hf_model``, token-level history only).
+    or an HF model type of ``HF_TYPES`` (``tiny_hf_model``).
     """
     rng = np.random.default_rng(seed)
     grid = _code_grid(sizes)
@@ -86,9 +91,11 @@ def tiny_setup(n_items: int = 40, sizes=(4, 5, 3), n_users: int = 5, seed: int =
     vocab = SidVocab(list(sizes), n_items=len(codes) if items else 0)
     item_tokens = vocab.code_tokens(torch.as_tensor(codes)) if items else None
     if backbone != "vstar":
-        model = tiny_hf_model(vocab, backbone, seed=seed)
+        model = tiny_hf_model(vocab, backbone, seed=seed, item_codes=codes)
         with torch.no_grad():
             model.lm.get_input_embeddings().weight.normal_(0, 1.0)    # far from uniform (tied)
+            if items:
+                model.item_emb.weight.normal_(0, 1.0)
     else:
         model = SidGenerator(cfg, vocab_size=vocab.size, block_size=64,
                              item_code_tokens=item_tokens).eval()

@@ -2,8 +2,8 @@
 with a copy of the history per beam (``share_history=False``, the ``KVCache.index_select`` path
 of backbones without a shared cache), on seeded random models with left-padded prompts of
 different lengths, token-level and item-level history, and through the Hugging Face backbone
-(Qwen2, Llama, GPT-2: token-level history; its shared-history attention function against its
-per-beam ``DynamicCache`` path)."""
+(Qwen2, Llama, GPT-2 with token-level history, Qwen2 with item-level history; its
+shared-history attention function against its per-beam ``DynamicCache`` path)."""
 
 import warnings
 
@@ -17,7 +17,8 @@ from vstar.model.cache import SharedKVCache
 from vstar.testing import HF_TYPES, CountingLM, tiny_setup
 
 # (backbone, history): the native generator with both histories, every HF family tested
-HISTORIES = [("vstar", "codes"), ("vstar", "items")] + [(t, "codes") for t in HF_TYPES]
+HISTORIES = ([("vstar", "codes"), ("vstar", "items")] + [(t, "codes") for t in HF_TYPES]
+             + [("qwen2", "items")])
 SIZES = (6, 6, 4)
 ATOL = 1e-5
 

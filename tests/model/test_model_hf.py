@@ -213,8 +213,8 @@ def test_config_errors_name_the_field():
     with pytest.raises(InputError, match="model.hf_config.vocab_size"):
         new_hf_model(ModelConfig(history="codes", backbone="hf",
                                  hf_config={"model_type": "qwen2", "vocab_size": 9}), vocab, 5)
-    with pytest.raises(InputError, match="model.history"):
-        ModelConfig(backbone="hf", hf_config={"model_type": "qwen2"}).validate()
+    with pytest.raises(InputError, match="model.hf_config"):
+        ModelConfig(history="codes", backbone="hf").validate()          # no model_type
     with pytest.raises(InputError, match="model.backbone"):
         ModelConfig(hf_config={"model_type": "qwen2"}).validate()
     bf16 = new_hf_model(ModelConfig(history="codes", backbone="hf", dtype="bfloat16", n_embd=16,

@@ -24,7 +24,11 @@ is expected is a clear error naming the file, not a shape mismatch three calls l
                   load_hf_generator                  (``save_pretrained``: config.json,
                                                      model.safetensors) plus ``sid_vocab.json``:
                                                      the SID codebooks, where the SID tokens
-                                                     start in the HF vocabulary, the model config
+                                                     start in the HF vocabulary, the model config;
+                                                     with item-level history also
+                                                     ``sid_items.safetensors`` (kind
+                                                     ``hf_items``: the wrapper's item code table
+                                                     and item-ID embedding)
 
 This is the only module that spells tensor keys or metadata fields of a checkpoint. Functions take
 and return plain tensors and dicts, so no model class is imported here (the model stage builds its
@@ -43,7 +47,8 @@ from vstar.core.errors import InputError
 from vstar.core.io import atomic_dir, atomic_path, atomic_write_json, read_json, to_jsonable
 
 FORMAT_VERSION = 1
-KINDS = ("generator", "rl_state", "sft_state", "sasrec", "embeddings", "semantic_scorer")
+KINDS = ("generator", "rl_state", "sft_state", "sasrec", "embeddings", "semantic_scorer",
+         "hf_items")
 
 _KIND, _FORMAT = "vstar_kind", "vstar_format"
 # rl_state sections: tensors are stored as "<section>.<key>"
@@ -53,6 +58,7 @@ _SAMPLER_RNG = "sampler_rng"
 _MODEL, _BEST, _TORCH_RNG = "model.", "best.", "torch_rng"
 EMBEDDINGS_KEY = "embeddings"   # also the tensor name of user-supplied vector files
 HF_SID_FILE = "sid_vocab.json"  # beside a Hugging Face model folder's config.json
+HF_ITEMS_FILE = "sid_items.safetensors"  # ... and the wrapper's own tensors (item-level history)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,14 +190,19 @@ class HFGeneratorCheckpoint:
     token_offset: int           # HF token id of vstar token 0 (PAD); SID tokens follow it
     sid_vocab_size: int         # vstar's output vocabulary (PAD, BOS, every code)
     model_config: dict          # the model section it was built with
+    # the wrapper's tensors outside the HF model (its state_dict entries: the item code table
+    # and item-ID embedding of item-level history); empty without them
+    extra_state: dict = field(default_factory=dict)
 
 
 def save_hf_generator(path: str | os.PathLike, write_model: Callable[[Path], None], *,
                       codebook_sizes: list[int], token_offset: int, sid_vocab_size: int,
-                      model_config: Mapping[str, Any]) -> Path:
+                      model_config: Mapping[str, Any],
+                      extra_state: Mapping[str, Any] | None = None) -> Path:
     """A Hugging Face model folder: ``write_model(folder)`` writes the weights and config
-    (``save_pretrained``), then ``sid_vocab.json`` records the SID vocabulary; the folder
-    replaces ``path`` atomically."""
+    (``save_pretrained``), then ``sid_vocab.json`` records the SID vocabulary and
+    ``sid_items.safetensors`` holds ``extra_state`` (if any); the folder replaces ``path``
+    atomically."""
     path = Path(path)
     with atomic_dir(path) as tmp:
         write_model(tmp)
@@ -203,6 +214,8 @@ def save_hf_generator(path: str | os.PathLike, write_model: Callable[[Path], Non
              "codebook_sizes": [int(k) for k in codebook_sizes],
              "token_offset": int(token_offset), "sid_vocab_size": int(sid_vocab_size),
              "model_config": dict(model_config)}, "sid_vocab"))
+        if extra_state:
+            _write(tmp / HF_ITEMS_FILE, "hf_items", extra_state, {})
     return path
 
 
@@ -223,9 +236,11 @@ def load_hf_generator(path: str | os.PathLike) -> HFGeneratorCheckpoint:
                          f"{FORMAT_VERSION}", file=str(meta_path), field=_FORMAT)
     _require(meta, ("codebook_sizes", "token_offset", "sid_vocab_size", "model_config"),
              meta_path, "hf_generator")
+    extra = (_read(path / HF_ITEMS_FILE, "hf_items")[0] if (path / HF_ITEMS_FILE).exists()
+             else {})
     return HFGeneratorCheckpoint(path, [int(k) for k in meta["codebook_sizes"]],
                                  int(meta["token_offset"]), int(meta["sid_vocab_size"]),
-                                 dict(meta["model_config"]))
+                                 dict(meta["model_config"]), extra)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,8 +30,7 @@ from vstar.decode.config import VEDConfig
 from vstar.decode.trie import SidTrie
 from vstar.eval.budget import budget_curve, plot_budget_curve
 from vstar.model.config import ValueHeadConfig
-from vstar.model.backbone import SidModel, load_model
-from vstar.model.generator import make_vocab
+from vstar.model.backbone import SidModel, load_model, make_model_vocab
 from vstar.model.value import ValueHead
 from vstar.model.vocab import SidVocab
 from vstar.train.config import RLConfig
@@ -111,7 +110,7 @@ def load_run(run_dir: str | os.PathLike, threads: int | None = None) -> LoadedRu
                          field="codebook_sizes")
     data, splits, _ = prepare_data(cfg)
     sids = load_index_json(experiment.sid_index, data.item_ids, report["codebook_sizes"])
-    vocab = make_vocab(cfg.model, sids.codebook_sizes, sids.n_items)
+    vocab = make_model_vocab(cfg.model, sids.codebook_sizes, sids.n_items, data.item_text)
     trie = SidTrie(sids.codes, sids.codebook_sizes)
     if layout.rl_state.is_file():
         model, value_head, rl_cfg = load_rl_run(layout.path, vocab, trie.codes)

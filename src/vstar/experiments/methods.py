@@ -40,8 +40,7 @@ from vstar.decode.trie import SidTrie
 from vstar.experiments.collab import ranking_metrics, sasrec_validation, teacher_sasrec
 from vstar.experiments.pipeline import MethodContext, Ranker, parent_run
 from vstar.experiments.registry import Method, register
-from vstar.model.backbone import SidModel, load_model, new_model, save_model
-from vstar.model.generator import make_vocab
+from vstar.model.backbone import SidModel, load_model, make_model_vocab, new_model, save_model
 from vstar.model.vocab import SidVocab
 from vstar.train.rl import RLTrainer
 from vstar.train.sft import train_sft
@@ -78,7 +77,8 @@ def beam_ranker(ctx: MethodContext, model: SidModel, vocab: SidVocab, trie: SidT
 def sid_tables(ctx: MethodContext) -> tuple[SidVocab, SidTrie]:
     """The vocabulary the configured generator reads, and the SID trie."""
     sids = ctx.prep.sids
-    return (make_vocab(ctx.cfg.model, sids.codebook_sizes, sids.n_items),
+    return (make_model_vocab(ctx.cfg.model, sids.codebook_sizes, sids.n_items,
+                             ctx.prep.data.item_text),
             SidTrie(sids.codes, sids.codebook_sizes))
 
 

@@ -11,6 +11,7 @@ from vstar.core.validate import (Rule, boolean, check_fields, count, fraction, n
 HISTORY_INPUTS = ("codes", "items")
 BACKBONES = ("vstar", "hf")
 DTYPES = ("float32", "bfloat16", "float16")
+HF_PROMPTS = ("none", "titles")
 
 
 def _overrides(v: Any) -> bool:
@@ -38,32 +39,47 @@ class ModelConfig:
     # BOS/PAD, either loaded from a local pretrained folder (hf_name_or_path; no hub download)
     # or built from a config (hf_config, which must then name its model_type: qwen2, llama,
     # gpt2, ...). Without hf_config sizes, the built model takes n_layer / n_head / n_embd /
-    # dropout above. The HF backbone reads token-level histories (history: codes).
+    # dropout above. It reads either history (items: inputs_embeds, vstar.model.hf).
     backbone: str = "vstar"
     hf_name_or_path: str = ""
     hf_config: dict[str, Any] = field(default_factory=dict)
     # The HF backbone's weight dtype (the value head and the logits stay float32).
     dtype: str = "float32"
+    # Text in the HF backbone's prompts (item-level history only): "none", or "titles": each
+    # history item is preceded by the first hf_title_tokens tokens of its item text (the
+    # dataset's text fields, which start with the title), tokenised with the tokenizer in
+    # hf_tokenizer (a local folder) or else in hf_name_or_path. A model built from hf_config
+    # gets one embedding row per tokenizer token after the SID tokens.
+    hf_prompt: str = "none"
+    hf_title_tokens: int = 8
+    hf_tokenizer: str = ""
 
     RULES = {"n_layer": count, "n_head": count, "n_embd": count, "dropout": fraction,
              "history": one_of(*HISTORY_INPUTS), "item_id_embedding": boolean(),
              "backbone": one_of(*BACKBONES), "hf_name_or_path": text(nonempty=False),
              "hf_config": Rule(_overrides, "a mapping of HF config attribute names to values"),
-             "dtype": one_of(*DTYPES)}
+             "dtype": one_of(*DTYPES), "hf_prompt": one_of(*HF_PROMPTS),
+             "hf_title_tokens": count, "hf_tokenizer": text(nonempty=False)}
 
     def validate(self, prefix: str = "model") -> None:
         check_fields(self, prefix, self.RULES)
         require(self.n_embd % self.n_head == 0, f"{prefix}.n_head", self.n_head,
                 f"a divisor of {prefix}.n_embd={self.n_embd}")
         if self.backbone == "hf":
-            require(self.history == "codes", f"{prefix}.history", self.history,
-                    f"'codes' with {prefix}.backbone=hf (the HF backbone reads token-level "
-                    "histories)")
             require(bool(self.hf_name_or_path.strip()) or bool(self.hf_config.get("model_type")),
                     f"{prefix}.hf_config", self.hf_config,
                     f"a model_type (qwen2, llama, gpt2, ...) when {prefix}.hf_name_or_path is "
                     "empty")
+            if self.hf_prompt == "titles":
+                require(self.history == "items", f"{prefix}.history", self.history,
+                        f"'items' with {prefix}.hf_prompt=titles (titles precede item tokens)")
+                require(bool(self.hf_tokenizer.strip() or self.hf_name_or_path.strip()),
+                        f"{prefix}.hf_tokenizer", self.hf_tokenizer,
+                        f"a local tokenizer folder with {prefix}.hf_prompt=titles (or "
+                        f"{prefix}.hf_name_or_path)")
         else:
+            require(self.hf_prompt == "none", f"{prefix}.hf_prompt", self.hf_prompt,
+                    f"'none' with {prefix}.backbone=vstar (text prompts need the HF backbone)")
             require(not self.hf_name_or_path and not self.hf_config, f"{prefix}.backbone",
                     self.backbone, f"'hf' when {prefix}.hf_name_or_path or {prefix}.hf_config "
                     "is set")

@@ -21,6 +21,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -39,6 +40,57 @@ class GeneratorOutput:
     logits: torch.Tensor  # [B, T, V]
     hidden: torch.Tensor  # [B, T, D]
     cache: KVCache | SharedKVCache
+
+
+def embed_item_tokens(tokens: torch.Tensor, vocab_size: int,
+                      embed: Callable[[torch.Tensor], torch.Tensor],
+                      item_code_tokens: torch.Tensor, item_emb: nn.Module | None = None
+                      ) -> torch.Tensor:
+    """Input embeddings [B, T, D] of a sequence that may hold item tokens (ids >= ``vocab_size``,
+    ``SidVocab.item_tokens``): other tokens are ``embed(tokens)``; item i is the sum of
+    ``embed`` over its code tokens ``item_code_tokens[i]`` [L], plus ``item_emb(i)`` if given.
+    ``embed`` maps vstar token ids to embeddings (the generator's table, or an HF model's at
+    its SID offset), so both backbones embed items the same way."""
+    is_item = tokens >= vocab_size
+    x = embed(tokens.masked_fill(is_item, 0))
+    where = is_item.nonzero(as_tuple=True)
+    if where[0].numel():
+        item = tokens[where] - vocab_size                                   # [n]
+        item_x = embed(item_code_tokens[item]).sum(-2)                      # [n, D]
+        if item_emb is not None:
+            item_x = item_x + item_emb(item)
+        x = x.index_put(where, item_x.to(x.dtype))
+    return x
+
+
+def item_layout(tokens: torch.Tensor, pad_mask: torch.Tensor, vocab_size: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions [B, T] and attention mask [B, T, T] (True = may attend) of teacher-forced
+    item-level sequences; item tokens are the ids >= ``vocab_size``.
+
+    A training window of items i_1..i_m is ``BOS c(1,1)..c(1,L-1) <i_1> c(2,1)..c(2,L-1)
+    <i_2> ..``: each item's last code is replaced by its item token, so the same targets as
+    the token-level window are predicted at the same places. BOS and item tokens ("anchors")
+    see only earlier anchors; the code tokens of item k see the anchors before them (BOS,
+    <i_1>..<i_{k-1}>) and the earlier codes of item k. Positions: BOS 0, <i_k> k, c(k,l)
+    k - 1 + l. This is exactly what decoding sees: a prompt ``BOS <i_1>..<i_n>`` at positions
+    0..n, then the codes of item n+1 at n+1, n+2, ... Both backbones train with it
+    (``SidGenerator``, ``vstar.model.hf.HFSidLM``).
+    """
+    B, T = tokens.shape
+    dev = tokens.device
+    anchor = (tokens >= vocab_size) | (tokens == BOS)                      # [B, T]
+    group = anchor.long().cumsum(1)                                        # BOS 1, <i_k> k + 1
+    idx = torch.arange(T, device=dev)
+    last_anchor = torch.where(anchor, idx, torch.full_like(idx, -1)).cummax(1).values
+    pos = torch.where(anchor, group - 1, group - 1 + idx - last_anchor)
+    pos = torch.where(pad_mask, pos, torch.zeros_like(pos))             # padding: any position
+    code = ~anchor
+    same_item = code[:, :, None] & code[:, None, :] & (group[:, :, None] == group[:, None, :])
+    visible = anchor[:, None, :] | same_item                                # [B, Tq, Tk]
+    causal = idx[None, :] <= idx[:, None]                                   # [Tq, Tk]
+    mask = causal[None] & pad_mask[:, None, :] & visible
+    return pos, mask | torch.eye(T, dtype=torch.bool, device=dev)[None]
 
 
 class CausalSelfAttention(nn.Module):
@@ -154,46 +206,16 @@ class SidGenerator(nn.Module):
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """Token embeddings [B, T, D]; an item token is the sum of its codes' embeddings (+ its
-        item-ID embedding)."""
+        item-ID embedding) (``embed_item_tokens``)."""
         if self.item_code_tokens is None:
             return self.wte(tokens)
-        is_item = tokens >= self.vocab_size
-        x = self.wte(tokens.masked_fill(is_item, 0))
-        where = is_item.nonzero(as_tuple=True)
-        if where[0].numel():
-            item = tokens[where] - self.vocab_size                          # [n]
-            item_x = self.wte(self.item_code_tokens[item]).sum(-2)          # [n, D]
-            if self.item_emb is not None:
-                item_x = item_x + self.item_emb(item)
-            x = x.index_put(where, item_x)
-        return x
+        return embed_item_tokens(tokens, self.vocab_size, self.wte, self.item_code_tokens,
+                                 self.item_emb)
 
     def item_layout(self, tokens: torch.Tensor, pad_mask: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Positions [B, T] and attention mask [B, T, T] of teacher-forced item-level sequences.
-
-        A training window of items i_1..i_m is ``BOS c(1,1)..c(1,L-1) <i_1> c(2,1)..c(2,L-1)
-        <i_2> ..``: each item's last code is replaced by its item token, so the same targets as
-        the token-level window are predicted at the same places. BOS and item tokens ("anchors")
-        see only earlier anchors; the code tokens of item k see the anchors before them (BOS,
-        <i_1>..<i_{k-1}>) and the earlier codes of item k. Positions: BOS 0, <i_k> k, c(k,l)
-        k - 1 + l. This is exactly what decoding sees: a prompt ``BOS <i_1>..<i_n>`` at positions
-        0..n, then the codes of item n+1 at n+1, n+2, ...
-        """
-        B, T = tokens.shape
-        dev = tokens.device
-        anchor = (tokens >= self.vocab_size) | (tokens == BOS)             # [B, T]
-        group = anchor.long().cumsum(1)                                    # BOS 1, <i_k> k + 1
-        idx = torch.arange(T, device=dev)
-        last_anchor = torch.where(anchor, idx, torch.full_like(idx, -1)).cummax(1).values
-        pos = torch.where(anchor, group - 1, group - 1 + idx - last_anchor)
-        pos = torch.where(pad_mask, pos, torch.zeros_like(pos))         # padding: any position
-        code = ~anchor
-        same_item = code[:, :, None] & code[:, None, :] & (group[:, :, None] == group[:, None, :])
-        visible = anchor[:, None, :] | same_item                            # [B, Tq, Tk]
-        causal = idx[None, :] <= idx[:, None]                               # [Tq, Tk]
-        mask = causal[None] & pad_mask[:, None, :] & visible
-        return pos, mask | torch.eye(T, dtype=torch.bool, device=dev)[None]
+        """``item_layout`` of this model's vocabulary (teacher-forced item-level sequences)."""
+        return item_layout(tokens, pad_mask, self.vocab_size)
 
     def forward(self, tokens: torch.Tensor, cache: KVCache | SharedKVCache | None = None,
                 pad_mask: torch.Tensor | None = None,

@@ -13,6 +13,24 @@ is HF token ``token_offset + t``; the logits returned are those of the SID block
 from the last hidden state with the matching rows of the output embedding (a pretrained model's
 text vocabulary is never scored: decoding never looks outside the codes).
 
+**Item-level history** (``model.history: items``, as ``SidGenerator``): a history item is one
+input token (ids from ``sid_vocab_size`` on, ``SidVocab.item_tokens``), embedded as the sum of
+its L code tokens' input embeddings plus, with ``model.item_id_embedding``, a learned item-ID
+embedding (``embed_item_tokens``, shared with ``SidGenerator``); the model then reads
+``inputs_embeds``. Item tokens are input only: the logits stay those of the SID block.
+Teacher-forced training (``forward(..., teacher_forced=True)``) uses ``item_layout``'s positions
+and mask, passed as ``position_ids`` and a 4-d additive float mask (transformers uses a 4-d mask
+as given); decoding reads a prompt ``BOS <i_1>..<i_n>`` at positions 0..n and then the codes,
+through the cache as with token-level history. The item code table and the item-ID embedding
+are saved beside the HF weights (``sid_items.safetensors``).
+
+**Text prompts** (``model.hf_prompt: titles``): each history item token is preceded by the first
+``model.hf_title_tokens`` tokens of its item text (``title_tokens``; vstar ids from
+``SidVocab.text_start``). A text token is embedded with the HF row ``text_offset + w``: the
+model's own text rows for a pretrained model (offset 0, its tokenizer), rows appended after the
+SID block for a model built from a config (offset ``sid_vocab_size``). Text tokens are anchors
+of ``item_layout`` like item tokens: later items' codes see them, their own item's codes do not.
+
 **Cache.** ``past_key_values`` is a ``DynamicCache`` built from a ``KVCache``'s per-layer keys
 and values ([B, H_kv, T, Dh]) and read back after the call; the cache's mask is the HF
 ``attention_mask`` (left padding and VED's masked ancestors are zeros) and its ``next_pos``
@@ -49,6 +67,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -57,7 +76,7 @@ from vstar.core import checkpoint
 from vstar.core.errors import InputError
 from vstar.model.cache import KVCache, SharedKVCache, history_views, shared_prefix_attention
 from vstar.model.config import ModelConfig
-from vstar.model.generator import GeneratorOutput
+from vstar.model.generator import GeneratorOutput, embed_item_tokens, item_layout
 from vstar.model.vocab import BOS, PAD, SidVocab
 
 log = logging.getLogger(__name__)
@@ -80,8 +99,20 @@ class HFSidLM(nn.Module):
     ``token_offset`` (module docstring)."""
 
     def __init__(self, lm: nn.Module, cfg: ModelConfig, sid_vocab_size: int,
-                 token_offset: int = 0):
+                 token_offset: int = 0, item_code_tokens: torch.Tensor | None = None,
+                 n_text: int = 0, text_offset: int = 0, item_prefix: list | None = None):
+        """``item_code_tokens`` [N, L]: the code token ids (vstar ids, ``vocab.code_tokens``) of
+        every catalogue item, required exactly when ``cfg.history == "items"``; ``n_text``
+        text tokens (``SidVocab.n_text``, text prompts) at HF rows from ``text_offset``;
+        ``item_prefix``: the vocabulary's text before each item (kept, and saved, as the
+        ``item_prefix_tokens`` table so that a load can check it)."""
         super().__init__()
+        if n_text and (item_code_tokens is None or text_offset < 0
+                       or text_offset + n_text > lm.get_input_embeddings().num_embeddings):
+            raise ValueError(f"{n_text} text tokens at row {text_offset} need item tokens and "
+                             "must fit the model's embedding rows")
+        if (cfg.history == "items") != (item_code_tokens is not None):
+            raise ValueError("item_code_tokens are needed exactly when model.history is 'items'")
         n_rows = lm.get_input_embeddings().num_embeddings
         if token_offset < 0 or token_offset + sid_vocab_size > n_rows:
             raise ValueError(f"SID tokens [{token_offset}, {token_offset + sid_vocab_size}) do "
@@ -97,6 +128,20 @@ class HFSidLM(nn.Module):
         self.sid_vocab_size = int(sid_vocab_size)
         self.token_offset = int(token_offset)
         self.max_positions = getattr(text_cfg, "max_position_embeddings", None)
+        self.n_text, self.text_offset = int(n_text), int(text_offset)
+        if item_prefix is not None:
+            self.register_buffer("item_prefix_tokens", prefix_table(item_prefix))
+        if item_code_tokens is not None:
+            self.register_buffer("item_code_tokens", torch.as_tensor(item_code_tokens).long())
+        else:
+            self.item_code_tokens = None
+        self.item_emb = None
+        if item_code_tokens is not None and cfg.item_id_embedding:
+            table = lm.get_input_embeddings().weight
+            self.item_emb = nn.Embedding(int(item_code_tokens.shape[0]), table.shape[1],
+                                         device=table.device, dtype=table.dtype)
+            nn.init.normal_(self.item_emb.weight, mean=0.0,
+                            std=float(getattr(text_cfg, "initializer_range", 0.02)))
         # True: takes a SharedKVCache (vstar.model.interface.shares_history; module docstring)
         reason = _shared_history_unsupported(lm)
         self.share_history = reason is None
@@ -116,6 +161,35 @@ class HFSidLM(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Input embeddings [B, T, D] of vstar tokens: the HF rows at ``token_offset``; an item
+        token the sum of its codes' rows (+ its item-ID embedding; ``embed_item_tokens``)."""
+        table = self.lm.get_input_embeddings()
+
+        def rows(t: torch.Tensor) -> torch.Tensor:
+            return table(t + self.token_offset)
+
+        if self.item_code_tokens is None:
+            return rows(tokens)
+        if not self.n_text:
+            return embed_item_tokens(tokens, self.sid_vocab_size, rows, self.item_code_tokens,
+                                     self.item_emb)
+        start = self.sid_vocab_size + int(self.item_code_tokens.shape[0])   # SidVocab.text_start
+        text = tokens >= start
+        x = embed_item_tokens(tokens.masked_fill(text, 0), self.sid_vocab_size, rows,
+                              self.item_code_tokens, self.item_emb)
+        where = text.nonzero(as_tuple=True)
+        if where[0].numel():
+            x = x.index_put(where, table(tokens[where] - start + self.text_offset))
+        return x
+
+    def _inputs(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The token keyword of the HF call: ``input_ids`` (token-level history, the model's
+        own embedding) or ``inputs_embeds`` (item tokens have no row of their own)."""
+        if self.item_code_tokens is None:
+            return {"input_ids": tokens + self.token_offset}
+        return {"inputs_embeds": self.embed(tokens)}
+
     def sid_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits [..., sid_vocab_size] (float32) of the SID tokens from hidden states."""
         out = self.lm.get_output_embeddings()
@@ -124,15 +198,23 @@ class HFSidLM(nn.Module):
         return F.linear(hidden, out.weight[rows], bias).float()
 
     def forward(self, tokens: torch.Tensor, cache: KVCache | SharedKVCache | None = None,
-                pad_mask: torch.Tensor | None = None) -> GeneratorOutput:
+                pad_mask: torch.Tensor | None = None,
+                teacher_forced: bool = False) -> GeneratorOutput:
         """tokens [B, T] (vstar ids); pad_mask [B, T] (True = real) for padded prompts; cache
-        from a previous call continues those sequences (its new tokens are all real)."""
+        from a previous call continues those sequences (its new tokens are all real).
+        ``teacher_forced``: whole training sequences (right-padded); with item-level history
+        they get ``item_layout``'s positions and mask, otherwise it changes nothing (as
+        ``SidGenerator.forward``)."""
         from transformers import DynamicCache
 
         B, T = tokens.shape
         dev = tokens.device
         if pad_mask is None:
             pad_mask = torch.ones(B, T, dtype=torch.bool, device=dev)
+        if teacher_forced and self.item_code_tokens is not None:
+            if cache is not None:
+                raise ValueError("teacher_forced sequences are read whole, without a cache")
+            return self._forward_layout(tokens, pad_mask)
         if isinstance(cache, SharedKVCache):
             if self.share_history:
                 return self._forward_shared(tokens, cache, pad_mask)
@@ -145,13 +227,33 @@ class HFSidLM(nn.Module):
             full_mask = torch.cat([cache.mask, pad_mask], dim=1)
             past = _dynamic_cache(cache)
         self._check_positions(pos)
-        out = self.lm.base_model(input_ids=tokens + self.token_offset,
+        out = self.lm.base_model(**self._inputs(tokens),
                                  attention_mask=full_mask.long(), position_ids=pos,
                                  past_key_values=past, use_cache=True)
         hidden = out.last_hidden_state                                       # [B, T, D]
         layers = out.past_key_values.layers
         new_cache = KVCache([layer.keys for layer in layers], [layer.values for layer in layers],
                             full_mask, pos[:, -1] + 1)
+        return GeneratorOutput(self.sid_logits(hidden), hidden, new_cache)
+
+    def _forward_layout(self, tokens: torch.Tensor, pad_mask: torch.Tensor) -> GeneratorOutput:
+        """Teacher-forced item-level sequences: ``item_layout``'s positions, and its mask as a
+        4-d additive float mask (0 = attend; transformers passes a 4-d mask through as given,
+        and both its eager and SDPA attention add a float mask)."""
+        from transformers import DynamicCache
+
+        pos, layout = item_layout(tokens, pad_mask, self.sid_vocab_size)
+        self._check_positions(pos)
+        inputs = self._inputs(tokens)
+        dtype = inputs["inputs_embeds"].dtype
+        attn = torch.zeros(layout.shape, dtype=dtype, device=tokens.device)
+        attn = attn.masked_fill(~layout, torch.finfo(dtype).min)[:, None]   # [B, 1, T, T]
+        out = self.lm.base_model(**inputs, attention_mask=attn, position_ids=pos,
+                                 past_key_values=DynamicCache(), use_cache=True)
+        hidden = out.last_hidden_state                                       # [B, T, D]
+        layers = out.past_key_values.layers
+        new_cache = KVCache([layer.keys for layer in layers], [layer.values for layer in layers],
+                            pad_mask, pos[:, -1] + 1)
         return GeneratorOutput(self.sid_logits(hidden), hidden, new_cache)
 
     def _check_positions(self, pos: torch.Tensor) -> None:
@@ -177,7 +279,7 @@ class HFSidLM(nn.Module):
         attn = ((k_idx <= q_idx)[None] & full_mask[:, None, :]) | (k_idx == q_idx)[None]
         past = _dynamic_cache(KVCache(cache.keys, cache.values, cache.mask, cache.next_pos))
         with _attention_implementation(self.lm, _SHARED_ATTENTION):
-            out = self.lm.base_model(input_ids=tokens + self.token_offset,
+            out = self.lm.base_model(**self._inputs(tokens),
                                      attention_mask=attn[:, None], position_ids=pos,
                                      past_key_values=past, use_cache=True,
                                      vstar_history=history_views(cache))
@@ -270,11 +372,13 @@ def _dtype(cfg: ModelConfig) -> torch.dtype:
     return DTYPES[cfg.dtype]
 
 
-def build_hf_config(cfg: ModelConfig, sid_vocab_size: int, max_positions: int) -> Any:
+def build_hf_config(cfg: ModelConfig, sid_vocab_size: int, max_positions: int,
+                    extra_rows: int = 0) -> Any:
     """The ``transformers`` config of a model built from scratch: ``model.hf_config`` (its
     ``model_type`` and any attribute overrides) over vstar's sizes (n_layer, n_head, n_embd,
-    4 x n_embd feed-forward, model.dropout), the SID vocabulary with PAD/BOS, tied input and
-    output embeddings (as ``SidGenerator``) and ``max_positions`` positions."""
+    4 x n_embd feed-forward, model.dropout), the SID vocabulary with PAD/BOS (+ ``extra_rows``
+    text rows after it), tied input and output embeddings (as ``SidGenerator``) and
+    ``max_positions`` positions."""
     from transformers import AutoConfig
 
     over = dict(cfg.hf_config)
@@ -296,7 +400,7 @@ def build_hf_config(cfg: ModelConfig, sid_vocab_size: int, max_positions: int) -
              "intermediate_size": 4 * cfg.n_embd, "max_position_embeddings": max_positions,
              **{name: cfg.dropout for name in _DROPOUTS}}
     kwargs = {k: v for k, v in sizes.items() if hasattr(base, k)}
-    kwargs.update(vocab_size=sid_vocab_size, pad_token_id=PAD, bos_token_id=BOS,
+    kwargs.update(vocab_size=sid_vocab_size + extra_rows, pad_token_id=PAD, bos_token_id=BOS,
                   eos_token_id=None, tie_word_embeddings=True)
     kwargs.update(over)
     try:
@@ -314,15 +418,26 @@ def _local_folder(path: str | os.PathLike, field: str) -> Path:
     return folder
 
 
-def new_hf_model(cfg: ModelConfig, vocab: SidVocab, max_history: int) -> HFSidLM:
+def new_hf_model(cfg: ModelConfig, vocab: SidVocab, max_history: int,
+                 item_codes: torch.Tensor | None = None) -> HFSidLM:
     """A Hugging Face backbone for these SIDs: the pretrained model at ``model.hf_name_or_path``
     with the SID tokens appended (embeddings resized; ``model.hf_config`` overrides its config),
-    or a randomly initialised one built by ``build_hf_config``; in ``model.dtype``."""
+    or a randomly initialised one built by ``build_hf_config``; in ``model.dtype``. With
+    ``model.history: items`` (a vocabulary with item tokens, ``make_vocab``) ``item_codes``
+    [N, L] are every item's codes."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    if cfg.history != "codes" or vocab.item_history:
-        raise InputError(f"got {cfg.history!r}, expected 'codes' with model.backbone=hf (the "
-                         "HF backbone reads token-level histories)", field="model.history")
+    items = cfg.history == "items"
+    if vocab.item_history != items:
+        raise ValueError(f"model.history={cfg.history!r} needs a vocabulary with"
+                         f"{'' if items else 'out'} item tokens (make_vocab)")
+    if (cfg.hf_prompt == "titles") != (vocab.item_prefix is not None):
+        raise ValueError(f"model.hf_prompt={cfg.hf_prompt!r} needs a vocabulary with"
+                         f"{'' if cfg.hf_prompt == 'titles' else 'out'} item text "
+                         "(vstar.model.backbone.make_model_vocab)")
+    if items and item_codes is None:
+        raise ValueError("model.history='items' needs every item's codes (item_codes)")
+    item_tokens = vocab.code_tokens(torch.as_tensor(item_codes)) if items else None
     dtype = _dtype(cfg)
     if cfg.hf_name_or_path:
         folder = _local_folder(cfg.hf_name_or_path, "model.hf_name_or_path")
@@ -331,37 +446,121 @@ def new_hf_model(cfg: ModelConfig, vocab: SidVocab, max_history: int) -> HFSidLM
         lm = AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=dtype,
                                                   local_files_only=True)
         offset = lm.get_input_embeddings().num_embeddings
+        if vocab.n_text > offset:
+            raise InputError(f"the tokenizer has {vocab.n_text} tokens, the model only "
+                             f"{offset} text rows", field="model.hf_tokenizer")
         lm.resize_token_embeddings(offset + vocab.size)
+        text_offset = 0
     else:
-        block = 1 + (max_history + 1) * vocab.n_levels        # as SidGenerator's block_size
-        lm = AutoModelForCausalLM.from_config(build_hf_config(cfg, vocab.size, block)).to(dtype)
-        offset = 0
-    return HFSidLM(lm, cfg, vocab.size, offset)
+        L = vocab.n_levels                                    # as SidGenerator's block_size
+        per_item = 1 + (cfg.hf_title_tokens if vocab.item_prefix is not None else 0)
+        block = 1 + max_history * per_item + L if items else 1 + (max_history + 1) * L
+        config = build_hf_config(cfg, vocab.size, block, extra_rows=vocab.n_text)
+        lm = AutoModelForCausalLM.from_config(config).to(dtype)
+        offset, text_offset = 0, vocab.size
+    return HFSidLM(lm, cfg, vocab.size, offset, item_code_tokens=item_tokens,
+                   n_text=vocab.n_text, text_offset=text_offset, item_prefix=vocab.item_prefix)
 
 
 def save_hf_model(path: str | os.PathLike, model: HFSidLM, vocab: SidVocab) -> Path:
     """The model in the Hugging Face layout (``save_pretrained``: config.json,
     model.safetensors) plus ``sid_vocab.json`` (``vstar.core.checkpoint.save_hf_generator``)."""
+    extra = {k: v for k, v in model.state_dict().items() if not k.startswith("lm.")}
     return checkpoint.save_hf_generator(
         path, lambda folder: model.lm.save_pretrained(folder),
         codebook_sizes=vocab.codebook_sizes, token_offset=model.token_offset,
-        sid_vocab_size=model.sid_vocab_size, model_config=dataclasses.asdict(model.cfg))
+        sid_vocab_size=model.sid_vocab_size, model_config=dataclasses.asdict(model.cfg),
+        extra_state=extra)
 
 
-def load_hf_model(path: str | os.PathLike, vocab: SidVocab) -> HFSidLM:
+def load_hf_model(path: str | os.PathLike, vocab: SidVocab,
+                  item_codes: torch.Tensor | None = None) -> HFSidLM:
     """The model ``save_hf_model`` wrote, in eval mode; InputError if its SID vocabulary is not
-    ``vocab``'s (a model trained on other SIDs would decode the wrong items)."""
+    ``vocab``'s, or (item-level history) if its items' codes are not ``item_codes`` [N, L]: a
+    model trained on other SIDs would decode the wrong items."""
     from transformers import AutoModelForCausalLM
 
     ckpt = checkpoint.load_hf_generator(path)
     if ckpt.codebook_sizes != vocab.codebook_sizes or ckpt.sid_vocab_size != vocab.size:
         raise InputError(f"checkpoint SID codebooks {ckpt.codebook_sizes} differ from the "
                          f"current SIDs {vocab.codebook_sizes}", file=str(path))
-    if vocab.item_history:
-        raise InputError("the HF backbone reads token-level histories: expected a vocabulary "
-                         "for model.history='codes'", file=str(path), field="model.history")
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
     cfg = ModelConfig(**{k: v for k, v in ckpt.model_config.items() if k in fields})
+    items = ckpt.extra_state.get("item_code_tokens")
+    if (cfg.history == "items") != (items is not None):
+        raise InputError(f"the model config says model.history={cfg.history!r} but the folder "
+                         f"{'has' if items is not None else 'lacks'} the item code table "
+                         f"({checkpoint.HF_ITEMS_FILE})", file=str(path), field="model.history")
+    if (items is not None) != vocab.item_history:
+        saved, wanted = ("items", "codes") if items is not None else ("codes", "items")
+        raise InputError(f"the checkpoint was trained with model.history={saved!r}, the "
+                         f"configured vocabulary is for {wanted!r}", file=str(path),
+                         field="model.history")
+    if items is not None and (items.shape[0] != vocab.n_items or (
+            item_codes is not None and not torch.equal(
+                items, vocab.code_tokens(torch.as_tensor(item_codes))))):
+        raise InputError("the checkpoint's item SIDs differ from the current SIDs",
+                         file=str(path), field="item_code_tokens")
+    if (cfg.hf_prompt == "titles") != (vocab.item_prefix is not None):
+        raise InputError(f"the checkpoint was trained with model.hf_prompt={cfg.hf_prompt!r}, "
+                         "the configured vocabulary "
+                         f"{'lacks' if cfg.hf_prompt == 'titles' else 'has'} item text",
+                         file=str(path), field="model.hf_prompt")
+    saved = ckpt.extra_state.get("item_prefix_tokens")
+    if vocab.item_prefix is not None and (
+            saved is None or not torch.equal(saved, prefix_table(vocab.item_prefix))):
+        raise InputError("the checkpoint's item titles differ from the current item text "
+                         "tokenised now (another tokenizer, hf_title_tokens or dataset?)",
+                         file=str(path), field="model.hf_tokenizer")
     lm = AutoModelForCausalLM.from_pretrained(ckpt.path, dtype=_dtype(cfg),
                                               local_files_only=True)
-    return HFSidLM(lm, cfg, ckpt.sid_vocab_size, ckpt.token_offset).eval()
+    # text rows: the model's own (pretrained, SID block appended) or after the SID block
+    text_offset = 0 if ckpt.token_offset > 0 else ckpt.sid_vocab_size
+    model = HFSidLM(lm, cfg, ckpt.sid_vocab_size, ckpt.token_offset, item_code_tokens=items,
+                    n_text=vocab.n_text, text_offset=text_offset, item_prefix=vocab.item_prefix)
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith("lm.")}
+    if set(own) != set(ckpt.extra_state):
+        raise InputError(f"the folder's item tensors {sorted(ckpt.extra_state)} do not fit the "
+                         f"model config (expected {sorted(own)})", file=str(path),
+                         field="model.item_id_embedding")
+    model.load_state_dict(ckpt.extra_state, strict=False)
+    return model.eval()
+
+
+def prefix_table(item_prefix: list) -> torch.Tensor:
+    """The text before each item (``SidVocab.item_prefix``) as one tensor [N, W] (W the longest,
+    at least 1), padded with -1: what a saved model records of its prompts."""
+    width = max([len(w) for w in item_prefix] + [1])
+    table = torch.full((len(item_prefix), width), -1, dtype=torch.long)
+    for i, w in enumerate(item_prefix):
+        table[i, :len(w)] = torch.as_tensor(w, dtype=torch.long)
+    return table
+
+
+def title_tokens(cfg: ModelConfig, item_text: list[str] | None) -> tuple[list[np.ndarray], int]:
+    """The text prompt of every item (``model.hf_prompt: titles``): the first
+    ``model.hf_title_tokens`` tokenizer ids of its item text (the loaders put the title first),
+    no special tokens; and the tokenizer's vocabulary size. The tokenizer is read from the local
+    folder ``model.hf_tokenizer`` (else ``model.hf_name_or_path``); nothing is downloaded."""
+    from transformers import AutoTokenizer
+
+    if not item_text:
+        raise InputError("expected item text for the titles: the dataset has none (a "
+                         "loader with item text fields or data.text_cols)",
+                         field="model.hf_prompt")
+    field = "model.hf_tokenizer" if cfg.hf_tokenizer.strip() else "model.hf_name_or_path"
+    name = cfg.hf_tokenizer.strip() or cfg.hf_name_or_path.strip()
+    if not name:
+        raise InputError("expected a local tokenizer folder for model.hf_prompt=titles",
+                         field="model.hf_tokenizer")
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        raise InputError("expected a local tokenizer folder (vstar never downloads)",
+                         file=str(folder), field=field)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise InputError(f"no tokenizer could be read ({str(err).splitlines()[0]})",
+                         file=str(folder), field=field) from None
+    ids = tokenizer(list(item_text), add_special_tokens=False)["input_ids"]
+    return [np.asarray(w[:cfg.hf_title_tokens], dtype=np.int64) for w in ids], len(tokenizer)

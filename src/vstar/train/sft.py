@@ -42,7 +42,11 @@ def encode_windows(windows, flags, item_codes: torch.Tensor, vocab: SidVocab):
     and the SID level of each target [N, T].
 
     With item-level history (``vocab.n_items > 0``) each item's last code token is replaced by
-    the item's token (``SidGenerator.item_layout``); targets and levels are the same."""
+    the item's token (``SidGenerator.item_layout``); targets and levels are the same. With text
+    before item tokens (``vocab.item_prefix``) the item's text tokens come between its codes and
+    its item token (``_encode_text_windows``)."""
+    if vocab.item_prefix is not None:
+        return _encode_text_windows(windows, flags, item_codes, vocab)
     L = vocab.n_levels
     T = 1 + L * max(len(w) for w in windows)
     tokens = torch.full((len(windows), T), PAD, dtype=torch.long)
@@ -58,6 +62,37 @@ def encode_windows(windows, flags, item_codes: torch.Tensor, vocab: SidVocab):
         levels[n, pos] = torch.as_tensor(pos % L)
         if vocab.item_history:                          # <i_k> at k * L, k = 1..len(w)
             tokens[n, L:1 + L * len(w):L] = vocab.item_tokens(torch.as_tensor(w))
+    return tokens, targets, levels
+
+
+def _encode_text_windows(windows, flags, item_codes: torch.Tensor, vocab: SidVocab):
+    """``encode_windows`` for prompts with text: ``BOS c(1,1)..c(1,L-1) w(1) <i_1> c(2,1) ..``.
+    The codes of item k are predicted at the previous anchor (BOS or <i_{k-1}>) and at its own
+    first L-1 codes, so an item's targets stay consecutive; its text comes after its codes (the
+    text of the item being predicted is never visible to its codes, ``item_layout``), exactly
+    where a prompt has it before the item token."""
+    L = vocab.n_levels
+    seqs, tgts = [], []
+    for w, f in zip(windows, flags):
+        toks = vocab.code_tokens(item_codes[torch.as_tensor(w)])                # [len, L]
+        seq, tgt = [torch.tensor([BOS])], []
+        for k, item in enumerate(w):
+            head = toks[k, :L - 1]
+            seq += [head, vocab.item_sequence(int(item))]
+            sup = toks[k] if f[k] else torch.full((L,), -100, dtype=torch.long)
+            tgt += [sup, torch.full((len(seq[-1]) - 1,), -100, dtype=torch.long)]   # text
+        seqs.append(torch.cat(seq))
+        tgts.append(torch.cat(tgt + [torch.tensor([-100])]))  # the last item token: no target
+    T = max(len(x) for x in seqs)
+    tokens = torch.full((len(seqs), T), PAD, dtype=torch.long)
+    targets = torch.full((len(seqs), T), -100, dtype=torch.long)
+    for n, (x, t) in enumerate(zip(seqs, tgts)):
+        tokens[n, :len(x)] = x
+        targets[n, :len(t)] = t
+    levels = torch.zeros_like(targets)
+    for l in range(L):
+        sl = vocab.level_slice(l)
+        levels[(targets >= sl.start) & (targets < sl.stop)] = l
     return tokens, targets, levels
 
 
