@@ -110,5 +110,9 @@ def test_render_and_cli(tmp_path, capsys):
                  "--json", str(out_json)]) == 0
     assert "| 0.5000 | 0.0000 | +0.5000 |" in capsys.readouterr().out
     assert json.loads(out_json.read_text())["mean_a"] == pytest.approx(0.5)
+    assert main(["paired", str(exp), "A", "B", "--metric", "HR@10", "--n-resamples", "100",
+                 "--seeds", "1", "--json", str(out_json)]) == 0
+    assert json.loads(out_json.read_text())["seeds"] == [1]
+    assert "(4 rows, seeds 1;" in capsys.readouterr().out
     assert main(["paired", str(exp), "A", "missing"]) == 2          # InputError -> exit code 2
     assert "method folder not found" in capsys.readouterr().err

@@ -164,7 +164,8 @@ def cmd_paired(args) -> None:
     from vstar.core.io import atomic_write_json
 
     result = paired_comparison(args.experiment, args.method_a, args.method_b, metric=args.metric,
-                               split=args.split, n_resamples=args.n_resamples)
+                               split=args.split, n_resamples=args.n_resamples,
+                               seeds=args.seeds)
     print(render_paired(result))
     if args.json:
         atomic_write_json(args.json, result)
@@ -261,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default="NDCG@10", help="NDCG@K or HR@K")
     p.add_argument("--split", default="test")
     p.add_argument("--n-resamples", type=int, default=10000)
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="only these seeds (default: every seed either method has)")
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
     p.set_defaults(fn=cmd_paired)
     p = sub.add_parser("budget", help="beam search vs VED at equal decode budgets (RL run)")
