@@ -116,9 +116,10 @@ def cmd_sid(args) -> None:
 
 def _run_methods(args, methods) -> None:
     from vstar.core import dist
-    from vstar.experiments.pipeline import check_runs_free, prepare, run_method
+    from vstar.experiments.pipeline import check_runs_free, prepare, run_method, runtime
 
     cfg = _load(args)
+    runtime(cfg, list(methods))                    # a wrong run.device fails before any work
     check_runs_free(cfg, list(methods))
     prep = prepare(cfg)
     paths = [run_method(cfg, prep, m, seed) for seed in cfg.run.seeds for m in methods]
