@@ -172,7 +172,7 @@ def cmd_serve(args) -> None:
 
     serve(args.run_dir, host=args.host, port=args.port, max_batch=args.max_batch,
           max_wait_ms=args.max_wait_ms, max_history=args.max_history, max_k=args.max_k,
-          threads=args.threads)
+          threads=args.threads, device=args.device)
 
 
 def cmd_rl_summary(args) -> None:
@@ -267,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-history", type=int, default=1000, help="longest history accepted")
     p.add_argument("--max-k", type=int, default=1000, help="largest k accepted")
     p.add_argument("--threads", type=int, default=None, help="default: the config's run one")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where the run decodes (auto: CUDA if available)")
     p.set_defaults(fn=cmd_serve)
     p = sub.add_parser("rl-summary", help="mean over steps of every logged RL curve, per method")
     p.add_argument("experiment", type=Path, help="experiment folder <out_dir>/<name>")
