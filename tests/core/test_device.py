@@ -179,6 +179,23 @@ def test_an_rl_step_creates_its_tensors_on_the_policy_device(preset):
                                             "train/rl.py:_history_codes"}, audit.factories
 
 
+def test_the_sft_loss_creates_its_tensors_on_the_model_device():
+    """The loss of one SFT batch with every option on (trie softmax, label smoothing,
+    distillation targets): no tensor factory without ``device=``."""
+    from vstar.data.windows import build_windows
+    from vstar.train.sft import encode_windows, sft_loss, target_nodes
+
+    vocab, trie, model, rows = toy_rl_world()
+    windows, flags = build_windows(rows, 5, "chunks")
+    tokens, targets, levels = encode_windows(windows, flags, trie.codes, vocab)
+    nodes = target_nodes(targets, levels, vocab, trie)
+    soft = torch.softmax(torch.randn(*targets.shape, max(vocab.codebook_sizes)), -1)
+    with DeviceAudit() as audit:
+        loss = sft_loss(model, vocab, tokens, targets, levels, 0.1, trie, nodes, soft, 0.5)
+        loss.backward()
+    assert torch.isfinite(loss) and audit.factories == [], audit.factories
+
+
 # ------------------------------------------------------------------ CUDA only
 def _cuda_copy(model, trie, codes, vocab):
     return copy.deepcopy(model).cuda(), SidTrie(codes, vocab.codebook_sizes).to("cuda")
