@@ -189,7 +189,9 @@ def test_the_sft_loss_creates_its_tensors_on_the_model_device():
     windows, flags = build_windows(rows, 5, "chunks")
     tokens, targets, levels = encode_windows(windows, flags, trie.codes, vocab)
     nodes = target_nodes(targets, levels, vocab, trie)
-    soft = torch.softmax(torch.randn(*targets.shape, max(vocab.codebook_sizes)), -1)
+    code = (targets - torch.tensor(vocab.offsets)[levels]).clamp(min=0)   # the true code
+    soft = torch.zeros(*targets.shape, max(vocab.codebook_sizes)).scatter_(-1, code[..., None],
+                                                                           1.0)
     with DeviceAudit() as audit:
         loss = sft_loss(model, vocab, tokens, targets, levels, 0.1, trie, nodes, soft, 0.5)
         loss.backward()
