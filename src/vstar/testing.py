@@ -222,3 +222,75 @@ def toy_rl_world(seed=0, n_items=30, sizes=(4, 4, 4), n_embd=16, ratings=False):
     rows = (SplitRows(np.arange(40), hist, targets, rng.integers(1, 6, size=40).astype(float))
             if ratings else SplitRows(np.arange(40), hist, targets))
     return vocab, trie, model, rows
+
+
+# ------------------------------------------------------------------------- device audit
+_FACTORIES = ("zeros", "ones", "full", "empty", "arange", "tensor", "as_tensor", "eye", "rand",
+              "randn", "randint", "randperm", "linspace")
+_HOST_SYNCS = ("__int__", "__bool__", "__float__", "tolist", "item", "cpu", "numpy")
+
+
+class DeviceAudit:
+    """Records, while active, the torch calls made from vstar's own source that would be wrong
+    or slow on a GPU although they pass on the CPU: tensor factories without ``device=``
+    (``torch.zeros(B)`` lands on the CPU whatever the model's device; ``as_tensor`` of a tensor
+    is not counted) and host round trips (``int(t)``, ``bool(t)``, ``.item()``, ``.tolist()``,
+    ``.cpu()``, ``.numpy()``, which wait for the GPU). Each record is
+    ``(kind, call, "module.py:function")``; the CPU tests assert none come from the per-step
+    code of the decoders and the RL trainer (``tests/core/test_device.py``).
+
+        with DeviceAudit() as audit:
+            beam_search(...)
+        audit.factories, audit.syncs        # lists of records
+    """
+
+    def __init__(self):
+        import os
+
+        import vstar
+
+        self.root = os.path.dirname(os.path.abspath(vstar.__file__))
+        self.factories: list[tuple[str, str, str]] = []
+        self.syncs: list[tuple[str, str, str]] = []
+        self._mode = None
+
+    def _site(self) -> str | None:
+        import os
+        import sys
+
+        frame = sys._getframe(2)            # the code that made the call (not torch internals)
+        name = os.path.abspath(frame.f_code.co_filename)
+        if name.startswith(self.root) and not name.endswith("testing.py"):
+            return f"{os.path.relpath(name, self.root)}:{frame.f_code.co_name}"
+        return None
+
+    def __enter__(self) -> "DeviceAudit":
+        from torch.overrides import TorchFunctionMode
+
+        audit = self
+
+        class _Mode(TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
+                name = getattr(func, "__name__", "")
+                if name in _FACTORIES and kwargs.get("device") is None and not (
+                        args and isinstance(args[0], torch.Tensor)):
+                    site = audit._site()
+                    if site is not None:
+                        audit.factories.append(("factory", name, site))
+                elif name in _HOST_SYNCS:
+                    site = audit._site()
+                    if site is not None:
+                        audit.syncs.append(("sync", name, site))
+                return func(*args, **kwargs)
+
+        self._mode = _Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._mode.__exit__(*exc)
+
+    def sites(self, records: list[tuple[str, str, str]], under: str = "") -> set[str]:
+        """The distinct ``module.py:function`` sites of ``records`` in files under ``under``."""
+        return {site for _, _, site in records if site.startswith(under)}

@@ -100,7 +100,8 @@ def test_method_sub_commands_only_offer_their_kind(experiment, capsys):
     assert "'vstar' is a rl method, not a baseline one" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["demo_ml100k.yaml", "scientific.yaml"])
+@pytest.mark.parametrize("name", ["demo_ml100k.yaml", "scientific.yaml",
+                                  "paper_qwen2.5_1.5b.yaml"])
 def test_shipped_configs_load_and_name_registered_methods(name):
     from pathlib import Path
 

@@ -35,15 +35,17 @@ class SASRecConfig:
     eval_every: int = 1           # evaluate on the validation rows every this many epochs
     eval_k: int = 10              # early-stopping metric is NDCG@eval_k
     eval_batch_size: int = 512    # rows per batch when ranking the full catalogue
-    # run (the seed comes from run.seeds, the torch threads from run.num_threads)
-    device: str = "cpu"
+    # run (the seed comes from run.seeds, the torch threads from run.num_threads); "run": the
+    # run's device (run.device), or a device of its own
+    device: str = "run"
 
     RULES = {"hidden": count, "layers": count, "heads": count, "dropout": fraction,
              "max_len": count, "windows": one_of(*WINDOW_MODES), "lr": positive,
              "weight_decay": non_negative, "batch_size": count, "max_epochs": count,
              "patience": count, "eval_every": count, "eval_k": count, "eval_batch_size": count,
-             "device": Rule(lambda v: v in ("cpu", "cuda", "mps") or str(v).startswith("cuda:"),
-                            "'cpu', 'cuda', 'cuda:<n>' or 'mps'")}
+             "device": Rule(lambda v: v in ("run", "cpu", "cuda", "mps")
+                            or str(v).startswith("cuda:"),
+                            "'run' (run.device), 'cpu', 'cuda', 'cuda:<n>' or 'mps'")}
 
     def validate(self, prefix: str = "sasrec") -> None:
         check_fields(self, prefix, self.RULES)

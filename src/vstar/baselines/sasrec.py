@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from vstar.baselines.config import SASRecConfig
+from vstar.core.device import resolve_device
 from vstar.core import checkpoint
 from vstar.core.errors import InputError
 from vstar.core.repro import set_seed
@@ -219,6 +220,12 @@ def _trim_padding(tokens: torch.Tensor) -> torch.Tensor:
 # training
 # ---------------------------------------------------------------------------------------------
 
+def sasrec_device(cfg: SASRecConfig) -> torch.device:
+    """``sasrec.device``; ``run`` (the default, which the pipeline replaces by the run's
+    device) means ``auto`` here: CUDA if available, else the CPU."""
+    return resolve_device("auto") if cfg.device == "run" else torch.device(cfg.device)
+
+
 def train_sasrec(splits: Splits, n_items: int, cfg: SASRecConfig | None = None, seed: int = 0,
                  validate: Callable[[SASRec], dict] | None = None,
                  checkpoint_path: str | Path | None = None,
@@ -241,7 +248,7 @@ def train_sasrec(splits: Splits, n_items: int, cfg: SASRecConfig | None = None, 
         if t.min() < 0 or t.max() >= n_items:
             raise InputError(f"{name} targets must lie in 0..{n_items - 1}", field=f"{name}.targets")
     set_seed(seed)
-    device = torch.device(cfg.device)
+    device = sasrec_device(cfg)
 
     model = SASRec(cfg, n_items).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -333,6 +340,6 @@ def load_sasrec(path: str | Path, cfg: SASRecConfig, n_items: int) -> SASRec:
                          f"{[expected.get(n) for n in diff[:4]]}, found "
                          f"{[found.get(n) for n in diff[:4]]})", file=str(path))
     model.load_state_dict(state)
-    model.to(torch.device(cfg.device))
+    model.to(sasrec_device(cfg))
     model.eval()
     return model

@@ -9,6 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vstar.core import dist
+from vstar.core.device import module_device
 from vstar.data.types import SplitRows
 from vstar.decode.beam import beam_search
 from vstar.decode.trie import SidTrie
@@ -27,11 +28,16 @@ def rank_rows(model: SidLM, vocab: SidVocab, trie: SidTrie, rows: SplitRows, wid
     wall seconds per user, invalid SIDs. Under torchrun (``vstar.core.dist``) every rank must call
     it: each decodes its share of the rows and every rank gets the whole ranking back (wall
     seconds: the slowest rank's).
+
+    Device: prompts are encoded on the CPU and decoded on the model's device (the trie must be
+    there too); each batch's ranking comes back to the CPU once. A caller that wants
+    ``run.autocast`` wraps the call in its region (``vstar.core.device.autocast``).
     """
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
         model.eval()
-    item_codes = trie.codes
+    item_codes = trie.codes.cpu()                      # prompts are built on the CPU
+    dev = module_device(model)
     order = dist.shard(np.argsort([len(h) for h in rows.histories], kind="stable"))
     ranked = np.full((len(rows), width), -1, dtype=np.int64)
     fwd, invalid = 0, 0
@@ -41,6 +47,7 @@ def rank_rows(model: SidLM, vocab: SidVocab, trie: SidTrie, rows: SplitRows, wid
         idx = order[start:start + batch_size]
         tokens, mask = vocab.encode_histories([rows.histories[i] for i in idx], item_codes,
                                               max_items=max_history)
+        tokens, mask = tokens.to(dev), mask.to(dev)
         if decoder is None:
             res = beam_search(model, vocab, trie, tokens, mask, width)
         else:

@@ -173,6 +173,11 @@ class SidTrie:
             node = self.step(d, node, codes[:, d])
         return node.reshape(shape)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the tables are (``to``): decoders need them beside the model's logits."""
+        return self.codes.device
+
     def to(self, device: torch.device | str) -> "SidTrie":
         if self.layout == "dense":
             self.children = [c.to(device) for c in self.children]

@@ -328,15 +328,18 @@ class _Search:
         if V.numel() != b.numel():
             raise ValueError(f"value_fn returned {V.numel()} values for {b.numel()} states")
         H = torch.zeros_like(V)
-        for level in torch.unique(d).tolist():                            # next level = depth
-            rows = (d == level).nonzero().squeeze(1)
+        node = self.trie_node[b, m]
+        # every level over all rows, rows of other depths masked out (a node of no depth has no
+        # allowed code): no host round trip to find which depths are present (GPU)
+        for level in range(self.L):                                       # next level = depth
+            at = d == level                                               # [n]
             Kl = self.vocab.codebook_sizes[level]
-            allowed = self.trie.allowed(level, self.trie_node[b[rows], m[rows]])  # [r, Kl]
-            lp = constrained_log_probs(logits[rows, self.vocab.level_slice(level)], allowed)
+            allowed = self.trie.allowed(level, torch.where(at, node, -1))  # [n, Kl]
+            lp = constrained_log_probs(logits[:, self.vocab.level_slice(level)], allowed)
             lp = lp.masked_fill(~allowed, NEG_INF)   # constrained_log_probs may give -3.4e38
-            H[rows] = constrained_entropy(lp, allowed)
-            self.next_lp[b[rows], m[rows], :Kl] = lp
-            self.n_valid[b[rows], m[rows]] = allowed.sum(-1)
+            H = torch.where(at, constrained_entropy(lp, allowed), H)
+            self.next_lp[b, m, :Kl] = torch.where(at[:, None], lp, self.next_lp[b, m, :Kl])
+            self.n_valid[b, m] = torch.where(at, allowed.sum(-1), self.n_valid[b, m])
         self.value[b, m] = V
         self.entropy[b, m] = H
         self.priority[b, m] = V + self.cfg.lam * H                         # Eq. 11
@@ -359,15 +362,15 @@ class _Search:
         row_path = self.path[b, p].clone()
         row_path.scatter_(1, (d - 1)[:, None], m[:, None])
         self.path[b, m] = row_path
-        node = torch.empty_like(code)
-        for level in torch.unique(d - 1).tolist():
-            rows = (d - 1 == level).nonzero().squeeze(1)
-            node[rows] = self.trie.step(level, self.trie_node[b[rows], p[rows]], code[rows])
+        parent_node = self.trie_node[b, p]
+        node = torch.full_like(code, -1)
+        for level in range(self.L - 1):              # every level, masked (no host round trip)
+            at = d - 1 == level
+            node = torch.where(at, self.trie.step(level, parent_node, code), node)
         self.trie_node[b, m] = node
         last = d == self.L - 1                                             # children are items
-        if bool(last.any()):
-            n_items = self.trie.allowed(self.L - 1, node[last]).sum(-1)
-            self.n_leaf_items.index_add_(0, b[last], n_items)
+        n_items = self.trie.allowed(self.L - 1, torch.where(last, node, -1)).sum(-1)  # 0: not last
+        self.n_leaf_items.index_add_(0, b, n_items)
         self.log_prob[b, m] = self.log_prob[b, p] + self.next_lp[b, p, code]
         self.origin[b, m] = origin
         self.step[b, m] = self.n_steps + torch.arange(n, device=self.dev) + 1
@@ -438,9 +441,7 @@ class _Search:
         n_kids = torch.zeros_like(g).scatter_add_(1, par, kids.float())
         first_play = torch.where(n_kids > 0, g_sum / n_kids.clamp(min=1), self.priority)
         pulls = self.n_expanded if self.cfg.widen_pulls == "expansions" else self.n_children
-        for _ in range(max(self.L - 1, 1)):
-            if not going.any():
-                break
+        for _ in range(max(self.L - 1, 1)):        # users that stopped keep cur and sel
             ln_n = torch.log(self.visits[ar, cur].float() + 1.0)          # ln(N(s) + 1)  [B]
             u_child = self.priority + beta * torch.sqrt(ln_n[:, None] / (self.visits.float() + 1.0))
             is_child = child_arm & (self.parent == cur[:, None])           # [B, M]

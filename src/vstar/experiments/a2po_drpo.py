@@ -129,7 +129,7 @@ def run_drpo(ctx: MethodContext) -> dict:
                          field="rl.drpo_mode")
     sft_ckpt = parent_run(ctx, "sft")
     vocab, trie = sid_tables(ctx)
-    policy = load_model(sft_ckpt, vocab, trie.codes)
+    policy = load_model(sft_ckpt, vocab, trie.codes).to(ctx.device)
     rcfg = dataclasses.replace(cfg.rl, **ctx.method.preset)
     rcfg.validate()
     atomic_write_json(layout.rl_config, dataclasses.asdict(rcfg))
@@ -147,7 +147,7 @@ def run_drpo(ctx: MethodContext) -> dict:
              info["samples"], info["injected"], "yes" if info["with_ratings"] else "no (1.0)",
              info["return_mean"])
     trainer = DRPOTrainer(policy, vocab, trie, train, offline, rcfg, prep.splits.max_history,
-                          seed=ctx.seed)
+                          seed=ctx.seed, autocast=ctx.autocast)
     info["kept_share"] = float((trainer.weights != 0).mean())
     t0 = time.perf_counter()
     trainer.train(layout.rl_log, progress=cfg.run.progress)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from vstar.core import checkpoint
+from vstar.core.device import resolve_device
 from vstar.core.errors import InputError
 from vstar.core.io import atomic_write_json
 from vstar.core.layout import RunLayout
@@ -85,11 +86,14 @@ class LoadedRun:
     rl_cfg: RLConfig | None        # the RL config the value head was trained with
 
 
-def load_run(run_dir: str | os.PathLike, threads: int | None = None) -> LoadedRun:
+def load_run(run_dir: str | os.PathLike, threads: int | None = None,
+             device: str = "cpu") -> LoadedRun:
     """The generator, SIDs, vocab and trie of a run folder ``<experiment>/<method>/seed<k>``,
     plus its value head and RL config when it is an RL run (an SFT folder has neither).
 
     Data and SIDs are rebuilt from the run's config.yaml and the experiment's artifacts.
+    ``device`` (``auto`` | ``cpu`` | ``cuda``, ``vstar.core.device``): where the generator, the
+    value head and the trie are put (whatever device the run was trained on).
     """
     from vstar.experiments.config import load_config
     from vstar.experiments.pipeline import prepare_data
@@ -119,6 +123,9 @@ def load_run(run_dir: str | os.PathLike, threads: int | None = None) -> LoadedRu
         if not ckpt.exists():
             raise InputError("no generator checkpoint in the run folder", file=str(ckpt))
         model, value_head, rl_cfg = load_model(ckpt, vocab, trie.codes), None, None
+    dev = resolve_device(device, field="device")
+    model, trie = model.to(dev), trie.to(dev)
+    value_head = None if value_head is None else value_head.to(dev)
     return LoadedRun(layout, cfg, data, splits, vocab, trie, model, value_head, rl_cfg)
 
 

@@ -117,10 +117,11 @@ def cmd_sid(args) -> None:
 
 def _run_methods(args, methods) -> None:
     from vstar.core import dist
-    from vstar.experiments.pipeline import check_runs_free, prepare, run_method
+    from vstar.experiments.pipeline import check_runs_free, prepare, run_method, runtime
 
     cfg = _load(args)
     label = getattr(args, "label", None)
+    runtime(cfg, list(methods))                    # a wrong run.device fails before any work
     check_runs_free(cfg, [label] if label else list(methods))
     prep = prepare(cfg)
     paths = [run_method(cfg, prep, m, seed, label) for seed in cfg.run.seeds for m in methods]
@@ -185,7 +186,7 @@ def cmd_serve(args) -> None:
 
     serve(args.run_dir, host=args.host, port=args.port, max_batch=args.max_batch,
           max_wait_ms=args.max_wait_ms, max_history=args.max_history, max_k=args.max_k,
-          threads=args.threads)
+          threads=args.threads, device=args.device)
 
 
 def cmd_rl_summary(args) -> None:
@@ -285,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-history", type=int, default=1000, help="longest history accepted")
     p.add_argument("--max-k", type=int, default=1000, help="largest k accepted")
     p.add_argument("--threads", type=int, default=None, help="default: the config's run one")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where the run decodes (auto: CUDA if available)")
     p.set_defaults(fn=cmd_serve)
     p = sub.add_parser("rl-summary", help="mean over steps of every logged RL curve, per method")
     p.add_argument("experiment", type=Path, help="experiment folder <out_dir>/<name>")

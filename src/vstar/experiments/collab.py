@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
 from vstar.baselines.sasrec import SASRec, load_sasrec, train_sasrec
+from vstar.core.device import resolve_device
 from vstar.data.types import Splits
 from vstar.eval.metrics import hit_rate, ndcg, target_ranks
 
@@ -28,6 +30,14 @@ def ranking_metrics(ranked: np.ndarray, targets: np.ndarray, k: int) -> dict:
     """NDCG@k and HR@k of a ranking (the early-stopping scores of SFT and SASRec)."""
     ranks = target_ranks(ranked, targets)
     return {f"NDCG@{k}": ndcg(ranks, k), f"HR@{k}": hit_rate(ranks, k)}
+
+
+def sasrec_device(cfg: Any, device: torch.device | None = None) -> str:
+    """Where SASRec trains: ``sasrec.device``, or with its default ``run`` the run's device
+    (``device`` if given, else ``run.device`` resolved; ``vstar.core.device``)."""
+    if cfg.sasrec.device != "run":
+        return cfg.sasrec.device
+    return str(device if device is not None else resolve_device(cfg.run.device))
 
 
 def sasrec_validation(splits: Splits, cfg: Any) -> Callable[[SASRec], dict]:
@@ -43,7 +53,7 @@ def teacher_sasrec(cfg: Any, splits: Splits, n_items: int, path: Path,
     """The SASRec of an experiment (``ExperimentLayout.teacher``): fitted on ``splits`` with the
     config's ``sasrec`` section and seed ``sid.seed``, early-stopped on the validation split.
     Loaded from ``path`` unless absent or ``retrain``; a fresh one is saved there (atomically)."""
-    scfg = dataclasses.replace(cfg.sasrec, max_len=splits.max_history)
+    scfg = dataclasses.replace(cfg.sasrec, max_len=splits.max_history, device=sasrec_device(cfg))
     if path.is_file() and not retrain:
         log.info("SASRec teacher loaded from %s", path)
         return load_sasrec(path, scfg, n_items)

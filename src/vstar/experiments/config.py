@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vstar.baselines.config import SASRecConfig
+from vstar.core.device import AUTOCASTS, DEVICES
 from vstar.core.errors import InputError
 from vstar.core.validate import (Rule, boolean, check_fields, count, list_of, non_negative_int,
                                  one_of, require, text)
@@ -65,6 +66,13 @@ class RunConfig:
     tensorboard: bool = True      # training curves as TensorBoard event files in each run folder
     wandb: bool = False           # also to Weights & Biases (needs the optional wandb package)
     wandb_project: str = "vstar"
+    # where every stage runs (vstar.core.device): "auto" = CUDA if available, else the CPU;
+    # "cuda" without a GPU is an error when the run starts (not when the config is loaded, so a
+    # GPU config can be checked on a machine without one). Under torchrun: LOCAL_RANK's GPU.
+    device: str = "auto"
+    # "bf16": the backbone's forwards under torch.autocast(bfloat16), CUDA only; losses, beam
+    # scores and the value head stay float32. "none": the weights' own dtype (model.dtype).
+    autocast: str = "none"
 
     RULES = {"name": Rule(_folder_name, "a folder name (no '/', not '.' or '..')"),
              "out_dir": text(), "cache_dir": text(),
@@ -72,7 +80,8 @@ class RunConfig:
              "methods": list_of(text(), nonempty=True, unique=True),
              "num_threads": count, "overwrite": boolean(), "resume": boolean(),
              "progress": boolean(), "tensorboard": boolean(), "wandb": boolean(),
-             "wandb_project": text()}
+             "wandb_project": text(), "device": one_of(*DEVICES),
+             "autocast": one_of(*AUTOCASTS)}
 
     def validate(self, prefix: str = "run") -> None:
         check_fields(self, prefix, self.RULES)

@@ -37,7 +37,8 @@ from vstar.data.splits import hold_out_last
 from vstar.data.types import SplitRows
 from vstar.decode.rank import rank_rows
 from vstar.decode.trie import SidTrie
-from vstar.experiments.collab import ranking_metrics, sasrec_validation, teacher_sasrec
+from vstar.experiments.collab import (ranking_metrics, sasrec_device, sasrec_validation,
+                                      teacher_sasrec)
 from vstar.experiments.pipeline import MethodContext, Ranker, parent_run
 from vstar.experiments.registry import Method, register
 from vstar.model.backbone import SidModel, load_model, make_model_vocab, new_model, save_model
@@ -68,18 +69,21 @@ def beam_ranker(ctx: MethodContext, model: SidModel, vocab: SidVocab, trie: SidT
     cfg = ctx.cfg
 
     def rank(rows: SplitRows, split: str):
-        return rank_rows(model, vocab, trie, rows, cfg.eval.beam_width,
-                         batch_size=cfg.eval.batch_size, max_history=ctx.prep.splits.max_history,
-                         progress=cfg.run.progress, desc=f"beam search {split}")
+        with ctx.precision():                      # run.autocast (scores stay float32)
+            return rank_rows(model, vocab, trie, rows, cfg.eval.beam_width,
+                             batch_size=cfg.eval.batch_size,
+                             max_history=ctx.prep.splits.max_history,
+                             progress=cfg.run.progress, desc=f"beam search {split}")
     return rank
 
 
 def sid_tables(ctx: MethodContext) -> tuple[SidVocab, SidTrie]:
-    """The vocabulary the configured generator reads, and the SID trie."""
+    """The vocabulary the configured generator reads, and the SID trie on the run's device
+    (where the generator is: decoders look codes up next to the logits)."""
     sids = ctx.prep.sids
     return (make_model_vocab(ctx.cfg.model, sids.codebook_sizes, sids.n_items,
                              ctx.prep.data.item_text),
-            SidTrie(sids.codes, sids.codebook_sizes))
+            SidTrie(sids.codes, sids.codebook_sizes).to(ctx.device))
 
 
 def keep_logged_steps(log_path, step: int) -> list[dict]:
@@ -108,7 +112,8 @@ def run_popularity(ctx: MethodContext) -> dict:
 
 def run_sasrec(ctx: MethodContext) -> dict:
     cfg, splits = ctx.cfg, ctx.prep.splits
-    scfg = dataclasses.replace(cfg.sasrec, max_len=splits.max_history)
+    scfg = dataclasses.replace(cfg.sasrec, max_len=splits.max_history,
+                               device=sasrec_device(cfg, ctx.device))
 
     t0 = time.perf_counter()
     # baselines are not data-parallel: under torchrun each rank trains the same SASRec (same
@@ -123,13 +128,14 @@ def run_sasrec(ctx: MethodContext) -> dict:
 def run_sft(ctx: MethodContext) -> dict:
     cfg, splits = ctx.cfg, ctx.prep.splits
     vocab, trie = sid_tables(ctx)
-    model = new_model(cfg.model, vocab, trie.codes, splits.max_history)
-    log.info("generator (%s backbone): %d parameters, vocabulary %d, %d SID levels",
-             cfg.model.backbone, model.num_parameters(), vocab.size, vocab.n_levels)
+    model = new_model(cfg.model, vocab, trie.codes, splits.max_history).to(ctx.device)
+    log.info("generator (%s backbone): %d parameters, vocabulary %d, %d SID levels, on %s",
+             cfg.model.backbone, model.num_parameters(), vocab.size, vocab.n_levels, ctx.device)
 
     def validate(model: SidModel, rows: SplitRows) -> dict:
-        ranked, _ = rank_rows(model, vocab, trie, rows, cfg.sft.val_beam,
-                              max_history=splits.max_history)
+        with ctx.precision():
+            ranked, _ = rank_rows(model, vocab, trie, rows, cfg.sft.val_beam,
+                                  max_history=splits.max_history)
         return ranking_metrics(ranked, rows.targets, 10)
 
     t0 = time.perf_counter()
@@ -146,7 +152,8 @@ def run_sft(ctx: MethodContext) -> dict:
     model, history = train_sft(model, vocab, trie, sft_splits, cfg.sft, seed=ctx.seed,
                                validate=validate, progress=cfg.run.progress, teacher=teacher,
                                checkpoint_path=ctx.run.layout.sft_state,
-                               resume=ctx.run.resumed, scalars=ctx.scalars)
+                               resume=ctx.run.resumed, scalars=ctx.scalars,
+                               autocast=ctx.autocast)
     train_s = time.perf_counter() - t0
     if dist.is_main():
         atomic_write_json(ctx.run.layout.sft_history, history)
@@ -186,7 +193,7 @@ def run_rl(ctx: MethodContext, trainer_cls: type = RLTrainer,
     cfg, prep, layout = ctx.cfg, ctx.prep, ctx.run.layout
     sft_ckpt = parent_run(ctx, "sft")        # finished, same SIDs and items; recorded as parent
     vocab, trie = sid_tables(ctx)
-    policy = load_model(sft_ckpt, vocab, trie.codes)
+    policy = load_model(sft_ckpt, vocab, trie.codes).to(ctx.device)
     rcfg = dataclasses.replace(cfg.rl, **ctx.method.preset)
     rcfg.validate()
     if dist.is_main():
@@ -197,7 +204,7 @@ def run_rl(ctx: MethodContext, trainer_cls: type = RLTrainer,
     rows = rl_rows(ctx)
     trainer = trainer_cls(policy, vocab, trie, rows, rcfg, prep.splits.max_history,
                           seed=ctx.seed, item_emb=prep.item_emb, item_values=values,
-                          **(trainer_kwargs or {}))
+                          autocast=ctx.autocast, **(trainer_kwargs or {}))
     if ctx.run.resumed and layout.rl_state.is_file():     # only when asked (run.resume=true)
         trainer.load(layout.rl_state)
         if trainer.step_idx > rcfg.steps:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from vstar.core import dist
+from vstar.core.device import autocast, check_autocast, resolve_device
 from vstar.core.errors import InputError, check_finite
 from vstar.core.io import FolderLock, atomic_path, atomic_write_json, read_json
 from vstar.core.layout import ExperimentLayout
@@ -78,10 +79,16 @@ class MethodContext:
     seed: int
     method: Method
     scalars: Scalars = field(default_factory=NullScalars)   # training curves (run.tensorboard)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # run.device
+    autocast: str = "none"                                  # run.autocast
     label: str = ""          # the run folder's and the results' name (``--as``); the method's
 
     def __post_init__(self) -> None:
         self.label = self.label or self.method.name
+
+    def precision(self):
+        """The region a model's forward runs in (``run.autocast``; ``vstar.core.device``)."""
+        return autocast(self.device, self.autocast)
 
     @property
     def experiment(self) -> ExperimentLayout:
@@ -92,6 +99,24 @@ class MethodContext:
         """Rank every split of ``cfg.eval.splits`` with ``rank`` and write its metrics."""
         return evaluate_splits(self, rank, train_seconds, extra, cost_extra)
 
+
+
+def runtime(cfg: Any, methods: list[str] | None = None) -> tuple[torch.device, str]:
+    """(device, autocast mode) of ``run.device`` / ``run.autocast``, checked before any work:
+    InputError naming ``run.device`` for ``cuda`` without a GPU, ``run.autocast`` for ``bf16``
+    off CUDA, and, when ``methods`` (default: all) train a generator from scratch (kind
+    ``sft``), ``model.hf_name_or_path`` for a pretrained HF folder that is not there."""
+    device = resolve_device(cfg.run.device)
+    check_autocast(cfg.run.autocast, device)
+    model = cfg.model
+    builds = methods is None or any(get_method(m).kind == "sft" for m in methods)
+    if builds and model.backbone == "hf" and model.hf_name_or_path:
+        folder = Path(model.hf_name_or_path).expanduser()
+        if not (folder / "config.json").is_file():
+            raise InputError("expected a local Hugging Face model folder with config.json "
+                             "(vstar never downloads models; edit the path to where the model "
+                             "is on disk)", file=str(folder), field="model.hf_name_or_path")
+    return device, cfg.run.autocast
 
 
 def prepare_data(cfg: Any) -> tuple[InteractionData, Splits, float]:
@@ -247,6 +272,7 @@ def run_method(cfg: Any, prep: Prepared, method: str, seed: int, label: str | No
     spec = get_method(method)
     label = label or method
     torch.set_num_threads(cfg.run.num_threads)
+    device, precision = runtime(cfg, [method])
     set_seed(seed)
     experiment = ExperimentLayout.of_config(cfg)
     layout = experiment.run(label, seed)
@@ -282,7 +308,8 @@ def run_method(cfg: Any, prep: Prepared, method: str, seed: int, label: str | No
                           wandb=cfg.run.wandb, wandb_project=cfg.run.wandb_project,
                           name=f"{experiment.name}/{experiment.run_name(label, seed)}",
                           config=config, main=dist.is_main()) as scalars:
-            spec.runner(MethodContext(cfg, prep, run, seed, spec, scalars, label))
+            spec.runner(MethodContext(cfg, prep, run, seed, spec, scalars, device, precision,
+                                      label))
         return run.path
 
 
@@ -349,6 +376,8 @@ def check_runs_free(cfg: Any, methods: list[str]) -> None:
 def run_pipeline(cfg: Any) -> list[Path]:
     """All methods x seeds of one config; returns the run folders."""
     torch.set_num_threads(cfg.run.num_threads)
+    device, _ = runtime(cfg, list(cfg.run.methods))   # a wrong device fails before any work
+    log.info("device %s, autocast %s", device, cfg.run.autocast)
     check_runs_free(cfg, list(cfg.run.methods))
     prep = prepare(cfg)
     runs = []

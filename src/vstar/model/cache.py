@@ -73,7 +73,10 @@ class SharedKVCache:
     next_pos: torch.Tensor
 
     def __post_init__(self) -> None:
-        _check_row_user(self.row_user, self.prefix.batch_size)
+        # the values are checked where that is free (the CPU); on a GPU it would wait for the
+        # device at every decode step, and ``repeat``, where rows enter, checks them anyway
+        _check_row_user(self.row_user, self.prefix.batch_size,
+                        values=self.row_user.device.type == "cpu")
         n = int(self.row_user.shape[0])
         if len(self.keys) != len(self.prefix.keys) or len(self.values) != len(self.keys):
             raise ValueError(f"expected suffix keys and values for {len(self.prefix.keys)} "
@@ -119,11 +122,11 @@ class SharedKVCache:
                        torch.cat([rows.mask, self.mask], 1), self.next_pos)
 
 
-def _check_row_user(row_user: torch.Tensor, n_users: int) -> None:
+def _check_row_user(row_user: torch.Tensor, n_users: int, values: bool = True) -> None:
     if row_user.dim() != 1 or row_user.dtype != torch.long:
         raise ValueError(f"row_user must be a 1-d int64 tensor, got shape "
                          f"{tuple(row_user.shape)} of {row_user.dtype}")
-    if row_user.numel() and (int(row_user.min()) < 0 or int(row_user.max()) >= n_users):
+    if values and row_user.numel() and (int(row_user.min()) < 0 or int(row_user.max()) >= n_users):
         raise ValueError(f"row_user must index the {n_users} prefix rows, got values in "
                          f"[{int(row_user.min())}, {int(row_user.max())}]")
 

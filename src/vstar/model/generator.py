@@ -244,7 +244,10 @@ class SidGenerator(nn.Module):
             pos = cache.next_pos[:, None] + (pad_mask.long().cumsum(1) - 1).clamp(min=0)
             full_mask = torch.cat([cache.mask, pad_mask], dim=1)           # [B, T_past + T]
             past_len = int(cache.mask.shape[1])             # a SharedKVCache: its suffix only
-        if int(pos.max()) >= self.block_size:
+        # positions are checked on the host for whole sequences (prefill, teacher forcing) and on
+        # the CPU; a cached decode step on a GPU skips it (one device wait per step otherwise):
+        # its positions follow a checked prefill by at most L-1
+        if (cache is None or not pos.is_cuda) and int(pos.max()) >= self.block_size:
             raise ValueError(f"sequence position {int(pos.max())} exceeds block_size "
                              f"{self.block_size}; shorten histories (data.max_history)")
         # query i (absolute past_len + i) sees real keys j <= past_len + i, and always itself

@@ -53,9 +53,11 @@ class ValueHead(nn.Module):
         nn.init.zeros_(self.net[4].bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [..., D] (a state's last-token hidden state) -> V [...] (float32)."""
+        """hidden [..., D] (a state's last-token hidden state) -> V [...] (float32, also inside an
+        autocast region: the value of a bf16 backbone's state is computed in float32)."""
         if hidden.shape[-1] != self.d_model:
             raise ValueError(f"value head expects hidden size {self.d_model}, "
                              f"got {hidden.shape[-1]}")
         w = self.net[1].weight
-        return self.net(hidden.to(w.dtype)).squeeze(-1).float()
+        with torch.autocast(hidden.device.type, enabled=False):   # float32 under run.autocast
+            return self.net(hidden.to(w.dtype)).squeeze(-1).float()

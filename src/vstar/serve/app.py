@@ -49,6 +49,7 @@ import vstar
 from vstar.core.errors import InputError
 from vstar.decode.beam import beam_search
 from vstar.decode.ved import value_guided_decode
+from vstar.core.device import DEVICES
 from vstar.experiments.budget import LoadedRun, load_run
 
 
@@ -69,6 +70,7 @@ class ServeConfig:
     max_history: int = 1000
     max_k: int = 1000
     threads: int | None = None
+    device: str = "auto"      # auto | cpu | cuda (vstar.core.device): where the run decodes
 
     def validate(self) -> None:
         for name in ("max_batch", "max_history", "max_k"):
@@ -76,6 +78,9 @@ class ServeConfig:
                 raise InputError(f"expected >= 1, got {getattr(self, name)}", field=name)
         if not self.max_wait_ms >= 0:
             raise InputError(f"expected >= 0, got {self.max_wait_ms}", field="max_wait_ms")
+        if self.device not in DEVICES:
+            raise InputError(f"expected one of {list(DEVICES)}, got {self.device!r}",
+                             field="device")
 
 
 class RecommendRequest(BaseModel):
@@ -147,7 +152,7 @@ class Recommender:
     @classmethod
     def from_run_dir(cls, run_dir: str | os.PathLike, cfg: ServeConfig | None = None):
         cfg = cfg or ServeConfig()
-        return cls(load_run(run_dir, threads=cfg.threads), cfg)
+        return cls(load_run(run_dir, threads=cfg.threads, device=cfg.device), cfg)
 
     # ------------------------------------------------------------------ validation
     def make_job(self, req: RecommendRequest) -> _Job:
@@ -223,8 +228,9 @@ class Recommender:
 
     def _decode_call(self, decoder: str, width: int, budget: int | None, histories):
         run = self.run
-        tokens, mask = run.vocab.encode_histories(histories, run.trie.codes,
+        tokens, mask = run.vocab.encode_histories(histories, run.trie.codes.cpu(),
                                                   max_items=run.splits.max_history)
+        tokens, mask = tokens.to(run.trie.device), mask.to(run.trie.device)   # model's device
         if decoder == "beam":
             return beam_search(run.model, run.vocab, run.trie, tokens, mask, width)
         ved_cfg = run.rl_cfg.ved

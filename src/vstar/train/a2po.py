@@ -108,7 +108,8 @@ class A2POTrainer(RLTrainer):
         if self.cfg.a2po == "off":
             raise InputError("the A2PO trainer needs rl.a2po in ('fusion', 'reward_sum', "
                              "'adv_sum')", field="rl.a2po")
-        self.scorer, self.biz_values = scorer, biz_values
+        self.scorer = scorer                                    # the judge stays on the CPU
+        self.biz_values = None if biz_values is None else biz_values.to(self.device)
         self._idx: np.ndarray | None = None
         self._a2po: dict = {}
 
@@ -134,8 +135,10 @@ class A2POTrainer(RLTrainer):
         r_sem = torch.zeros_like(r_biz)
         if n_judged:
             rows = self._idx[judged.numpy()]
-            r_sem[judged] = self.scorer.score([self.rows.histories[i] for i in rows],
-                                              b.items[judged], self.max_history)
+            r_sem[judged.to(r_sem.device)] = self.scorer.score(
+                [self.rows.histories[i] for i in rows], b.items.cpu()[judged],
+                self.max_history).to(r_sem.device)
+        judged = judged.to(r_sem.device)
         r_sem = torch.where(b.valid, r_sem, torch.zeros_like(r_sem))
         self._a2po = {"r_sem": r_sem, "judged": judged, "r_biz": r_biz}
         return r_biz

@@ -40,6 +40,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vstar.core.device import autocast as autocast_region
+from vstar.core.device import module_device
 from vstar.core.errors import InputError, check_finite
 from vstar.data.types import SplitRows
 from vstar.decode.scoring import score_candidates
@@ -151,7 +153,8 @@ class DRPOTrainer:
     """
 
     def __init__(self, policy: SidModel, vocab: SidVocab, trie: SidTrie, rows: SplitRows,
-                 offline: OfflineLog, cfg: RLConfig, max_history: int, seed: int = 0):
+                 offline: OfflineLog, cfg: RLConfig, max_history: int, seed: int = 0,
+                 autocast: str = "none"):
         if cfg.drpo_mode not in RL_DRPO_MODES:
             raise InputError(f"expected one of {RL_DRPO_MODES}, got {cfg.drpo_mode!r}",
                              field="rl.drpo_mode")
@@ -160,6 +163,8 @@ class DRPOTrainer:
         self.policy = policy.eval()            # no dropout, as in RL (gradients still flow)
         self.vocab, self.trie, self.rows, self.log, self.cfg = vocab, trie, rows, offline, cfg
         self.max_history = max_history
+        # the policy's device (the trie must be there too); run.autocast around the forward
+        self.device, self.autocast = module_device(policy), autocast
         self.adv = normalised_advantage(offline.returns)
         self.weights = sample_weights(cfg.drpo_mode, offline.returns, alpha=cfg.drpo_alpha,
                                       tau=cfg.drpo_tau, max_weight=cfg.drpo_max_weight)
@@ -193,14 +198,16 @@ class DRPOTrainer:
         n = min(cfg.users_per_step, len(self.log))
         idx = self.rng.choice(len(self.log), size=n, replace=False)
         hist = [self.rows.histories[r] for r in self.log.rows[idx]]
-        tokens, mask = self.vocab.encode_histories(hist, self.trie.codes,
+        tokens, mask = self.vocab.encode_histories(hist, self.trie.codes.cpu(),
                                                    max_items=self.max_history)
-        items = torch.as_tensor(self.log.items[idx], dtype=torch.long)
-        sc = score_candidates(self.policy, self.vocab, self.trie, tokens, mask,
-                              self.trie.codes[items][:, None, :])
+        dev = self.device
+        items = torch.as_tensor(self.log.items[idx], dtype=torch.long, device=dev)
+        with autocast_region(dev, self.autocast):
+            sc = score_candidates(self.policy, self.vocab, self.trie, tokens.to(dev),
+                                  mask.to(dev), self.trie.codes[items][:, None, :])
         logp, entropy = sc.log_probs[:, 0], sc.entropy[:, 0].detach()    # [n, L]
-        negative = torch.as_tensor(self.adv[idx] < 0)
-        w = torch.as_tensor(self.weights[idx], dtype=torch.float32)
+        negative = torch.as_tensor(self.adv[idx] < 0, device=dev)
+        w = torch.as_tensor(self.weights[idx], dtype=torch.float32, device=dev)
         per_sample = drpo_loss(logp, w, negative, cfg.drpo_mode, cfg.drpo_nll_lambda)
         step = self.step_idx + 1
         check_finite(per_sample.detach(), "loss_drpo", step)
@@ -218,7 +225,7 @@ class DRPOTrainer:
         self.step_idx += 1
         nll = -logp.detach()                                             # [n, L]
         seq_nll = nll.mean(-1)
-        neg_np = negative.numpy()
+        neg_np = negative.cpu().numpy()
         rec = {"step": self.step_idx, "lr": self.sched.get_last_lr()[0],
                "loss_drpo": float((loss_neg + loss_pos).detach()),
                "max_token_nll": float(nll.max()),

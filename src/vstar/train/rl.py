@@ -47,6 +47,8 @@ import torch
 from tqdm.auto import tqdm
 
 from vstar.core import checkpoint, dist
+from vstar.core.device import autocast as autocast_region
+from vstar.core.device import module_device
 from vstar.core.errors import InputError, check_finite
 from vstar.core.scalars import NullScalars, Scalars
 from vstar.data.types import SplitRows
@@ -142,18 +144,27 @@ def _zero_value(hidden: torch.Tensor) -> torch.Tensor:
 
 
 class RLTrainer:
-    """Holds the policy, the frozen reference (SFT) model, the value head and the optimiser."""
+    """Holds the policy, the frozen reference (SFT) model, the value head and the optimiser.
+
+    Device: the policy's (``vstar.core.device``); the reference, the value head, the item
+    embeddings and values and the sampling generator are put beside it, the trie must be there
+    already, and every step's prompts and targets go there. ``autocast`` (``run.autocast``):
+    decoding, the value diagnostic and the loss forwards run in that region, the backward
+    outside it; log-probs, rewards, advantages and values are float32.
+    """
 
     def __init__(self, policy: SidModel, vocab: SidVocab, trie: SidTrie, rows: SplitRows,
                  cfg: RLConfig, max_history: int, seed: int = 0,
                  item_emb: np.ndarray | None = None, item_values: np.ndarray | None = None,
-                 reward_fn: str | Callable | None = None):
+                 reward_fn: str | Callable | None = None, autocast: str = "none"):
         check_rl_config(cfg)
         if cfg.a2po != "off" and not getattr(self, "fuses_semantic_reward", False):
             raise InputError("rl.a2po needs the A2PO trainer: run a method 'a2po*' (or "
                              "vstar.train.a2po.A2POTrainer)", field="rl.a2po")
         self.cfg, self.vocab, self.trie, self.rows = cfg, vocab, trie, rows
         self.max_history = max_history
+        self.device, self.autocast = module_device(policy), autocast
+        dev = self.device
         # RL runs without dropout (eval mode, gradients still flow): the sampling policy pi_old,
         # the updated pi and the frozen reference are then the same function before the update,
         # so ratios start at 1 and the KL starts at 0.
@@ -166,13 +177,15 @@ class RLTrainer:
         self.reference = copy.deepcopy(policy).eval()          # frozen SFT model for the KL term
         for p in self.reference.parameters():
             p.requires_grad_(False)
-        self.value_head = ValueHead(policy.hidden_size, cfg.value_head).eval()
+        self.value_head = ValueHead(policy.hidden_size, cfg.value_head).to(dev).eval()
         dist.broadcast_module(self.value_head)
         self.reward_fn = get_reward(reward_fn or cfg.reward)
         self.sibling_reward_fn = (None if cfg.sibling_reward == RL_SIBLING_SAME
                                   else get_reward(cfg.sibling_reward))
-        self.item_emb = None if item_emb is None else torch.as_tensor(item_emb, dtype=torch.float32)
-        self.item_values = None if item_values is None else torch.as_tensor(item_values).float()
+        self.item_emb = (None if item_emb is None
+                         else torch.as_tensor(item_emb, dtype=torch.float32).to(dev))
+        self.item_values = (None if item_values is None
+                            else torch.as_tensor(item_values).float().to(dev))
         self.prefix_emb = (PrefixEmbeddings(trie.codes, self.item_emb, cfg.prefix_emb)
                            if self.item_emb is not None else None)
         # value-only steps before RL: only when the value head is trained at all
@@ -185,7 +198,8 @@ class RLTrainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, [self._policy_lr_factor, self._value_lr_factor])
         self.rng = np.random.default_rng(seed)
-        self.gen = torch.Generator().manual_seed(dist.rank_seed(seed))  # per rank (sampling)
+        # per rank (sampling), on the policy's device (where the draws are made)
+        self.gen = torch.Generator(device=dev).manual_seed(dist.rank_seed(seed))
         self.step_idx = 0
         # VED decodes with V from this step on (-1: not yet); docs/method.md section 9
         self.value_in_ved_since = 0 if cfg.value_gate == "always" else -1
@@ -196,7 +210,7 @@ class RLTrainer:
         if len(c) != L:
             raise InputError(f"expected {L} weights (one per SID level), got {len(c)}",
                              field="rl.hepo_level_weights")
-        self.hepo_level_weights = torch.tensor(c, dtype=torch.float32)
+        self.hepo_level_weights = torch.tensor(c, dtype=torch.float32, device=dev)
 
     def _lr_factor(self, step: int, n_steps: int) -> float:
         warm = min(1.0, (step + 1) / max(1, self.cfg.warmup_steps))
@@ -220,9 +234,16 @@ class RLTrainer:
     def value_in_ved(self) -> bool:
         return 0 <= self.value_in_ved_since <= self.step_idx
 
+    def precision(self):
+        """The region the model forwards run in (``run.autocast``; ``vstar.core.device``)."""
+        return autocast_region(self.device, self.autocast)
+
     def _encode(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.vocab.encode_histories([self.rows.histories[i] for i in idx],
-                                           self.trie.codes, max_items=self.max_history)
+        """Left-padded prompts of rows ``idx``, built on the CPU, on the policy's device."""
+        tokens, mask = self.vocab.encode_histories([self.rows.histories[i] for i in idx],
+                                                   self.trie.codes.cpu(),
+                                                   max_items=self.max_history)
+        return tokens.to(self.device), mask.to(self.device)
 
     # ------------------------------------------------------------------ 1. propose
     @torch.no_grad()
@@ -240,7 +261,7 @@ class RLTrainer:
             res = value_guided_decode(self.policy, value_fn, self.vocab, self.trie, tokens,
                                       mask, G, cfg.ved, generator=self.gen)
             tree = res.tree
-        targets = torch.as_tensor(self.rows.targets[idx], dtype=torch.long)
+        targets = torch.as_tensor(self.rows.targets[idx], dtype=torch.long, device=self.device)
         stats = None
         if getattr(res, "root_widenings", None) is not None:      # VEDResult (issue 8, part 1)
             stats = {"root_widenings_per_user": float(res.root_widenings.float().mean())}
@@ -482,7 +503,7 @@ class RLTrainer:
         for r, h in enumerate(hist):
             items[r, : len(h)] = torch.as_tensor(h, dtype=torch.long)
             mask[r, : len(h)] = True
-        return self.trie.codes[items], mask
+        return self.trie.codes[items.to(self.device)], mask.to(self.device)
 
     def _sibling_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """The trie-valid codes at each level under each candidate's prefix: [B, G, L, K_max]."""
@@ -511,7 +532,8 @@ class RLTrainer:
         """
         L = self.vocab.n_levels
         tokens, mask = self._encode(idx)
-        target = self.trie.codes[torch.as_tensor(self.rows.targets[idx], dtype=torch.long)]
+        target = self.trie.codes[torch.as_tensor(self.rows.targets[idx], dtype=torch.long,
+                                                 device=self.device)]
         B, dev = target.shape[0], target.device
         # per key: (sum over this rank's users, number of users), reduced over ranks below
         sums: dict[str, list[float]] = {}
@@ -569,11 +591,13 @@ class RLTrainer:
         value_only = self.in_value_warmup
         diag = {}
         if cfg.value_loss and cfg.value_diag_every and self.step_idx % cfg.value_diag_every == 0:
-            diag = self.value_diagnostic(idx)                             # V before this update
+            with self.precision():
+                diag = self.value_diagnostic(idx)                         # V before this update
             if cfg.value_gate != "always":
                 self._update_gate(diag)
         t_diag = time.perf_counter() - t0
-        b = self.propose(idx)                                             # 1. propose
+        with self.precision():
+            b = self.propose(idx)                                         # 1. propose
         t_decode = time.perf_counter() - t0 - t_diag
         rewards = self.rewards(b)                                         # 2. reward
         step = self.step_idx + 1
@@ -582,11 +606,13 @@ class RLTrainer:
         check_finite(adv[b.valid], "advantage", step)
         sib = self.sibling_advantages(b, rewards)
         dense = self._dense(b.codes, b.valid, b)
-        adv, dense, method_stats = self.other_advantages(idx, b, rewards, adv, dense)
+        with self.precision():                       # HEPO reads V of the candidates' states
+            adv, dense, method_stats = self.other_advantages(idx, b, rewards, adv, dense)
         check_finite(adv[b.valid], "advantage", step)
         logp_old = None
         for _ in range(cfg.updates_per_batch):                            # 4-5. loss, update
-            terms, stats, logp_old = self.losses(b, adv, sib, dense, logp_old, value_only)
+            with self.precision():                   # forwards; the backward runs outside
+                terms, stats, logp_old = self.losses(b, adv, sib, dense, logp_old, value_only)
             for name, term in terms.items():
                 check_finite(term, f"loss_{name}", step)
             norm_p, norm_v = self.backward(terms, value_only)
@@ -613,9 +639,10 @@ class RLTrainer:
     def _step_record(self, b, rewards, adv, sib, stats, t_decode, t_step) -> dict:
         B, G, L = b.codes.shape
         v = b.valid
-        uniq_items = [len(set(b.items[i][v[i]].tolist())) / G for i in range(B)]
+        items, codes, v_cpu = b.items.cpu(), b.codes.cpu(), v.cpu()     # one copy, not B
+        uniq_items = [len(set(items[i][v_cpu[i]].tolist())) / G for i in range(B)]
         uniq_codes = {f"unique_codes_l{l + 1}": float(np.mean([
-            len(set(b.codes[i, v[i], l].tolist())) for i in range(B)])) for l in range(L)}
+            len(set(codes[i, v_cpu[i], l].tolist())) for i in range(B)])) for l in range(L)}
         hit = (b.items == b.target_items[:, None]) & v
         rv = rewards[v]
         mass, on_path = sibling_mass_on_target_path(sib, b.codes.clamp(min=0), b.target_codes)

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from vstar.core import checkpoint, dist
+from vstar.core.device import autocast as autocast_region
+from vstar.core.device import module_device
 from vstar.core.errors import InputError, check_finite
 from vstar.core.scalars import NullScalars, Scalars
 from vstar.data.types import Splits, SplitRows
@@ -129,7 +131,8 @@ def teacher_code_targets(teacher: torch.nn.Module, windows: list[np.ndarray],
     max_len = teacher.cfg.max_len
     was_training = teacher.training
     teacher.eval()
-    codes = torch.as_tensor(item_codes).long()                                  # [I, L]
+    dev = module_device(teacher)              # computed where the teacher is, kept on the CPU
+    codes = torch.as_tensor(item_codes).long().to(dev)                          # [I, L]
     prefixes, items = [], []                    # what the teacher reads, what follows it
     for w, f in zip(windows, flags):
         for i in np.flatnonzero(f):
@@ -141,13 +144,14 @@ def teacher_code_targets(teacher: torch.nn.Module, windows: list[np.ndarray],
         inputs = torch.zeros(len(part), max(len(h) for h in part), dtype=torch.long)
         for r, h in enumerate(part):            # right-aligned, as the teacher ranks histories
             inputs[r, inputs.shape[1] - len(h):] = torch.from_numpy(np.asarray(h) + 1)
-        p = torch.softmax(teacher(inputs), dim=-1)                               # [c, I]
+        p = torch.softmax(teacher(inputs.to(dev)).float(), dim=-1)               # [c, I]
         c = len(part)
-        true = codes[torch.as_tensor(items[s:s + chunk])]                       # [c, L]
+        true = codes[torch.as_tensor(items[s:s + chunk], device=dev)]           # [c, L]
         same = torch.ones_like(p, dtype=torch.bool)
         for lvl in range(L):
-            q = torch.zeros(c, K).scatter_add_(1, codes[:, lvl].expand(c, -1), p * same)
-            soft[(s + torch.arange(c)) * L + lvl] = q / q.sum(1, keepdim=True)
+            q = torch.zeros(c, K, device=dev).scatter_add_(1, codes[:, lvl].expand(c, -1),
+                                                           p * same)
+            soft[(s + torch.arange(c)) * L + lvl] = (q / q.sum(1, keepdim=True)).cpu()
             same &= codes[None, :, lvl] == true[:, lvl, None]
     teacher.train(was_training)
     row = torch.full(targets.shape, -1, dtype=torch.long)
@@ -174,6 +178,7 @@ def sft_loss(model: SidModel, vocab: SidVocab, tokens, targets, levels,
         logits = model(tokens, pad_mask=pad_mask, teacher_forced=True).logits
     else:
         logits = model(tokens, pad_mask=pad_mask).logits                      # [B, T, V]
+    logits = logits.float()               # the loss in float32 under autocast (no-op otherwise)
     sel = targets >= 0
     lg, tg, lv = logits[sel], targets[sel], levels[sel]                        # [M, V], [M], [M]
     level_of_token = torch.full((vocab.size,), -1, dtype=torch.long, device=lg.device)
@@ -208,21 +213,25 @@ def sft_loss(model: SidModel, vocab: SidVocab, tokens, targets, levels,
 @torch.no_grad()
 def held_out_loss(model: SidModel, vocab: SidVocab, tokens, targets, levels,
                   batch_size: int, trie: SidTrie | None = None,
-                  nodes: torch.Tensor | None = None) -> float:
+                  nodes: torch.Tensor | None = None, autocast: str = "none") -> float:
     """Mean NLL per supervised code over held-out windows, in eval mode: ``sft_loss`` without
     label smoothing; with ``trie`` and ``nodes``, of the trie-constrained distribution decoding
     ranks with (so comparable across ``sft.loss`` settings). Set beside the training loss, it
-    shows over-fitting that ranking metrics hide."""
+    shows over-fitting that ranking metrics hide. Windows (on the CPU) go to the model's device
+    a batch at a time; ``autocast``: ``run.autocast``'s region around the forward."""
     was_training = model.training
     model.eval()
+    dev = module_device(model)
     total, count = 0.0, 0
     for s in range(0, len(tokens), batch_size):
         tk, tg, lv = tokens[s:s + batch_size], targets[s:s + batch_size], levels[s:s + batch_size]
         keep = int((tk != PAD).sum(1).max())
         n = int((tg >= 0).sum())
-        nd = None if nodes is None else nodes[s:s + batch_size, :keep]
-        total += n * float(sft_loss(model, vocab, tk[:, :keep], tg[:, :keep], lv[:, :keep],
-                                    0.0, trie, nd))
+        nd = None if nodes is None else nodes[s:s + batch_size, :keep].to(dev)
+        with autocast_region(dev, autocast):
+            loss = sft_loss(model, vocab, tk[:, :keep].to(dev), tg[:, :keep].to(dev),
+                            lv[:, :keep].to(dev), 0.0, trie, nd)
+        total += n * float(loss)
         count += n
     model.train(was_training)
     return total / max(1, count)
@@ -232,7 +241,8 @@ def train_sft(model: SidModel, vocab: SidVocab, trie: SidTrie, splits: Splits,
               cfg: SFTConfig, seed: int = 0, validate: Validate | None = None,
               progress: bool = True, checkpoint_path: str | os.PathLike | None = None,
               resume: bool = False, teacher: torch.nn.Module | None = None,
-              scalars: Scalars | None = None) -> tuple[SidModel, list[dict]]:
+              scalars: Scalars | None = None,
+              autocast: str = "none") -> tuple[SidModel, list[dict]]:
     """Train with AdamW + warmup/cosine LR; keep the best validation state (early stopping).
 
     Every ``cfg.eval_every`` epochs, ``validate(model, rows)`` scores a fixed seeded subset of
@@ -254,20 +264,31 @@ def train_sft(model: SidModel, vocab: SidVocab, trie: SidTrie, splits: Splits,
     ``scalars`` (``vstar.core.scalars``, e.g. TensorBoard) gets the curves, x = optimiser steps:
     ``sft/loss`` and ``sft/lr`` every step, and after every epoch its record (``sft/epoch/...``:
     train loss, seconds, and on evaluated epochs the validation NLL and metrics).
+
+    Device: the model's (``vstar.core.device``). The token windows are built on the CPU and each
+    batch is moved to the model's device; the trie must be there too (it is where the trie-loss
+    masks and the validation decoding read it). ``autocast`` (``run.autocast``): the forward and
+    the loss run in that region, the backward outside it; the loss itself is float32.
     """
+    dev = module_device(model)
     torch.manual_seed(dist.rank_seed(seed))       # dropout: each rank its own stream
     rng = np.random.default_rng(seed)
     windows, flags = build_windows(splits.train, splits.max_history, cfg.windows)
-    tokens, targets, levels = encode_windows(windows, flags, trie.codes, vocab)
+    item_codes = trie.codes.cpu()                 # windows are encoded on the CPU
+    tokens, targets, levels = encode_windows(windows, flags, item_codes, vocab)
     if cfg.loss not in SFT_LOSSES:
         raise InputError(f"expected one of {SFT_LOSSES}, got {cfg.loss!r}", field="sft.loss")
-    nodes = target_nodes(targets, levels, vocab, trie) if cfg.loss == "trie" else None
+
+    def nodes_of(tg: torch.Tensor, lv: torch.Tensor) -> torch.Tensor:   # on the trie, kept on CPU
+        return target_nodes(tg.to(trie.device), lv.to(trie.device), vocab, trie).cpu()
+
+    nodes = nodes_of(targets, levels) if cfg.loss == "trie" else None
     loss_trie = trie if cfg.loss == "trie" else None
     soft = soft_row = None
     if cfg.distill > 0:
         if teacher is None:
             raise InputError("sft.distill > 0 needs a teacher model", field="sft.distill")
-        soft, soft_row = teacher_code_targets(teacher, windows, flags, trie.codes, vocab,
+        soft, soft_row = teacher_code_targets(teacher, windows, flags, item_codes, vocab,
                                               targets)
         log.info("SFT: distilling %d code distributions of the SASRec teacher (weight %.2f)",
                  len(soft), cfg.distill)
@@ -278,10 +299,9 @@ def train_sft(model: SidModel, vocab: SidVocab, trie: SidTrie, splits: Splits,
         val = val.subset(np.sort(rng.choice(len(val), cfg.val_max_users, replace=False)))
     val_windows = [np.r_[h[-splits.max_history:], t] for h, t in zip(val.histories, val.targets)]
     val_batches = encode_windows(val_windows, [np.r_[np.zeros(len(w) - 1, bool), True]
-                                               for w in val_windows], trie.codes, vocab) \
+                                               for w in val_windows], item_codes, vocab) \
         if len(val) else None
-    val_nodes = (target_nodes(val_batches[1], val_batches[2], vocab, trie)
-                 if val_batches is not None else None)
+    val_nodes = (nodes_of(val_batches[1], val_batches[2]) if val_batches is not None else None)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(windows) / cfg.batch_size)
     total = steps_per_epoch * cfg.max_epochs
@@ -322,15 +342,17 @@ def train_sft(model: SidModel, vocab: SidVocab, trie: SidTrie, splits: Splits,
             opt.zero_grad(set_to_none=True)
             # this rank's share of the global batch's mean loss (1 with one process)
             share = dist.global_share(int((targets[idx] >= 0).sum()))
-            loss = torch.zeros(())
+            loss = torch.zeros((), device=dev)
             if len(idx):
                 tk, tg, lv = tokens[idx], targets[idx], levels[idx]
                 keep = int((tk != PAD).sum(1).max())          # trim right padding of this batch
-                loss = sft_loss(model, vocab, tk[:, :keep], tg[:, :keep], lv[:, :keep],
-                                cfg.label_smoothing, loss_trie,
-                                None if nodes is None else nodes[idx][:, :keep],
-                                None if soft is None
-                                else soft[soft_row[idx][:, :keep].clamp(min=0)], cfg.distill)
+                nd = None if nodes is None else nodes[idx][:, :keep].to(dev)
+                sb = (None if soft is None
+                      else soft[soft_row[idx][:, :keep].clamp(min=0)].to(dev))
+                with autocast_region(dev, autocast):      # forward + loss; backward outside
+                    loss = sft_loss(model, vocab, tk[:, :keep].to(dev), tg[:, :keep].to(dev),
+                                    lv[:, :keep].to(dev), cfg.label_smoothing, loss_trie, nd, sb,
+                                    cfg.distill)
                 if share != 1.0:
                     loss = loss * share
                 loss.backward()
@@ -349,7 +371,7 @@ def train_sft(model: SidModel, vocab: SidVocab, trie: SidTrie, splits: Splits,
                                      or epoch == cfg.max_epochs - 1):
             if val_batches is not None:
                 record["valid_nll"] = held_out_loss(model, vocab, *val_batches, cfg.batch_size,
-                                                    trie, val_nodes)
+                                                    trie, val_nodes, autocast)
             record.update(validate(model, val))
             if cfg.val_metric not in record:
                 raise InputError(f"validation returned {sorted(record)}, not {cfg.val_metric!r}",
