@@ -201,6 +201,13 @@ def test_collaborative_sids_quantise_sasrec_item_embeddings(experiment):
     assert report["collision_rate_after"] == 0.0
     key = json.loads((experiment / "runs" / "toy" / "artifacts" / "sid_key.json").read_text())
     assert key["sid"]["vectors"] == "sasrec" and "sasrec" in key     # a new SASRec: new SIDs
+    # where SASRec trains is not part of the key: another sasrec.device reuses the SIDs
+    assert "device" not in key["sasrec"]
+    index = experiment / "runs" / "toy" / "artifacts" / "sid.index.json"
+    before = index.stat().st_mtime_ns
+    assert main(["run", cfg, "sid.vectors=sasrec", "run.methods=[popularity]",
+                 "sasrec.device=cpu"]) == 0
+    assert index.stat().st_mtime_ns == before
 
 
 def test_distillation_reuses_the_sid_sasrec_as_teacher_and_trains_one_when_missing(experiment):

@@ -147,7 +147,9 @@ def prepare_sids(cfg: Any, data: InteractionData, splits: Splits, experiment: Ex
     key = {"data": dataclasses.asdict(cfg.data), "sid": dataclasses.asdict(cfg.sid),
            "n_items": data.n_items}
     if cfg.sid.vectors in ("sasrec", "fused"):
-        key["sasrec"] = dataclasses.asdict(cfg.sasrec)
+        # where SASRec trains is not what the SIDs are: a run moved to a GPU, or a config
+        # written before sasrec.device existed, keeps its SIDs
+        key["sasrec"] = {k: v for k, v in dataclasses.asdict(cfg.sasrec).items() if k != "device"}
     for name in ("index_path", "vectors_path"):        # an edited file gives new SIDs
         if getattr(cfg.sid, name) and Path(getattr(cfg.sid, name)).is_file():
             key[f"{name}_sha256"] = file_sha256(getattr(cfg.sid, name))
