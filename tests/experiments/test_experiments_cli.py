@@ -208,6 +208,11 @@ def test_collaborative_sids_quantise_sasrec_item_embeddings(experiment):
     assert main(["run", cfg, "sid.vectors=sasrec", "run.methods=[popularity]",
                  "sasrec.device=cpu"]) == 0
     assert index.stat().st_mtime_ns == before
+    old = dict(key, sasrec={**key["sasrec"], "device": "cpu"})   # written before the change
+    (index.parent / "sid_key.json").write_text(json.dumps(old))
+    assert main(["run", cfg, "sid.vectors=sasrec", "run.methods=[popularity]",
+                 "run.overwrite=true"]) == 0
+    assert index.stat().st_mtime_ns == before
 
 
 def test_distillation_reuses_the_sid_sasrec_as_teacher_and_trains_one_when_missing(experiment):

@@ -140,6 +140,13 @@ def prepare_data(cfg: Any) -> tuple[InteractionData, Splits, float]:
     return data, splits, seconds
 
 
+def _without_device(key: dict) -> dict:
+    """A saved SID key without ``sasrec.device`` (keys written before it was left out have it)."""
+    if isinstance(key.get("sasrec"), dict):
+        key["sasrec"].pop("device", None)
+    return key
+
+
 def prepare_sids(cfg: Any, data: InteractionData, splits: Splits, experiment: ExperimentLayout):
     """Build the SIDs, or reuse the experiment's if they were built from the same data and SID
     config (so that RL and evaluation see exactly the SIDs the SFT checkpoint used).
@@ -157,7 +164,8 @@ def prepare_sids(cfg: Any, data: InteractionData, splits: Splits, experiment: Ex
     t0 = time.perf_counter()
     if experiment.sid_key.is_file() and experiment.sid_index.is_file() \
             and experiment.sid_report.is_file() \
-            and json.loads(experiment.sid_key.read_text()) == json.loads(json.dumps(key)):
+            and _without_device(json.loads(experiment.sid_key.read_text())) \
+            == json.loads(json.dumps(key)):
         report = json.loads(experiment.sid_report.read_text())
         sids = load_index_json(experiment.sid_index, data.item_ids, report["codebook_sizes"])
         emb, _ = item_vectors(cfg.sid, data.item_text, data.n_items, cache, show_progress=False)
