@@ -70,6 +70,22 @@ def tiny_hf_model(vocab: SidVocab, model_type: str = "qwen2", n_layer: int = 2, 
     return new_hf_model(cfg, vocab, max_history, codes).eval()
 
 
+@torch.no_grad()
+def stepwise_code_logits(model, vocab: SidVocab, item_codes, history, item: int
+                         ) -> list[torch.Tensor]:
+    """The logits [V] a model gives for each SID level of ``item`` when it is decoded the way
+    inference does it: the prompt ``history`` (item indices) first, then the item's codes fed
+    one at a time through the cache. Tests compare them with the teacher-forced training forward."""
+    prompt, _ = vocab.encode_histories([history], torch.as_tensor(item_codes))
+    out = model(prompt)
+    logits, cache = [out.logits[0, -1]], out.cache
+    for level in range(vocab.n_levels - 1):
+        out = model(vocab.token_of(level, torch.tensor([[item_codes[item][level]]])), cache=cache)
+        logits.append(out.logits[0, -1])
+        cache = out.cache
+    return logits
+
+
 def tiny_setup(n_items: int = 40, sizes=(4, 5, 3), n_users: int = 5, seed: int = 0,
                full: bool = False, history: str = "codes", backbone: str = "vstar"):
     """A random catalogue of distinct SIDs, a 2-layer random generator far from uniform, and

@@ -18,7 +18,7 @@ from vstar.model import ModelConfig, SidVocab
 from vstar.model.backbone import load_model, new_model, save_model
 from vstar.model.generator import item_layout
 from vstar.model.hf import HFSidLM
-from vstar.testing import random_catalogue, tiny_setup
+from vstar.testing import random_catalogue, stepwise_code_logits, tiny_setup
 from vstar.train.sft import encode_windows, sft_loss
 
 SIZES = [4, 5, 3]
@@ -72,14 +72,7 @@ def test_prompt_logits_equal_the_teacher_forced_training_forward(model_type):
         teacher = model(tokens, pad_mask=tokens != 0, teacher_forced=True).logits   # [2, T, V]
         for n, window in enumerate(windows):
             for k in range(len(window)):
-                prompt, _ = vocab.encode_histories([window[:k]], torch.as_tensor(codes))
-                out = model(prompt)
-                steps, cache = [out.logits[0, -1]], out.cache
-                for level in range(L - 1):
-                    feed = vocab.token_of(level, torch.tensor([[codes[window[k], level]]]))
-                    out = model(feed, cache=cache)
-                    steps.append(out.logits[0, -1])
-                    cache = out.cache
+                steps = stepwise_code_logits(model, vocab, codes, window[:k], window[k])
                 for level in range(L):
                     assert targets[n, k * L + level] >= 0
                     assert torch.allclose(teacher[n, k * L + level], steps[level], atol=1e-5,

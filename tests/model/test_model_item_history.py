@@ -15,7 +15,7 @@ from vstar.decode import SidTrie, beam_search, rank_rows
 from vstar.experiments.collab import ranking_metrics
 from vstar.model import ModelConfig, load_generator, make_vocab, new_generator, save_generator
 from vstar.model.vocab import BOS
-from vstar.testing import random_catalogue
+from vstar.testing import random_catalogue, stepwise_code_logits
 from vstar.train.config import SFTConfig
 from vstar.train.sft import encode_windows, train_sft
 
@@ -53,14 +53,7 @@ def test_training_layout_computes_what_decoding_computes(item_id):
     L = vocab.n_levels
     teacher = model(tokens, teacher_forced=True).logits[0]             # [T, V]
     for k in range(len(window)):                   # predict item k from items < k, code by code
-        prompt, _ = vocab.encode_histories([window[:k]], torch.as_tensor(codes))
-        out = model(prompt)
-        step_logits, cache = [out.logits[0, -1]], out.cache
-        for level in range(L - 1):
-            code_tok = vocab.token_of(level, torch.tensor([[codes[window[k], level]]]))
-            out = model(code_tok, cache=cache)
-            step_logits.append(out.logits[0, -1])
-            cache = out.cache
+        step_logits = stepwise_code_logits(model, vocab, codes, window[:k], window[k])
         for level in range(L):                     # the window predicts code l of item k at k*L+l
             torch.testing.assert_close(teacher[k * L + level], step_logits[level],
                                        rtol=1e-4, atol=1e-4)
