@@ -7,7 +7,8 @@ training rows are cut into windows exactly as SFT does (``vstar.data.windows.bui
 training steps as ``vstar.train.sft.train_sft`` does, without validation or LR schedule: a random
 batch of 128 windows trimmed of right padding, ``sft_loss``, backward, gradient clipping, AdamW
 step. Model: Scientific size (2 layers, 4 heads, 128 dims), with token-level and with item-level
-history (+ item-ID embedding). Also reports FLOPs per step and their share of the fp32 matmul
+history (+ item-ID embedding), the latter with random and with length-grouped batches
+(``sft.group_by_length``, the default). Also reports FLOPs per step and their share of the fp32 matmul
 peak measured in the same run. Writes sft_throughput.json.
 
     .venv/bin/python bench/bench_sft.py [--quick] [--threads 1] [--device cpu] [--out-dir DIR]
@@ -31,7 +32,7 @@ from vstar.data.splits import leave_one_out  # noqa: E402
 from vstar.data.types import InteractionData  # noqa: E402
 from vstar.data.windows import build_windows  # noqa: E402
 from vstar.model import PAD, ModelConfig, make_vocab  # noqa: E402
-from vstar.train.sft import encode_windows, sft_loss  # noqa: E402
+from vstar.train.sft import encode_windows, length_grouped_batches, sft_loss  # noqa: E402
 
 NAME = "sft"
 OUTPUT = "sft_throughput.json"
@@ -66,6 +67,9 @@ def synthetic_splits(p: dict, n_items: int, rng: np.random.Generator):
 
 
 HISTORIES = {"codes": {}, "items": {"history": "items", "item_id_embedding": True}}
+# (history, batching) rows: "random" = uniformly drawn batches, "by_length" = sft.group_by_length
+# (train.sft.length_grouped_batches, the default), which pads each batch only to its own longest
+CASES = [("codes", "random"), ("items", "random"), ("items", "by_length")]
 
 
 def run(quick: bool = False, threads: int = 1, device: str = "cpu",
@@ -74,7 +78,8 @@ def run(quick: bool = False, threads: int = 1, device: str = "cpu",
     p, dev, _, t_start = harness.begin(quick, FULL, QUICK, repeats, threads, device, seed)
     peak = harness.matmul_peak(dev, n=512 if quick else 2048)
     rows, params_by_history = [], {}
-    for history, model_extra in HISTORIES.items():
+    for history, batching in CASES:
+        model_extra = HISTORIES[history]
         set_seed(seed)
         rng = np.random.default_rng(seed)
         sizes = p["codebook_sizes"]
@@ -94,8 +99,17 @@ def run(quick: bool = False, threads: int = 1, device: str = "cpu",
         N, bs = len(windows), p["batch_size"]
         stats = {"supervised": 0, "input": 0, "steps": 0, "loss": float("nan"), "flops": 0.0}
 
+        lengths = (tokens != PAD).sum(1).cpu().numpy()
+        grouped: list[np.ndarray] = []
+        batch_rng = np.random.default_rng(seed)
+
         def batch():
-            idx = torch.randperm(N, generator=gen)[:bs].to(dev)
+            if batching == "by_length":
+                if not grouped:                                   # a new epoch's batches
+                    grouped.extend(length_grouped_batches(lengths, bs, batch_rng)[::-1])
+                idx = torch.as_tensor(grouped.pop()).to(dev)
+            else:
+                idx = torch.randperm(N, generator=gen)[:bs].to(dev)
             tk, tg, lv = tokens[idx], targets[idx], levels[idx]
             keep = int((tk != PAD).sum(1).max())          # trim right padding, as train_sft
             return tk[:, :keep], tg[:, :keep], lv[:, :keep]
@@ -139,6 +153,7 @@ def run(quick: bool = False, threads: int = 1, device: str = "cpu",
         achieved = flops_per_step * harness.median(sps) / 1e9
         rows.append({
             "history": history,
+            "batching": batching,
             "batch_size": bs,
             "supervised_tokens_per_second": harness.median(sup),
             "steps_per_second": harness.median(sps),
@@ -164,7 +179,8 @@ def run(quick: bool = False, threads: int = 1, device: str = "cpu",
     record = harness.make_record(
         NAME, "SFT training throughput (no validation), token-level and item-level history",
         "windows from build_windows + encode_windows on synthetic leave-one-out SplitRows "
-        "(random item sequences); each step: random batch of windows trimmed of right padding, "
+        "(random item sequences); each step: a batch of windows (random, or length-grouped as "
+        "sft.group_by_length) trimmed of right padding, "
         "sft_loss + backward + clip_grad_norm_ + AdamW.step (as train_sft, without LR schedule "
         "or validation); median over repeats after warmup_steps untimed steps. FLOPs per step: "
         "torch.utils.flop_counter on forward + backward; peak: a fp32 matmul of n^3 on the "
@@ -174,7 +190,8 @@ def run(quick: bool = False, threads: int = 1, device: str = "cpu",
     harness.print_table(f"sft: windows of <= {p['max_history'] + 1} items, model "
                         f"{p['model']}, {dev}, {torch.get_num_threads()} thread(s), matmul peak "
                         f"{peak['gflops']:.1f} GFLOP/s", rows,
-                        [("history", "history"), ("batch_size", "batch"),
+                        [("history", "history"), ("batching", "batching"),
+                         ("batch_size", "batch"),
                          ("supervised_tokens_per_second", "sup tok/s"),
                          ("steps_per_second", "steps/s"), ("ms_per_step", "ms/step"),
                          ("achieved_gflops", "GFLOP/s"), ("share_of_matmul_peak", "of peak")])

@@ -6,7 +6,8 @@ from vstar.decode import SidTrie, rank_rows
 from vstar.experiments.collab import ranking_metrics
 from vstar.model import ModelConfig, SidGenerator, SidVocab
 from vstar.data.windows import build_windows
-from vstar.train.sft import SFTConfig, encode_windows, sft_loss, train_sft
+from vstar.train.sft import (SFTConfig, encode_windows, length_grouped_batches, sft_loss,
+                             train_sft)
 
 
 def _loo_rows(sequences, max_history):
@@ -34,6 +35,26 @@ def test_windows_supervise_every_row_exactly_once():
             assert supervised == expected
     # chunks read each user's sequence once: far fewer windows than rows
     assert len(build_windows(rows, 4, "chunks")[0]) < len(build_windows(rows, 4, "rows")[0])
+
+
+def test_length_grouped_batches_cover_every_window_once_with_less_padding():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(4, 64, size=1000)
+    batches = length_grouped_batches(lengths, 32, np.random.default_rng(1), group=8)
+    assert len(batches) == -(-1000 // 32)                       # as many steps as random batches
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    assert sum(len(b) < 32 for b in batches) == 1               # only the last one is short
+    padded = sum(len(b) * lengths[b].max() for b in batches)    # tokens a trimmed batch computes
+    perm = np.random.default_rng(1).permutation(1000)
+    random_padded = sum(len(b) * lengths[b].max() for b in np.array_split(perm, len(batches)))
+    assert padded < 0.7 * random_padded
+    # batches of the same group are length-sorted, but the batch order is shuffled: the longest
+    # batches do not all come first (a fixed curriculum would)
+    first = [lengths[b].max() for b in batches[:8]]
+    assert first != sorted(first, reverse=True)
+    # seeded: the same generator state gives the same epoch
+    again = length_grouped_batches(lengths, 32, np.random.default_rng(1), group=8)
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again))
 
 
 def test_encoded_targets_are_next_tokens_of_supervised_items():

@@ -15,6 +15,8 @@ from vstar.decode.scoring import score_candidates
 from vstar.model import ModelConfig, SidGenerator, SidVocab
 from vstar.train.rl import RLBatch, RLConfig, RLTrainer
 from vstar.decode.ved import VEDConfig
+from vstar.model import ValueHead, ValueHeadConfig
+from vstar.model.value import state_log_probs
 
 
 def _toy(seed=0, n_items=30, sizes=(4, 4, 4)):
@@ -388,3 +390,54 @@ def test_every_node_ved_evaluated_gets_a_value_target(monkeypatch):
         b, trainer.rewards(b)), trainer._dense(b.codes, b.valid, b))
     _, stats, _ = trainer.losses(*batch, None)
     assert stats["value_paths_tree_per_user"] == float(b.tree_valid.sum()) / 12
+
+
+def test_the_policy_prior_makes_v_rank_like_log_pi_before_training():
+    # rl.value_head.prior=policy: V(s) = w * pi(prefix) + MLP(h) with the MLP's last layer at 0,
+    # so the untrained head ranks the target's prefix among its siblings exactly where log pi
+    # does (the diagnostic): the gate then opens as soon as log pi beats chance by the margin
+    vocab, trie, model, rows, emb = _toy()
+    cfg = RLConfig(n_candidates=8, value_warmup_steps=0, ved=VEDConfig(init_beam=2),
+                   value_head=ValueHeadConfig(prior="policy", init_std=0.0))
+    trainer = RLTrainer(model, vocab, trie, rows, cfg, max_history=5, item_emb=emb)
+    diag = trainer.value_diagnostic(np.arange(16))
+    for d in (1, 2):
+        assert diag[f"vdiag_pct_v_l{d}"] == pytest.approx(diag[f"vdiag_pct_logp_l{d}"], abs=1e-9)
+    # without the prior the same untrained head ranks by its MLP alone, not by log pi
+    plain = RLTrainer(model, vocab, trie, rows,
+                      dataclasses.replace(cfg, value_head=ValueHeadConfig(init_std=0.1)),
+                      max_history=5, item_emb=emb)
+    other = plain.value_diagnostic(np.arange(16))
+    assert other["vdiag_pct_v"] != pytest.approx(other["vdiag_pct_logp"], abs=1e-3)
+
+
+def test_the_value_prior_reads_the_prefix_probability_and_vED_passes_it():
+    head = ValueHead(8, ValueHeadConfig(prior="policy", init_std=0.0))
+    h = torch.randn(5, 8)
+    lp = torch.log(torch.tensor([1.0, 0.5, 0.25, 0.1, 0.01]))
+    assert torch.allclose(head(h, lp), lp.exp(), atol=1e-6)     # MLP output 0: V = pi(prefix)
+    with pytest.raises(ValueError, match="log_prob"):
+        head(h)
+    lp_grad = lp.clone().requires_grad_(True)
+    head(h, lp_grad).sum().backward()
+    assert lp_grad.grad is None and head.prior_scale.grad is not None   # the policy is not moved
+    # state log-probs: s_1 = 0, s_l = the first l-1 levels
+    assert state_log_probs(torch.tensor([[-1.0, -2.0, -3.0]])).tolist() == [[0.0, -1.0, -3.0]]
+    # VED hands each node's prefix log-probability to such a head: V = pi(prefix) exactly
+    vocab, trie, model, rows, emb = _toy()
+    seen = []
+
+    class Probe(torch.nn.Module):
+        reads_log_prob = True
+
+        def forward(self, hidden, log_prob):
+            seen.append(log_prob.clone())
+            return log_prob.exp()
+
+    trainer = RLTrainer(model, vocab, trie, rows, RLConfig(n_candidates=8), max_history=5,
+                        item_emb=emb)
+    tokens, mask = trainer._encode(np.arange(4))
+    res = value_guided_decode(model, Probe(), vocab, trie, tokens, mask, 8, VEDConfig(init_beam=2))
+    assert seen[0].tolist() == [0.0] * 4                          # the roots: empty prefix
+    assert all((x <= 0).all() for x in seen) and any((x < 0).any() for x in seen[1:])
+    assert res.items.shape == (4, 8)

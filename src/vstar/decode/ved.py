@@ -132,7 +132,9 @@ from vstar.model.cache import SharedKVCache
 from vstar.model.interface import SidLM, model_cache
 from vstar.model.vocab import SidVocab
 
-ValueFn = Callable[[torch.Tensor], torch.Tensor]  # hidden [n, D] -> V [n]
+# hidden [n, D] -> V [n]; a value_fn whose ``reads_log_prob`` is True is called as
+# value_fn(hidden, log_prob) with log pi of each node's prefix [n] (``ValueHead`` with a prior)
+ValueFn = Callable[..., torch.Tensor]
 
 ROOT, INIT, EXPANSION = 0, 1, 2  # VEDTree.origin: how a node entered the tree (-1: unused slot)
 GATE_TOL = 1e-6   # Eq. 14 compares G with a float mean: allow this much rounding
@@ -324,7 +326,10 @@ class _Search:
 
     def _fill(self, b, m, d, logits, hidden) -> None:
         """V, H, G and the constrained next-code log-probs of freshly evaluated nodes."""
-        V = self.value_fn(hidden).reshape(-1).float()                     # [n]
+        if getattr(self.value_fn, "reads_log_prob", False):   # a head with the policy prior
+            V = self.value_fn(hidden, self.log_prob[b, m]).reshape(-1).float()
+        else:
+            V = self.value_fn(hidden).reshape(-1).float()                 # [n]
         if V.numel() != b.numel():
             raise ValueError(f"value_fn returned {V.numel()} values for {b.numel()} states")
         H = torch.zeros_like(V)

@@ -87,6 +87,9 @@ class ModelConfig:
                     f"'float32' with {prefix}.backbone=vstar (dtype applies to the HF backbone)")
 
 
+VALUE_PRIORS = ("none", "policy")     # rl.value_head.prior
+
+
 @dataclass
 class ValueHeadConfig:
     """Hyper-parameters of the value head V_phi (``vstar.model.value``)."""
@@ -94,8 +97,14 @@ class ValueHeadConfig:
     hidden: int = 128        # width of the MLP's hidden layer
     dropout: float = 0.0     # on the input hidden state and on the MLP's hidden layer
     init_std: float = 1e-3   # std of the last layer's initial weights (near zero: V starts ~ 0)
+    # "none": V(s) = MLP(h(s)); "policy": V(s) = w * pi(prefix of s | x) + MLP(h(s)), w a
+    # learned scale starting at ``prior_scale``: the value starts as the policy's probability
+    # that the target lies under s (docs/method.md section 9, "Value prior")
+    prior: str = "none"
+    prior_scale: float = 1.0
 
-    RULES = {"hidden": count, "dropout": fraction, "init_std": non_negative}
+    RULES = {"hidden": count, "dropout": fraction, "init_std": non_negative,
+             "prior": one_of(*VALUE_PRIORS), "prior_scale": non_negative}
 
     def validate(self, prefix: str = "rl.value_head") -> None:
         check_fields(self, prefix, self.RULES)

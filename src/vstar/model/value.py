@@ -24,12 +24,28 @@ import torch.nn as nn
 from vstar.model.config import ValueHeadConfig
 
 
+def state_log_probs(level_log_probs: torch.Tensor) -> torch.Tensor:
+    """log pi of each state's prefix [..., L] from the per-level log-probs of a path [..., L]:
+    s_1 (no code yet) 0, s_l the sum of the first l-1 levels (the states of
+    ``score_candidates(...).hidden``)."""
+    lp = level_log_probs.float()
+    return torch.cat([torch.zeros_like(lp[..., :1]), lp.cumsum(-1)[..., :-1]], dim=-1)
+
+
 class ValueHead(nn.Module):
     """V_phi: hidden state [..., D] -> scalar value [...] (Linear - Tanh - Linear).
 
     The last layer starts near zero, so an untrained head predicts V ~ 0 everywhere and VED's
     ranking starts out as the policy's likelihood ranking. Pass ``hidden.detach()`` to train the
     head without moving the backbone.
+
+    With ``cfg.prior == "policy"`` the head also reads the policy's log-probability of the
+    state's prefix (``log_prob``, the sum of its codes' log pi; 0 for s_1) and returns
+    ``w * exp(log_prob) + MLP(hidden)``, w a learned scale starting at ``cfg.prior_scale``:
+    before any training V is the policy's probability that the target lies under the state,
+    i.e. the expected hit reward if the policy is calibrated, and the MLP learns the
+    correction (docs/method.md section 9, "Value prior"). Callers that hold the prefix's
+    log-probability pass it whenever ``reads_log_prob`` is True (VED, the RL trainer).
     """
 
     def __init__(self, d_model: int, cfg: ValueHeadConfig | None = None):
@@ -51,13 +67,27 @@ class ValueHead(nn.Module):
         nn.init.zeros_(self.net[1].bias)
         nn.init.normal_(self.net[4].weight, mean=0.0, std=cfg.init_std)
         nn.init.zeros_(self.net[4].bias)
+        self.reads_log_prob = cfg.prior == "policy"
+        self.prior_scale = (nn.Parameter(torch.tensor(float(cfg.prior_scale)))
+                            if self.reads_log_prob else None)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, log_prob: torch.Tensor | None = None) -> torch.Tensor:
         """hidden [..., D] (a state's last-token hidden state) -> V [...] (float32, also inside an
-        autocast region: the value of a bf16 backbone's state is computed in float32)."""
+        autocast region: the value of a bf16 backbone's state is computed in float32).
+        ``log_prob`` [...]: log pi of the state's prefix, required with the policy prior (and
+        ignored without it); it is read detached (the value loss never moves the policy)."""
         if hidden.shape[-1] != self.d_model:
             raise ValueError(f"value head expects hidden size {self.d_model}, "
                              f"got {hidden.shape[-1]}")
         w = self.net[1].weight
         with torch.autocast(hidden.device.type, enabled=False):   # float32 under run.autocast
-            return self.net(hidden.to(w.dtype)).squeeze(-1).float()
+            v = self.net(hidden.to(w.dtype)).squeeze(-1).float()
+            if self.reads_log_prob:
+                if log_prob is None:
+                    raise ValueError("a value head with prior 'policy' needs the states' "
+                                     "log_prob (rl.value_head.prior)")
+                if log_prob.shape != v.shape:
+                    raise ValueError(f"log_prob has shape {tuple(log_prob.shape)}, the states "
+                                     f"{tuple(v.shape)}")
+                v = v + self.prior_scale * log_prob.detach().float().exp()
+            return v

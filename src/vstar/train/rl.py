@@ -58,7 +58,7 @@ from vstar.decode.scoring import score_candidates
 from vstar.decode.trie import SidTrie
 from vstar.decode.ved import value_guided_decode
 from vstar.model.backbone import SidModel
-from vstar.model.value import ValueHead
+from vstar.model.value import ValueHead, state_log_probs
 from vstar.model.vocab import SidVocab
 from vstar.train.advantages import (PrefixEmbeddings, SiblingAdvantages, dense_value_rewards,
                                     grpo_advantages, rank_percentile, return_to_go,
@@ -335,7 +335,8 @@ class RLTrainer:
                 terms["sib"] = terms["sib"] * user_share
                 stats["sib_clip_frac"] = s_stats.get("clip_frac", 0.0)
         if cfg.value_loss:
-            terms["value"], v_stats = self._value_term(b, sc.hidden, dense, value_only)
+            terms["value"], v_stats = self._value_term(b, sc.hidden, sc.log_probs, dense,
+                                                         value_only)
             stats.update(v_stats)
         stats.update({f"loss_{k}": float(v.detach()) for k, v in terms.items()})
         return terms, stats, logp_old
@@ -358,28 +359,39 @@ class RLTrainer:
                                 if bool(tok.any()) else 0.0)
         return loss * dist.global_share(int(neg.any(1).sum())), stats
 
-    def _value_term(self, b: RLBatch, cand_hidden: torch.Tensor, dense: torch.Tensor,
-                    value_only: bool) -> tuple[torch.Tensor, dict]:
+    def _values(self, hidden: torch.Tensor, level_log_probs: torch.Tensor) -> torch.Tensor:
+        """V of the states of scored paths [..., L]: ``hidden`` [..., L, D] and the paths'
+        per-level log-probs [..., L] (``score_candidates``; read only by a value head with the
+        policy prior, ``rl.value_head.prior``)."""
+        if self.value_head.reads_log_prob:
+            return self.value_head(hidden, state_log_probs(level_log_probs.detach()))
+        return self.value_head(hidden)
+
+    def _value_term(self, b: RLBatch, cand_hidden: torch.Tensor, cand_log_probs: torch.Tensor,
+                    dense: torch.Tensor, value_only: bool) -> tuple[torch.Tensor, dict]:
         """TD loss on the candidates' states and on the VED tree's extra paths (section 4).
 
-        Keeps the detached hidden states, dense rewards and masks in ``self._value_data`` for
-        the head-only refits of :meth:`refit_value`.
+        Keeps the detached hidden states, path log-probs, dense rewards and masks in
+        ``self._value_data`` for the head-only refits of :meth:`refit_value`.
         """
         cfg = self.cfg
         to_backbone = cfg.value_grad_to_backbone and not value_only
         hiddens, denses, masks = [cand_hidden], [dense], [b.valid]
+        logps = [cand_log_probs.detach()]
         n_tree = 0
         if b.tree_codes is not None and b.tree_codes.shape[1] > 0:
             with torch.set_grad_enabled(torch.is_grad_enabled() and to_backbone):
-                hiddens.append(score_candidates(self.policy, self.vocab, self.trie, b.tokens,
-                                                b.pad_mask, b.tree_codes).hidden)
+                tree = score_candidates(self.policy, self.vocab, self.trie, b.tokens,
+                                        b.pad_mask, b.tree_codes)
+            hiddens.append(tree.hidden)
+            logps.append(tree.log_probs.detach())
             denses.append(self._dense(b.tree_codes, b.tree_valid, b))
             masks.append(b.tree_valid)
             n_tree = int(b.tree_valid.sum())
         if not to_backbone:
             hiddens = [h.detach() for h in hiddens]
-        self._value_data = ([h.detach() for h in hiddens], denses, masks)
-        loss, values = self._td_loss(hiddens, denses, masks)
+        self._value_data = ([h.detach() for h in hiddens], logps, denses, masks)
+        loss, values = self._td_loss(hiddens, logps, denses, masks)
         v = values.detach()
         stats = {"value_mean": float(v[b.valid].mean()) if b.valid.any() else 0.0,
                  "value_paths_tree_per_user": n_tree / b.valid.shape[0],
@@ -387,10 +399,10 @@ class RLTrainer:
                      v[..., 1:], return_to_go(dense, cfg.gamma)[..., 1:], b.valid)}
         return loss, stats
 
-    def _td_loss(self, hiddens, denses, masks) -> tuple[torch.Tensor, torch.Tensor]:
+    def _td_loss(self, hiddens, logps, denses, masks) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean squared TD error over all paths; also V of the first part (the candidates).
         Under torchrun: this rank's share of the mean over every rank's entries."""
-        values = [self.value_head(h) for h in hiddens]                   # [B, G_i, L] each
+        values = [self._values(h, lp) for h, lp in zip(hiddens, logps)]  # [B, G_i, L] each
         targets = [td_targets(v, r, self.cfg.gamma) for v, r in zip(values, denses)]
         mask = torch.cat(masks, 1)
         loss = value_loss(torch.cat(values, 1), torch.cat(targets, 1), mask)
@@ -477,9 +489,9 @@ class RLTrainer:
             process = hepo_process_rewards(b.codes, b.valid, *self._history_codes(idx),
                                            self._sibling_codes(b.codes), cfg.hepo_alpha)
             with torch.no_grad():
-                hidden = score_candidates(self.policy, self.vocab, self.trie, b.tokens,
-                                          b.pad_mask, b.codes).hidden
-                values = self.value_head(hidden)                          # [B, G, L]
+                sc = score_candidates(self.policy, self.vocab, self.trie, b.tokens,
+                                      b.pad_mask, b.codes)
+                values = self._values(sc.hidden, sc.log_probs)            # [B, G, L]
             adv, dense = hepo_advantages(process, rewards, values, b.valid, cfg.gamma,
                                          cfg.gae_lambda, cfg.adv_eps)
             L, v = process.shape[-1], b.valid
@@ -550,7 +562,7 @@ class RLTrainer:
                 cand[:, :, d - 1] = torch.arange(lo, hi, device=dev)
                 cand[:, :, d:] = 0        # V(s_{d+1}) and log pi(c_d) do not read later codes
                 sc = score_candidates(self.policy, self.vocab, self.trie, tokens, mask, cand)
-                v[:, lo:hi] = self.value_head(sc.hidden[:, :, d])
+                v[:, lo:hi] = self._values(sc.hidden, sc.log_probs)[:, :, d]
                 lp[:, lo:hi] = sc.log_probs[:, :, d - 1]
             code = target[:, d - 1]
             r_v, p_v, ok = rank_percentile(v, allowed, code)

@@ -98,6 +98,26 @@ def _encode_text_windows(windows, flags, item_codes: torch.Tensor, vocab: SidVoc
     return tokens, targets, levels
 
 
+def length_grouped_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
+                           group: int = 50) -> list[np.ndarray]:
+    """One epoch's batches of window indices, windows of similar length together.
+
+    The windows are shuffled, cut into groups of ``group * batch_size``, each group sorted by
+    length (longest first) and cut into batches of ``batch_size``; the batch order is shuffled.
+    A batch is then padded only to its own longest window (``train_sft`` trims right padding),
+    so an epoch computes on far fewer padding tokens than uniformly drawn batches, while each
+    batch still mixes users from across the training set. Gives ``ceil(len / batch_size)``
+    batches, every index exactly once (only the last group's last batch may be short)."""
+    perm = rng.permutation(len(lengths))
+    span = group * batch_size
+    batches = []
+    for s in range(0, len(perm), span):
+        chunk = perm[s:s + span]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        batches += [chunk[b:b + batch_size] for b in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 def target_nodes(targets: torch.Tensor, levels: torch.Tensor, vocab: SidVocab,
                  trie: SidTrie) -> torch.Tensor:
     """The trie node (prefix id at the token's depth) of every supervised target token [N, T];
@@ -304,6 +324,8 @@ def train_sft(model: SidModel, vocab: SidVocab, trie: SidTrie, splits: Splits,
     val_nodes = (nodes_of(val_batches[1], val_batches[2]) if val_batches is not None else None)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(windows) / cfg.batch_size)
+    lengths = (tokens != PAD).sum(1).numpy()
+    tokens_per_batch = float((targets >= 0).sum()) / steps_per_epoch
     total = steps_per_epoch * cfg.max_epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps)
                                               * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
@@ -334,14 +356,25 @@ def train_sft(model: SidModel, vocab: SidVocab, trie: SidTrie, splits: Splits,
             break
         model.train()
         t0 = time.perf_counter()
-        perm = torch.as_tensor(rng.permutation(len(windows)))
+        if cfg.group_by_length:
+            batches = length_grouped_batches(lengths, cfg.batch_size, rng)
+        else:
+            perm = rng.permutation(len(windows))
+            batches = [perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+                       for s in range(steps_per_epoch)]
         losses = []
         for s in tqdm(range(steps_per_epoch), desc=f"sft epoch {epoch}",
                       disable=not progress or not dist.is_main(), leave=False):
-            idx = dist.shard(perm[s * cfg.batch_size:(s + 1) * cfg.batch_size])
+            batch = torch.as_tensor(batches[s])
+            idx = dist.shard(batch)
             opt.zero_grad(set_to_none=True)
-            # this rank's share of the global batch's mean loss (1 with one process)
+            # this rank's share of the global batch's mean loss (1 with one process), times the
+            # batch's weight: with length-grouped batches (of very different token counts) the
+            # mean loss is scaled by the batch's supervised tokens over their epoch mean, so that
+            # every supervised token weighs the same over an epoch, as with random batches
             share = dist.global_share(int((targets[idx] >= 0).sum()))
+            if cfg.group_by_length:
+                share *= int((targets[batch] >= 0).sum()) / tokens_per_batch
             loss = torch.zeros((), device=dev)
             if len(idx):
                 tk, tg, lv = tokens[idx], targets[idx], levels[idx]
