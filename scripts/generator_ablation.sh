@@ -23,6 +23,8 @@ run() {  # run <variant> <overrides...>
 
 "$VSTAR" run "$CONFIG" run.name=gen_default "run.seeds=$SEEDS" "run.methods=[sft,sasrec]" \
     run.num_threads="$THREADS"
+"$VSTAR" run "$CONFIG" run.name=gen_sasrec_64 "run.seeds=$SEEDS" "run.methods=[sasrec]" \
+    run.num_threads="$THREADS" sasrec.hidden=64        # the baseline at the old width
 run no_distill sft.distill=0                       # no distillation from the SASRec teacher
 run subset_valid sft.val_max_users=2000            # early stopping on a 2,000-row subset
 run token_history model.history=codes              # history as L code tokens per item
@@ -32,6 +34,9 @@ run trie_loss sft.loss=trie                        # softmax over trie-valid cod
 run label_smoothing sft.label_smoothing=0.1
 run dropout_0.3 model.dropout=0.3 sft.weight_decay=0.1
 run lr_3e-3 sft.lr=3e-3
+run sasrec_64 sasrec.hidden=64                     # the 64-wide SASRec as teacher and SID vectors
+run by_length sft.group_by_length=true             # length-grouped batches (3x faster epochs)
+run layers_4 model.n_layer=4
 
 mkdir -p docs/results
 "$VSTAR" compare runs/gen_* --markdown docs/results/generator_ablation.md \

@@ -215,6 +215,31 @@ def test_collaborative_sids_quantise_sasrec_item_embeddings(experiment):
     assert index.stat().st_mtime_ns == before
 
 
+def test_the_experiment_sasrec_takes_its_own_width_and_the_baseline_keeps_the_sections(experiment):
+    # sid.sasrec_hidden: the SID vectors' (and the teacher's) SASRec is that wide; the sasrec
+    # baseline row keeps sasrec.hidden; spelling out the width the SIDs already had keeps them
+    from vstar.core.checkpoint import load_sasrec as read_sasrec
+    cfg = str(experiment / "cfg.yaml")
+    runs = experiment / "runs" / "toy"
+    assert main(["run", cfg, "sid.vectors=sasrec", "run.methods=[sasrec]", "sasrec.hidden=16",
+                 "sid.sasrec_hidden=8"]) == 0
+    report = json.loads((runs / "artifacts" / "sid_report.json").read_text())
+    assert report["vector_dim"] == 8
+    teacher, _, _ = read_sasrec(runs / "artifacts" / "teacher_sasrec.safetensors")
+    baseline, _, _ = read_sasrec(runs / "sasrec" / "seed0" / "sasrec.safetensors")
+    assert teacher["item_emb.weight"].shape[1] == 8 and baseline["item_emb.weight"].shape[1] == 16
+    index = runs / "artifacts" / "sid.index.json"
+    before = index.stat().st_mtime_ns
+    # the same experiment SASRec spelled as sasrec.hidden=8 without sid.sasrec_hidden: same SIDs
+    assert main(["run", cfg, "sid.vectors=sasrec", "run.methods=[popularity]", "sasrec.hidden=8",
+                 "run.overwrite=true"]) == 0
+    assert index.stat().st_mtime_ns == before
+    # another experiment width: new SIDs
+    assert main(["run", cfg, "sid.vectors=sasrec", "run.methods=[popularity]", "sasrec.hidden=8",
+                 "sid.sasrec_hidden=16", "run.overwrite=true"]) == 0
+    assert index.stat().st_mtime_ns != before
+
+
 def test_distillation_reuses_the_sid_sasrec_as_teacher_and_trains_one_when_missing(experiment):
     from vstar.core.checkpoint import load_sasrec as read_sasrec
     cfg = str(experiment / "cfg.yaml")

@@ -48,12 +48,21 @@ def sasrec_validation(splits: Splits, cfg: Any) -> Callable[[SASRec], dict]:
     return validate
 
 
+def experiment_sasrec_config(cfg: Any) -> Any:
+    """The settings of an experiment's SASRec: the ``sasrec`` section, with ``sid.sasrec_hidden``
+    as its width when that is set (the baseline rows use the section as it is)."""
+    hidden = cfg.sid.sasrec_hidden or cfg.sasrec.hidden
+    return dataclasses.replace(cfg.sasrec, hidden=hidden)
+
+
 def teacher_sasrec(cfg: Any, splits: Splits, n_items: int, path: Path,
                    retrain: bool = False) -> SASRec:
     """The SASRec of an experiment (``ExperimentLayout.teacher``): fitted on ``splits`` with the
-    config's ``sasrec`` section and seed ``sid.seed``, early-stopped on the validation split.
-    Loaded from ``path`` unless absent or ``retrain``; a fresh one is saved there (atomically)."""
-    scfg = dataclasses.replace(cfg.sasrec, max_len=splits.max_history, device=sasrec_device(cfg))
+    config's ``sasrec`` section (width ``sid.sasrec_hidden`` if set, ``experiment_sasrec_config``)
+    and seed ``sid.seed``, early-stopped on the validation split. Loaded from ``path`` unless
+    absent or ``retrain``; a fresh one is saved there (atomically)."""
+    scfg = dataclasses.replace(experiment_sasrec_config(cfg), max_len=splits.max_history,
+                               device=sasrec_device(cfg))
     if path.is_file() and not retrain:
         log.info("SASRec teacher loaded from %s", path)
         return load_sasrec(path, scfg, n_items)

@@ -38,7 +38,7 @@ from vstar.data import load_dataset, make_splits
 from vstar.data.types import InteractionData, SplitRows, Splits
 from vstar.eval.metrics import evaluate_ranking, target_ranks
 from vstar.eval.records import write_metrics
-from vstar.experiments.collab import fuse_vectors, sasrec_item_vectors
+from vstar.experiments.collab import experiment_sasrec_config, fuse_vectors, sasrec_item_vectors
 from vstar.experiments.registry import Method, get_method
 from vstar.experiments.config import RESUMABLE
 from vstar.experiments.rundir import RunDir, run_state
@@ -151,12 +151,16 @@ def prepare_sids(cfg: Any, data: InteractionData, splits: Splits, experiment: Ex
     """Build the SIDs, or reuse the experiment's if they were built from the same data and SID
     config (so that RL and evaluation see exactly the SIDs the SFT checkpoint used).
     ``sid.vectors="sasrec"`` quantises collaborative vectors (``vstar.experiments.collab``)."""
-    key = {"data": dataclasses.asdict(cfg.data), "sid": dataclasses.asdict(cfg.sid),
+    # sid.sasrec_hidden enters through the experiment SASRec's width below, so that a config
+    # that spells out the width it had before (or leaves it at 0) keeps its SIDs
+    key = {"data": dataclasses.asdict(cfg.data),
+           "sid": {k: v for k, v in dataclasses.asdict(cfg.sid).items() if k != "sasrec_hidden"},
            "n_items": data.n_items}
     if cfg.sid.vectors in ("sasrec", "fused"):
         # where SASRec trains is not what the SIDs are: a run moved to a GPU, or a config
         # written before sasrec.device existed, keeps its SIDs
-        key["sasrec"] = {k: v for k, v in dataclasses.asdict(cfg.sasrec).items() if k != "device"}
+        key["sasrec"] = {k: v for k, v in dataclasses.asdict(experiment_sasrec_config(cfg)).items()
+                         if k != "device"}
     for name in ("index_path", "vectors_path"):        # an edited file gives new SIDs
         if getattr(cfg.sid, name) and Path(getattr(cfg.sid, name)).is_file():
             key[f"{name}_sha256"] = file_sha256(getattr(cfg.sid, name))

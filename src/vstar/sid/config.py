@@ -38,6 +38,10 @@ class SidConfig:
     # concatenated). The item vectors above are still what semantic rewards and intra-list
     # distance use. Default: what won on validation (README)
     vectors: str = "sasrec"
+    # width of the experiment's SASRec (its item embeddings are the "sasrec" vectors, and it is the
+    # SFT distillation teacher); 0: the sasrec section's ``hidden``, i.e. the baseline's width.
+    # The two are tuned apart: the best baseline is not the best teacher (README, "The generator")
+    sasrec_hidden: int = 0
     # "extra_level" (TIGER: append the rank within the colliding group), "reassign" (move
     # colliding items to a free last-level code under the same prefix) or "none"
     collisions: str = "extra_level"
@@ -61,7 +65,7 @@ class SidConfig:
         "method": one_of(*METHODS), "codebook_sizes": list_of(count, nonempty=True),
         "index_path": optional(text()), "vectors_path": optional(text()),
         "vectors": one_of(*VECTOR_SOURCES), "collisions": one_of(*COLLISION_METHODS),
-        "seed": non_negative_int, "embed_batch_size": count, "kmeans_niter": count,
+        "seed": non_negative_int, "sasrec_hidden": non_negative_int, "embed_batch_size": count, "kmeans_niter": count,
         "balanced_iters": count, "rqvae_epochs": count, "rqvae_batch_size": count,
         "rqvae_lr": positive, "rqvae_weight_decay": non_negative,
         "rqvae_hidden": list_of(count), "rqvae_latent_dim": count, "rqvae_beta": non_negative,
