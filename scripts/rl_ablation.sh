@@ -16,13 +16,16 @@ JOBS=${JOBS:-1}
 CONFIG=${CONFIG:-configs/scientific.yaml}
 METHODS=${METHODS:-"grpo_beam grpo_beam_sibling grpo_ved vstar"}
 # 2 epochs over the 8,317 training users at 64 users per step: 8317 * 2 / 64 = 260 steps
+# OVERRIDES: more key=value words for every run (e.g. the settings an older experiment was
+# built with: OVERRIDES="sasrec.hidden=64 sid.sasrec_hidden=0" for sci_kd)
+read -r -a EXTRA <<< "${OVERRIDES:-}"
 RL=(rl.users_per_step=64 rl.steps=260)
 THREADS=$([ "$JOBS" -gt 1 ] && echo 1 || echo 2)
 
 for seed in $SEEDS; do
     while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 5; done
     "$VSTAR" rl "$CONFIG" --method $METHODS run.name="$EXPERIMENT" "run.seeds=[$seed]" \
-        run.num_threads="$THREADS" "${RL[@]}" > "runs/$EXPERIMENT.rl_seed$seed.${METHODS// /_}.log" 2>&1 &
+        run.num_threads="$THREADS" "${RL[@]}" "${EXTRA[@]}" > "runs/$EXPERIMENT.rl_seed$seed.${METHODS// /_}.log" 2>&1 &
 done
 wait
 

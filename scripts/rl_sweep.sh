@@ -15,6 +15,9 @@ JOBS=${JOBS:-1}
 CONFIG=${CONFIG:-configs/scientific.yaml}
 THREADS=$([ "$JOBS" -gt 1 ] && echo 1 || echo 2)
 # the ablation's scale (scripts/rl_ablation.sh): 2 epochs over the training users, 64 per step
+# OVERRIDES: more key=value words for every run (e.g. the settings an older experiment was
+# built with: OVERRIDES="sasrec.hidden=64 sid.sasrec_hidden=0" for sci_kd)
+read -r -a EXTRA <<< "${OVERRIDES:-}"
 RL=(rl.users_per_step=64 rl.steps=260 "eval.splits=[valid]")
 DEFAULT_POINTS="
 sw_grpo_beam_lr1e-5 grpo_beam rl.lr=1e-5
@@ -33,7 +36,7 @@ while read -r label method overrides; do
     while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 5; done
     # shellcheck disable=SC2086  # overrides are whitespace-separated key=value words
     "$VSTAR" rl "$CONFIG" --method "$method" --as "$label" run.name="$EXPERIMENT" \
-        "run.seeds=[$SEED]" run.num_threads="$THREADS" run.resume=true "${RL[@]}" $overrides \
+        "run.seeds=[$SEED]" run.num_threads="$THREADS" run.resume=true "${RL[@]}" "${EXTRA[@]}" $overrides \
         > "runs/$EXPERIMENT.$label.seed$SEED.log" 2>&1 &
 done <<< "$POINTS"
 wait

@@ -240,6 +240,25 @@ def test_the_experiment_sasrec_takes_its_own_width_and_the_baseline_keeps_the_se
     assert index.stat().st_mtime_ns != before
 
 
+def test_sids_that_trained_generators_are_not_rebuilt_behind_their_back(experiment, capsys):
+    # a changed SID setting in an experiment whose generators were trained on its SIDs is an
+    # error naming the field (rebuilding would overwrite the index and teacher they need)
+    cfg = str(experiment / "cfg.yaml")
+    runs = experiment / "runs" / "toy"
+    assert main(["run", cfg, "sid.vectors=sasrec", "run.methods=[sft]"]) == 0
+    index = runs / "artifacts" / "sid.index.json"
+    before = index.read_bytes()
+    capsys.readouterr()
+    assert main(["run", cfg, "sid.vectors=sasrec", "run.methods=[popularity]",
+                 "sasrec.hidden=8"]) == 2
+    err = capsys.readouterr().err
+    assert "sasrec.hidden: 16 -> 8" in err and "sid_key.json" in err and "run.overwrite" in err
+    assert index.read_bytes() == before
+    # run.overwrite=true rebuilds them on purpose
+    assert main(["run", cfg, "sid.vectors=sasrec", "run.methods=[popularity]",
+                 "sasrec.hidden=8", "run.overwrite=true"]) == 0
+
+
 def test_distillation_reuses_the_sid_sasrec_as_teacher_and_trains_one_when_missing(experiment):
     from vstar.core.checkpoint import load_sasrec as read_sasrec
     cfg = str(experiment / "cfg.yaml")

@@ -147,6 +147,31 @@ def _without_device(key: dict) -> dict:
     return key
 
 
+def _key_changes(old: Any, new: Any, where: str = "") -> list[str]:
+    """``field: old -> new`` for every leaf where two SID keys differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [c for k in sorted(set(old) | set(new), key=str)
+                for c in _key_changes(old.get(k), new.get(k), f"{where}.{k}" if where else k)]
+    return [] if old == new else [f"{where}: {old!r} -> {new!r}"]
+
+
+def _refuse_to_replace_used_sids(cfg: Any, experiment: ExperimentLayout, key: dict) -> None:
+    """InputError if the experiment's SIDs were built from other settings and a generator was
+    already trained on them: rebuilding would overwrite the index (and the SASRec teacher) those
+    checkpoints need. ``run.overwrite=true`` rebuilds anyway; SIDs no run used are rebuilt."""
+    if cfg.run.overwrite or not experiment.sid_key.is_file():
+        return
+    saved = _without_device(json.loads(experiment.sid_key.read_text()))
+    changes = _key_changes(saved, json.loads(json.dumps(key)))
+    used = sorted(experiment.root.glob("*/seed*/generator*.safetensors"))
+    if changes and used:
+        raise InputError(
+            f"the experiment's SIDs were built from other settings ({'; '.join(changes)}) and "
+            f"{len(used)} trained generator(s) use them (e.g. {used[0].parent}); choose another "
+            "run.name, restore those settings, or set run.overwrite=true to rebuild the SIDs",
+            file=str(experiment.sid_key))
+
+
 def prepare_sids(cfg: Any, data: InteractionData, splits: Splits, experiment: ExperimentLayout):
     """Build the SIDs, or reuse the experiment's if they were built from the same data and SID
     config (so that RL and evaluation see exactly the SIDs the SFT checkpoint used).
@@ -166,6 +191,7 @@ def prepare_sids(cfg: Any, data: InteractionData, splits: Splits, experiment: Ex
             key[f"{name}_sha256"] = file_sha256(getattr(cfg.sid, name))
     cache = Path(cfg.run.cache_dir)
     t0 = time.perf_counter()
+    _refuse_to_replace_used_sids(cfg, experiment, key)
     if experiment.sid_key.is_file() and experiment.sid_index.is_file() \
             and experiment.sid_report.is_file() \
             and _without_device(json.loads(experiment.sid_key.read_text())) \
