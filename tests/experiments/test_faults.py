@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from vstar.experiments.cli import main
 
@@ -211,6 +212,15 @@ def test_rl_refuses_an_unfinished_or_mismatched_sft_run_and_a_changed_resume(exp
     assert main(["rl", cfg, "--method", "grpo_beam", "run.resume=true", "rl.lr=3e-3"]) == 2
     line = _error(capsys)
     assert "rl.lr" in line and "differ" in line
+    # a run started before a field existed (its config.yaml lacks it) resumes while the field
+    # keeps its default, and not once it is set to something else
+    stored = yaml.safe_load((run / "config.yaml").read_text())
+    del stored["rl"]["value_head"]["prior"], stored["sid"]["sasrec_hidden"]
+    (run / "config.yaml").write_text(yaml.safe_dump(stored))
+    assert main(["rl", cfg, "--method", "grpo_beam", "run.resume=true",
+                 "rl.value_head.prior=policy"]) == 2
+    line = _error(capsys)
+    assert "rl.value_head.prior" in line and "sid.sasrec_hidden" not in line
     assert main(["rl", cfg, "--method", "grpo_beam", "run.resume=true", "rl.steps=3"]) == 0
     steps = [json.loads(l)["step"] for l in (run / "rl_log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]                                      # no duplicated steps

@@ -324,7 +324,8 @@ def run_method(cfg: Any, prep: Prepared, method: str, seed: int, label: str | No
             if run_state(layout.path) == "finished":
                 log.info("%s seed %d already finished: kept as is (run.resume)", label, seed)
                 return True, True
-            run = RunDir.resume(layout.path, config, resumable=RESUMABLE, console=False)
+            run = RunDir.resume(layout.path, config, resumable=RESUMABLE, console=False,
+                                defaults=dataclasses.asdict(type(cfg)()))
         else:
             run = RunDir.create(experiment.root, experiment.run_name(label, seed), config,
                                 seed, overwrite=cfg.run.overwrite, console=False)

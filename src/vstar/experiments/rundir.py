@@ -159,10 +159,13 @@ class RunDir:
 
     @classmethod
     def resume(cls, path: str | os.PathLike, config: Any, *, resumable: tuple[str, ...] = (),
-               console: bool = True, level: int = logging.INFO) -> "RunDir":
+               console: bool = True, level: int = logging.INFO,
+               defaults: Any = None) -> "RunDir":
         """Re-open an unfinished run to continue it: InputError if it finished, or if ``config``
         differs from the stored one in a field other than ``resumable`` (dotted names; the
-        message lists the differing fields). The stored config becomes ``config``."""
+        message lists the differing fields). With ``defaults`` (the config type's defaults), a
+        field the stored config lacks (added after the run started) is no change while it has
+        its default value. The stored config becomes ``config``."""
         from omegaconf import OmegaConf
 
         run = cls.open(path, console=console, level=level, resumed=True)
@@ -172,7 +175,12 @@ class RunDir:
                 raise InputError("the run already finished; nothing to resume (pass "
                                  "run.overwrite=true to redo it)", file=str(run.path))
             new = _resolve_config(config)
-            changed = [k for k in config_diff(run.config, new) if k not in resumable]
+            # a field the stored config does not have (added to vstar after the run started) at
+            # its default is no change: new fields default to the behaviour from before them
+            defaults = None if defaults is None else _resolve_config(defaults)
+            changed = [k for k in config_diff(run.config, new) if k not in resumable
+                       and not (_lookup(run.config, k) is _MISSING and defaults is not None
+                                and _plain(_lookup(defaults, k)) == _plain(_lookup(new, k)))]
             if changed:
                 raise InputError(f"cannot resume with a different config: {', '.join(changed)} "
                                  f"differ from {run.layout.config.name} (only "
@@ -269,6 +277,16 @@ def config_diff(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
 
 
 _MISSING = object()
+
+
+def _lookup(tree: Mapping, dotted: str) -> Any:
+    """The value at a dotted name of a nested dict, or ``_MISSING``."""
+    for key in dotted.split("."):
+        if not isinstance(tree, Mapping) or key not in tree:
+            return _MISSING
+        tree = tree[key]
+    return tree
+
 
 
 def _attach_logging(log_file: Path, *, console: bool, level: int) -> list[logging.Handler]:
