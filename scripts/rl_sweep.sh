@@ -28,6 +28,8 @@ sw_vstar_lam0.3 vstar rl.ved.lam=0.3
 sw_vstar_beta3 vstar rl.ved.beta=3.0
 sw_vstar_budget2 vstar rl.ved.budget_multiplier=2.0
 sw_vstar_wsib2 vstar rl.w_sib=2.0
+sw_vstar_prior vstar rl.value_head.prior=policy
+sw_vstar_prior_fixed vstar rl.value_head.prior=policy rl.value_head.init_std=0 rl.value_lr=1e-12
 "
 POINTS=$([ -n "${POINTS_FILE:-}" ] && cat "$POINTS_FILE" || echo "$DEFAULT_POINTS")
 
