@@ -30,6 +30,8 @@ sw_vstar_budget2 vstar rl.ved.budget_multiplier=2.0
 sw_vstar_wsib2 vstar rl.w_sib=2.0
 sw_vstar_prior vstar rl.value_head.prior=policy
 sw_vstar_prior_fixed vstar rl.value_head.prior=policy rl.value_head.init_std=0 rl.value_lr=1e-12
+sw_vstar_prior_lam0_beta0.3 vstar rl.value_head.prior=policy rl.ved.lam=0 rl.ved.beta=0.3
+sw_vstar_prior_fixed_lam0_beta0.3 vstar rl.value_head.prior=policy rl.value_head.init_std=0 rl.value_lr=1e-12 rl.ved.lam=0 rl.ved.beta=0.3
 "
 POINTS=$([ -n "${POINTS_FILE:-}" ] && cat "$POINTS_FILE" || echo "$DEFAULT_POINTS")
 
