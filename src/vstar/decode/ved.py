@@ -246,6 +246,7 @@ class _Search:
     def __init__(self, model: SidLM, value_fn: ValueFn, vocab: SidVocab, trie: SidTrie,
                  cfg: VEDConfig, B: int, M: int, dev: torch.device):
         self.model, self.value_fn, self.cfg = model, value_fn, cfg
+        self.value_reads_log_prob = bool(getattr(value_fn, "reads_log_prob", False))
         self.vocab, self.trie = vocab, trie
         self.B, self.M, self.L = B, M, vocab.n_levels
         self.K = max(vocab.codebook_sizes)
@@ -326,7 +327,7 @@ class _Search:
 
     def _fill(self, b, m, d, logits, hidden) -> None:
         """V, H, G and the constrained next-code log-probs of freshly evaluated nodes."""
-        if getattr(self.value_fn, "reads_log_prob", False):   # a head with the policy prior
+        if self.value_reads_log_prob:                        # a head with the policy prior
             V = self.value_fn(hidden, self.log_prob[b, m]).reshape(-1).float()
         else:
             V = self.value_fn(hidden).reshape(-1).float()                 # [n]

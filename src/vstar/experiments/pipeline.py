@@ -41,7 +41,7 @@ from vstar.eval.records import write_metrics
 from vstar.experiments.collab import experiment_sasrec_config, fuse_vectors, sasrec_item_vectors
 from vstar.experiments.registry import Method, get_method
 from vstar.experiments.config import RESUMABLE
-from vstar.experiments.rundir import RunDir, run_state
+from vstar.experiments.rundir import MISSING, RunDir, config_diff, config_value, run_state
 from vstar.sid import build_sids, item_vectors, load_index_json, save_index_json
 from vstar.sid.types import SemanticIds
 
@@ -147,22 +147,18 @@ def _without_device(key: dict) -> dict:
     return key
 
 
-def _key_changes(old: Any, new: Any, where: str = "") -> list[str]:
-    """``field: old -> new`` for every leaf where two SID keys differ."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [c for k in sorted(set(old) | set(new), key=str)
-                for c in _key_changes(old.get(k), new.get(k), f"{where}.{k}" if where else k)]
-    return [] if old == new else [f"{where}: {old!r} -> {new!r}"]
-
-
-def _refuse_to_replace_used_sids(cfg: Any, experiment: ExperimentLayout, key: dict) -> None:
-    """InputError if the experiment's SIDs were built from other settings and a generator was
-    already trained on them: rebuilding would overwrite the index (and the SASRec teacher) those
-    checkpoints need. ``run.overwrite=true`` rebuilds anyway; SIDs no run used are rebuilt."""
-    if cfg.run.overwrite or not experiment.sid_key.is_file():
+def _refuse_to_replace_used_sids(cfg: Any, experiment: ExperimentLayout, saved: dict | None,
+                                 key: dict) -> None:
+    """InputError if the experiment's SIDs were built from other settings (``saved``, its stored
+    key, against ``key``) and a generator was already trained on them: rebuilding would
+    overwrite the index (and the SASRec teacher) those checkpoints need. ``run.overwrite=true``
+    rebuilds anyway; SIDs no run used are rebuilt."""
+    if cfg.run.overwrite or saved is None:
         return
-    saved = _without_device(json.loads(experiment.sid_key.read_text()))
-    changes = _key_changes(saved, json.loads(json.dumps(key)))
+    def shown(value: Any) -> str:
+        return "(absent)" if value is MISSING else repr(value)
+    changes = [f"{name}: {shown(config_value(saved, name))} -> {shown(config_value(key, name))}"
+               for name in config_diff(saved, key)]
     used = sorted(experiment.root.glob("*/seed*/generator*.safetensors"))
     if changes and used:
         raise InputError(
@@ -189,13 +185,13 @@ def prepare_sids(cfg: Any, data: InteractionData, splits: Splits, experiment: Ex
     for name in ("index_path", "vectors_path"):        # an edited file gives new SIDs
         if getattr(cfg.sid, name) and Path(getattr(cfg.sid, name)).is_file():
             key[f"{name}_sha256"] = file_sha256(getattr(cfg.sid, name))
+    key = json.loads(json.dumps(key))                  # as it reads back from sid_key.json
     cache = Path(cfg.run.cache_dir)
     t0 = time.perf_counter()
-    _refuse_to_replace_used_sids(cfg, experiment, key)
-    if experiment.sid_key.is_file() and experiment.sid_index.is_file() \
-            and experiment.sid_report.is_file() \
-            and _without_device(json.loads(experiment.sid_key.read_text())) \
-            == json.loads(json.dumps(key)):
+    saved = (_without_device(json.loads(experiment.sid_key.read_text()))
+             if experiment.sid_key.is_file() else None)
+    _refuse_to_replace_used_sids(cfg, experiment, saved, key)
+    if saved == key and experiment.sid_index.is_file() and experiment.sid_report.is_file():
         report = json.loads(experiment.sid_report.read_text())
         sids = load_index_json(experiment.sid_index, data.item_ids, report["codebook_sizes"])
         emb, _ = item_vectors(cfg.sid, data.item_text, data.n_items, cache, show_progress=False)

@@ -179,8 +179,9 @@ class RunDir:
             # its default is no change: new fields default to the behaviour from before them
             defaults = None if defaults is None else _resolve_config(defaults)
             changed = [k for k in config_diff(run.config, new) if k not in resumable
-                       and not (_lookup(run.config, k) is _MISSING and defaults is not None
-                                and _plain(_lookup(defaults, k)) == _plain(_lookup(new, k)))]
+                       and not (config_value(run.config, k) is MISSING and defaults is not None
+                                and _plain(config_value(defaults, k))
+                                == _plain(config_value(new, k)))]
             if changed:
                 raise InputError(f"cannot resume with a different config: {', '.join(changed)} "
                                  f"differ from {run.layout.config.name} (only "
@@ -267,7 +268,7 @@ def config_diff(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
     """Dotted names of the leaves that differ between two nested config dicts."""
     out = []
     for key in sorted(set(old) | set(new), key=str):
-        a, b = old.get(key, _MISSING), new.get(key, _MISSING)
+        a, b = old.get(key, MISSING), new.get(key, MISSING)
         name = f"{prefix}{key}"
         if isinstance(a, Mapping) and isinstance(b, Mapping):
             out += config_diff(a, b, f"{name}.")
@@ -276,17 +277,17 @@ def config_diff(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
     return out
 
 
-_MISSING = object()
+MISSING = object()      # config_value of a name the config does not have
 
 
-def _lookup(tree: Mapping, dotted: str) -> Any:
-    """The value at a dotted name of a nested dict, or ``_MISSING``."""
+def config_value(tree: Mapping, dotted: str) -> Any:
+    """The value at a dotted name (as ``config_diff`` gives them) of a nested dict, or
+    ``MISSING``."""
     for key in dotted.split("."):
         if not isinstance(tree, Mapping) or key not in tree:
-            return _MISSING
+            return MISSING
         tree = tree[key]
     return tree
-
 
 
 def _attach_logging(log_file: Path, *, console: bool, level: int) -> list[logging.Handler]:
