@@ -74,3 +74,44 @@ def test_beam_wider_than_the_catalogue_pads_with_empty_slots():
     assert res.n_invalid == 0
     assert (res.items[:, :3] >= 0).all() and (res.items[:, 3:] == -1).all()
     assert torch.isinf(res.scores[:, 3:]).all()
+
+
+def test_value_guided_beam_with_zero_value_is_beam_search():
+    codes, vocab, trie, model, tokens, mask = _setup()
+    plain = beam_search(model, vocab, trie, tokens, mask, width=6)
+    zero = beam_search(model, vocab, trie, tokens, mask, width=6,
+                       value_fn=lambda h: torch.zeros(h.shape[0]), value_weight=3.0)
+    assert torch.equal(plain.items, zero.items)
+    assert torch.allclose(plain.scores, zero.scores)
+    assert zero.forward_tokens == plain.forward_tokens
+
+
+def test_value_guided_beam_widens_under_the_high_value_first_code():
+    """A value that prefers the first code the policy likes least: the guided beam keeps items
+    under it where beam search keeps none (at the same cost), and each item's score is
+    log pi(item | x) + eta * V(its parent)."""
+    codes, vocab, trie, model, tokens, mask = _setup()
+    W, eta = 4, 50.0
+    plain = beam_search(model, vocab, trie, tokens, mask, width=W)
+    with torch.no_grad():
+        first = model(tokens, pad_mask=mask).logits[:, -1, vocab.level_slice(0)]
+    worst = int(first[0].argmin())            # user 0's least probable first code
+    fed: list = []                            # the beam's codes per depth (beam_search's trace)
+
+    class UnderWorst:                         # V(s) = 1 if s lies under `worst`, else 0
+        reads_log_prob = False
+
+        def __call__(self, hidden):
+            return (fed[-1][0][:, :, 0] == worst).float().reshape(-1)
+
+    guided = beam_search(model, vocab, trie, tokens, mask, width=W, trace=fed,
+                         value_fn=UnderWorst(), value_weight=eta)
+    assert int((plain.codes[0, :, 0] == worst).sum()) == 0
+    assert int((guided.codes[0, :, 0] == worst).sum()) > 0
+    assert guided.forward_tokens == plain.forward_tokens and guided.n_invalid == 0
+    with torch.no_grad():
+        lp = score_candidates(model, vocab, trie, tokens, mask,
+                              guided.codes.clamp(min=0)).log_probs.sum(-1)
+    bonus = eta * (guided.codes[:, :, 0] == worst).float()
+    ok = guided.items >= 0
+    assert torch.allclose(guided.scores[ok], (lp + bonus)[ok], atol=1e-4)

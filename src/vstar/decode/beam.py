@@ -59,12 +59,22 @@ def prefill(model: SidLM, tokens: torch.Tensor, pad_mask: torch.Tensor):
 
 @torch.no_grad()
 def beam_search(model: SidLM, vocab: SidVocab, trie: SidTrie, tokens: torch.Tensor,
-                pad_mask: torch.Tensor, width: int, trace: list | None = None) -> DecodeResult:
+                pad_mask: torch.Tensor, width: int, trace: list | None = None,
+                value_fn=None, value_weight: float = 0.0) -> DecodeResult:
     """Top-``width`` distinct catalogue items per user by constrained log-probability.
 
     tokens / pad_mask: left-padded prompts [B, T] (``SidVocab.encode_histories``).
     trace: if a list, the beam of every depth d = 1..L is appended to it as (codes [B, W, d],
     scores [B, W]; -inf for empty slots): the search tree, for pictures (``vstar report``).
+
+    value_fn / value_weight eta: the **value-guided beam** (HEPO's decoder, docs/method.md
+    "Other RL methods"). At depth d >= 1 every beam node s has been read by the backbone, so
+    V(s) = value_fn(hidden) costs no forward token; each one-code extension of s is ranked by
+    log pi(prefix + code | x) + eta * V(s) instead of the log-prob alone, so a high-value node
+    keeps more of its children in the next beam (the beam widens under it) and a low-value one
+    fewer. ``scores`` are then these guided scores, and the items are ordered by them. A
+    ``value_fn`` whose ``reads_log_prob`` is True gets log pi(s | x) as well (the value prior).
+    The cost is beam search's: (L-1)*W forward tokens per user.
     """
     L = vocab.n_levels
     B = tokens.shape[0]
@@ -88,6 +98,9 @@ def beam_search(model: SidLM, vocab: SidVocab, trie: SidTrie, tokens: torch.Tens
     nodes = torch.where(alive, trie.step(0, nodes[:, None].expand(B, W), code), 0)  # [B, W]
     cache = rows_cache(model, cache, torch.arange(B, device=dev).repeat_interleave(W))
     forward_tokens = 0
+    guided = value_fn is not None and value_weight != 0.0
+    reads_log_prob = guided and bool(getattr(value_fn, "reads_log_prob", False))
+    logp = scores                   # log pi(prefix | x) of the beam; = scores unless guided
 
     for level in range(1, L):
         feed = vocab.token_of(level - 1, codes[:, :, -1]).reshape(B * W, 1)
@@ -96,7 +109,18 @@ def beam_search(model: SidLM, vocab: SidVocab, trie: SidTrie, tokens: torch.Tens
         step_logits = out.logits[:, -1, vocab.level_slice(level)]        # [B*W, K]
         allowed = trie.allowed(level, nodes.reshape(-1)) & alive.reshape(-1, 1)
         lp = constrained_log_probs(step_logits, allowed).reshape(B, W, -1)  # [B, W, K]
-        scores, parent, code = expand_beams(scores, lp, W)                # [B, W] each
+        if guided:
+            hidden = out.hidden[:, -1]
+            V = (value_fn(hidden, logp.reshape(-1)) if reads_log_prob
+                 else value_fn(hidden)).reshape(B, W).float()
+            V = torch.where(alive, V, 0.0)
+            scores, parent, code = expand_beams(logp + value_weight * V, lp, W)
+            logp = (logp.gather(1, parent) + lp.reshape(B, -1).gather(
+                1, parent * lp.shape[2] + code))
+            logp = torch.where(torch.isfinite(scores), logp, float("-inf"))
+        else:
+            scores, parent, code = expand_beams(scores, lp, W)            # [B, W] each
+            logp = scores
         alive = torch.isfinite(scores)
         codes = torch.cat([codes.gather(1, parent[:, :, None].expand(-1, -1, level)),
                            code[:, :, None]], dim=2)                      # [B, W, level+1]

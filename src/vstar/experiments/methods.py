@@ -8,8 +8,8 @@
     grpo_beam_sibling  ... + Sibling-GRPO
     grpo_ved           VED groups + GRPO (value head trained with TD)
     vstar              VED + Sibling-GRPO: full V-STAR
-    gspo, dapo, grpo_beam_tree, hepo, sdpo   other RL methods on beam groups (docs/method.md
-                       "Other RL methods")
+    gspo, dapo, grpo_beam_tree, hepo, hepo_vbeam, sdpo
+                       other RL methods on beam groups (docs/method.md "Other RL methods")
 
 Every runner trains (or fits) one seed in ``ctx.run`` and evaluates through ``ctx.evaluate``:
 full-catalogue ranking of the evaluation splits (constrained beam search of width
@@ -276,6 +276,10 @@ OTHER_RL_RECIPES = {
              "value head, per-level weights",
              {**_BEAM_GRPO, "value_loss": True, "advantage": "hepo", "value_gate": "always",
               "value_diag_every": 0}),
+    "hepo_vbeam": ("HEPO on value-guided beam groups: each extension ranked by log pi + "
+                   "rl.value_beam_weight * V(parent), so the beam widens under high-value nodes",
+                   {**_BEAM_GRPO, "decoder": "value_beam", "value_loss": True,
+                    "advantage": "hepo", "value_gate": "always", "value_diag_every": 0}),
     "sdpo": ("S-DPO: the logged target against the beam's other candidates, softmax DPO",
              {**_BEAM_GRPO, "policy_loss": "sdpo"}),
 }

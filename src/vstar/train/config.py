@@ -17,7 +17,7 @@ from vstar.data.windows import WINDOW_MODES
 from vstar.decode.config import VEDConfig
 from vstar.model.config import ValueHeadConfig
 
-RL_DECODERS = ("beam", "sample", "ved")
+RL_DECODERS = ("beam", "sample", "ved", "value_beam")
 SFT_LOSSES = ("level", "trie")
 SFT_VAL_METRICS = ("NDCG@10", "HR@10")    # what the pipeline's validation callback returns
 RL_SCHEDULES = ("cosine", "constant")
@@ -128,6 +128,8 @@ class RLConfig:
     value_gate_margin: float = 0.1    # V's mean rank percentile of the target's prefix must beat
                                       # the reference (0.5 or log pi's) by this much
     # --- decoders ---
+    value_beam_weight: float = 1.0    # decoder "value_beam": eta of log pi + eta * V(parent)
+                                      # (vstar.decode.beam.beam_search; HEPO's decoder)
     temperature: float = 1.0          # decoder "sample"
     top_k: int = 0
     ved: VEDConfig = field(default_factory=VEDConfig)
@@ -161,7 +163,7 @@ class RLConfig:
         "adv_eps": positive, "reward": registered(_reward_names), "gamma": probability,
         "level_weights": optional(list_of(non_negative, nonempty=True)),
         "prefix_emb": one_of(*PREFIX_EMBEDDINGS), "value_warmup_steps": non_negative_int,
-        "value_grad_to_backbone": boolean(), "temperature": positive, "top_k": non_negative_int,
+        "value_grad_to_backbone": boolean(), "temperature": positive, "value_beam_weight": non_negative, "top_k": non_negative_int,
         "checkpoint_every": non_negative_int, "log_every": count,
         "value_grad_clip": positive,
         "sibling_reward": registered(lambda: [RL_SIBLING_SAME] + _reward_names()),
@@ -178,7 +180,7 @@ class RLConfig:
     }
 
     # --- other RL methods (docs/method.md "Other RL methods"; registry: gspo, dapo,
-    # grpo_beam_tree, hepo, sdpo) ---
+    # grpo_beam_tree, hepo, hepo_vbeam, sdpo) ---
     advantage: str = "grpo"           # the clipped loss's advantage: one of RL_ADVANTAGES
     ratio_level: str = "token"        # "sequence": GSPO's ratio exp(mean_l log rho_l) per item
     clip_eps_high: float | None = None  # DAPO: clip the ratio to [1-clip_eps, 1+clip_eps_high]
@@ -210,6 +212,8 @@ class RLConfig:
         self.ved.validate(f"{prefix}.ved")
         self.value_head.validate(f"{prefix}.value_head")
         # other RL methods
+        require(self.decoder != "value_beam" or self.value_loss, f"{prefix}.value_loss",
+                self.value_loss, "true with decoder 'value_beam' (it reads the value head)")
         require(self.advantage != "hepo" or self.value_loss, f"{prefix}.value_loss",
                 self.value_loss, "true with advantage 'hepo' (its GAE reads the value head)")
         require(self.advantage != "hepo" or self.decoder != "ved" or self.value_targets != "tree",

@@ -132,6 +132,8 @@ def check_rl_config(cfg: RLConfig) -> None:
         bad("ratio_level", f"expected one of {RL_RATIO_LEVELS}, got {cfg.ratio_level!r}")
     if cfg.policy_loss not in RL_POLICY_LOSSES:
         bad("policy_loss", f"expected one of {RL_POLICY_LOSSES}, got {cfg.policy_loss!r}")
+    if cfg.decoder == "value_beam" and not cfg.value_loss:
+        bad("value_loss", "expected true with decoder 'value_beam' (it reads the value head)")
     if cfg.advantage == "hepo" and not cfg.value_loss:
         bad("value_loss", "expected true with advantage 'hepo' (its GAE reads the value head)")
     if cfg.advantage == "hepo" and cfg.decoder == "ved" and cfg.value_targets == "tree":
@@ -253,6 +255,10 @@ class RLTrainer:
         tree = None
         if cfg.decoder == "beam":
             res = beam_search(self.policy, self.vocab, self.trie, tokens, mask, G)
+        elif cfg.decoder == "value_beam":      # V steers only once the value gate is open
+            res = beam_search(self.policy, self.vocab, self.trie, tokens, mask, G,
+                              value_fn=self.value_head if self.value_in_ved else None,
+                              value_weight=cfg.value_beam_weight)
         elif cfg.decoder == "sample":
             res = constrained_sample(self.policy, self.vocab, self.trie, tokens, mask, G,
                                      cfg.temperature, cfg.top_k, generator=self.gen)
