@@ -84,6 +84,7 @@ def test_value_guided_beam_with_zero_value_is_beam_search():
     assert torch.equal(plain.items, zero.items)
     assert torch.allclose(plain.scores, zero.scores)
     assert zero.forward_tokens == plain.forward_tokens
+    assert not hasattr(plain, "value_swapped") and (zero.value_swapped == 0).all()
 
 
 def test_value_guided_beam_widens_under_the_high_value_first_code():
@@ -109,6 +110,7 @@ def test_value_guided_beam_widens_under_the_high_value_first_code():
     assert int((plain.codes[0, :, 0] == worst).sum()) == 0
     assert int((guided.codes[0, :, 0] == worst).sum()) > 0
     assert guided.forward_tokens == plain.forward_tokens and guided.n_invalid == 0
+    assert 0 < float(guided.value_swapped[0]) <= 1         # the value changed user 0's beam
     with torch.no_grad():
         lp = score_candidates(model, vocab, trie, tokens, mask,
                               guided.codes.clamp(min=0)).log_probs.sum(-1)

@@ -88,3 +88,18 @@ def test_dotted_paths_reach_cost_and_extra(tmp_path):
     assert row["mean"]["cost.seconds_per_rl_step"] == pytest.approx(1.0)
     assert row["mean"]["extra.rl_summary.unique_items_per_G"] == pytest.approx(0.625)
     assert row["count"]["extra.missing"] == 0
+
+
+def test_rl_summary_table_leaves_out_curves_no_method_logged():
+    from vstar.experiments.rl_summary import render_rl_summary
+    nan = float("nan")
+    rows = [{"method": "grpo_beam", "n": 2, "mean": {"kl": 0.01, "root_widenings_per_user": nan,
+                                                     "value_in_ved": nan},
+             "std": {"kl": 0.0, "root_widenings_per_user": nan, "value_in_ved": nan}},
+            {"method": "vstar", "n": 2, "mean": {"kl": 0.02, "root_widenings_per_user": 3.0,
+                                                 "value_in_ved": nan},
+             "std": {"kl": 0.0, "root_widenings_per_user": 0.1, "value_in_ved": nan}}]
+    header = render_rl_summary(rows).splitlines()[0]
+    assert "kl" in header and "root_widenings_per_user" in header
+    assert "value_in_ved" not in header
+    assert "nan ± nan" in render_rl_summary(rows)       # grpo_beam's widenings: not logged

@@ -16,7 +16,8 @@ OWN_CURVES = {
     "grpo_beam_tree": (["adv_abs_l1", "adv_abs_l2", "loss_grpo"], 0),
     "hepo": (["hepo_process_reward_mean", "hepo_process_reward_nonzero", "adv_abs_l1",
               "loss_value", "loss_grpo"], 3),
-    "hepo_vbeam": (["hepo_process_reward_mean", "adv_abs_l1", "loss_value", "loss_grpo"], 3),
+    "hepo_vbeam": (["hepo_process_reward_mean", "value_beam_swapped", "adv_abs_l1",
+                    "loss_value", "loss_grpo"], 3),
     "sdpo": (["loss_sdpo", "sdpo_margin", "sdpo_pos_logratio", "sdpo_neg_logratio",
               "sdpo_n_neg", "kl"], 0),
 }

@@ -36,6 +36,15 @@ class DecodeResult:
     n_invalid: int             # generated SIDs that are not catalogue items (must stay 0)
 
 
+@dataclass
+class ValueBeamResult(DecodeResult):
+    """The value-guided beam's output: ``DecodeResult`` plus, per user, the share of the
+    extensions it kept (levels 1..L-1) that the log-prob alone would not have kept from the
+    same beam (0: V changed nothing)."""
+
+    value_swapped: torch.Tensor    # [B]
+
+
 def expand_beams(prefix_scores: torch.Tensor, next_log_probs: torch.Tensor, width: int
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One beam step: the best ``width`` one-code extensions of P prefixes per user.
@@ -99,6 +108,7 @@ def beam_search(model: SidLM, vocab: SidVocab, trie: SidTrie, tokens: torch.Tens
     cache = rows_cache(model, cache, torch.arange(B, device=dev).repeat_interleave(W))
     forward_tokens = 0
     guided = value_fn is not None and value_weight != 0.0
+    swapped = torch.zeros(B, device=dev) if guided else None
     reads_log_prob = guided and bool(getattr(value_fn, "reads_log_prob", False))
     logp = scores                   # log pi(prefix | x) of the beam; = scores unless guided
 
@@ -115,8 +125,11 @@ def beam_search(model: SidLM, vocab: SidVocab, trie: SidTrie, tokens: torch.Tens
                  else value_fn(hidden)).reshape(B, W).float()
             V = torch.where(alive, V, 0.0)
             scores, parent, code = expand_beams(logp + value_weight * V, lp, W)
-            logp = (logp.gather(1, parent) + lp.reshape(B, -1).gather(
-                1, parent * lp.shape[2] + code))
+            _, plain_parent, plain_code = expand_beams(logp, lp, W)
+            K = lp.shape[2]
+            kept = (parent * K + code)[:, :, None] == (plain_parent * K + plain_code)[:, None, :]
+            swapped += (~kept.any(-1) & torch.isfinite(scores)).sum(1) / (W * (L - 1))
+            logp = logp.gather(1, parent) + lp.reshape(B, -1).gather(1, parent * K + code)
             logp = torch.where(torch.isfinite(scores), logp, float("-inf"))
         else:
             scores, parent, code = expand_beams(scores, lp, W)            # [B, W] each
@@ -134,4 +147,6 @@ def beam_search(model: SidLM, vocab: SidVocab, trie: SidTrie, tokens: torch.Tens
     codes = torch.where(alive[:, :, None], codes, -1)
     n_invalid = int(((items < 0) & alive).sum())
     per_user = torch.full((B,), (L - 1) * W, dtype=torch.long, device=dev)  # every beam is fed
+    if guided:
+        return ValueBeamResult(items, codes, scores, forward_tokens, per_user, n_invalid, swapped)
     return DecodeResult(items, codes, scores, forward_tokens, per_user, n_invalid)

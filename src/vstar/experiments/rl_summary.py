@@ -26,7 +26,7 @@ CURVES = ("target_in_group", "root_widenings_per_user", "unique_items_per_G", "u
           "unique_codes_l3", "sibling_groups_with_signal", "reward_std", "adv_std",
           "sib_adv_std", "kl", "loss_value", "decode_forward_tokens_per_user", "step_seconds",
           "sib_adv_share_on_target_path", "value_return_corr", "vdiag_pct_v", "vdiag_pct_logp",
-          "value_in_ved")
+          "value_in_ved", "value_beam_swapped")
 
 
 def _mean(values: list) -> float:
@@ -69,8 +69,10 @@ def rl_summary(experiment_dir: str | os.PathLike, methods: Sequence[str],
 
 
 def render_rl_summary(rows: Sequence[dict], digits: int = 3) -> str:
-    """Markdown: one row per method, "mean ± std" per curve."""
-    curves = list(rows[0]["mean"]) if rows else []
+    """Markdown: one row per method, "mean ± std" per curve; a curve no method logged (NaN in
+    every row, e.g. VED's root widenings in a table of beam recipes) gets no column."""
+    curves = [c for c in (rows[0]["mean"] if rows else [])
+              if any(np.isfinite(r["mean"][c]) for r in rows)]
     lines = ["| method | n | " + " | ".join(curves) + " |",
              "|---|--:|" + "--:|" * len(curves)]
     for r in rows:

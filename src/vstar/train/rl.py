@@ -271,6 +271,8 @@ class RLTrainer:
         stats = None
         if getattr(res, "root_widenings", None) is not None:      # VEDResult (issue 8, part 1)
             stats = {"root_widenings_per_user": float(res.root_widenings.float().mean())}
+        if getattr(res, "value_swapped", None) is not None:        # value-guided beam
+            stats = {"value_beam_swapped": float(res.value_swapped.mean())}
         b = RLBatch(tokens, mask, res.items, res.codes, res.items >= 0, targets,
                     self.trie.codes[targets], int(res.forward_tokens), stats)
         if tree is not None and cfg.value_loss and cfg.value_targets == "tree":
