@@ -19,8 +19,8 @@ import numpy as np
 
 from vstar.eval.paired import paired_comparison
 
-METHODS = ["sft", "grpo_beam", "grpo_beam_x2", "gspo", "dapo", "grpo_beam_tree", "hepo", "sdpo",
-           "a2po", "a2po_reward_sum", "a2po_adv_sum", "grpo_beam_sibling", "grpo_ved", "vstar"]
+METHODS = ["sft", "grpo_beam", "grpo_beam_x2", "gspo", "dapo", "grpo_beam_tree", "hepo",
+           "hepo_vbeam", "sdpo", "a2po", "a2po_reward_sum", "a2po_adv_sum", "grpo_beam_sibling", "grpo_ved", "vstar"]
 TWICE = {"gspo", "dapo"}
 METRICS = ["HR@1", "HR@3", "HR@5", "HR@10", "NDCG@3", "NDCG@5", "NDCG@10"]
 
@@ -29,10 +29,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("experiment", type=Path)
     p.add_argument("--split", default="test")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="the seeds every row reads (default: 0 1 2, the table's)")
     args = p.parse_args()
     rows = []
     for m in METHODS:
-        runs = sorted((args.experiment / m).glob("seed*"))
+        runs = [args.experiment / m / f"seed{k}" for k in args.seeds]
         recs = []
         for r in runs:
             f = r / "metrics.json" if args.split == "test" else r / args.split / "metrics.json"
@@ -48,7 +50,9 @@ def main() -> None:
         paired = ""
         if m not in ("sft", "grpo_beam"):
             base = "grpo_beam_x2" if m in TWICE else "grpo_beam"
-            res = paired_comparison(args.experiment, m, base, metric="NDCG@10", split=args.split)
+            res = paired_comparison(args.experiment, m, base, metric="NDCG@10", split=args.split,
+                                    seeds=[k for k in args.seeds
+                                           if (args.experiment / m / f"seed{k}").is_dir()])
             paired = (f"{res['diff']:+.4f} [{res['ci_low']:+.4f}, {res['ci_high']:+.4f}], "
                       f"p = {res['p_bootstrap']:.2g} / {res['p_wilcoxon']:.2g} vs `{base}`")
         speed = f"{np.mean(sps):.2f}" if sps else ""

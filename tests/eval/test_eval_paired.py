@@ -116,3 +116,33 @@ def test_render_and_cli(tmp_path, capsys):
     assert "(4 rows, seeds 1;" in capsys.readouterr().out
     assert main(["paired", str(exp), "A", "missing"]) == 2          # InputError -> exit code 2
     assert "method folder not found" in capsys.readouterr().err
+
+
+def test_target_count_groups_by_training_frequency():
+    from vstar.eval.paired import target_count_groups
+    train_targets = np.array([0, 0, 0, 1, 2, 2, 2, 2, 2])      # counts: 3, 1, 5, 0 (item 3)
+    groups = target_count_groups(train_targets, np.array([0, 1, 2, 3, 2]), 4, [2, 5])
+    assert list(groups) == ["target seen 0-1 times", "target seen 2-4 times",
+                            "target seen >= 5 times"]
+    assert groups["target seen 0-1 times"].tolist() == [False, True, False, True, False]
+    assert groups["target seen 2-4 times"].tolist() == [True, False, False, False, False]
+    assert groups["target seen >= 5 times"].tolist() == [False, False, True, False, True]
+    with pytest.raises(InputError, match="increasing positive"):
+        target_count_groups(train_targets, np.array([0]), 4, [5, 2])
+
+
+def test_paired_within_groups_restricts_the_rows(tmp_path):
+    exp = _small(tmp_path)
+    groups = {"first two": np.array([True, True, False, False]),
+              "last two": np.array([False, False, True, True]),
+              "none": np.zeros(4, dtype=bool)}
+    res = paired_comparison(exp, "A", "B", metric="HR@10", n_resamples=200, groups=groups)
+    by = {g["label"]: g for g in res["groups"]}
+    assert set(by) == {"first two", "last two"}                 # empty groups are left out
+    assert by["first two"]["n_rows"] == 2
+    assert by["first two"]["mean_a"] == pytest.approx((1 + 0.5) / 2)  # rows 0, 1 of A
+    assert by["last two"]["mean_a"] == pytest.approx(0.25)
+    assert by["last two"]["mean_b"] == 0.0
+    assert "| first two | 2 |" in render_paired(res)
+    with pytest.raises(InputError, match="one entry per test row"):
+        paired_comparison(exp, "A", "B", groups={"bad": np.ones(3, dtype=bool)})

@@ -145,3 +145,15 @@ def test_report_refuses_bad_options_and_folders_naming_them(trained_toy, tmp_pat
     assert "no run folders" in capsys.readouterr().err
     path = build_report(exp, tmp_path / "no_trees.html", ReportOptions(users=0))
     assert "no search trees asked for" in path.read_text()
+
+
+def test_paired_cli_by_target_count_groups_every_test_row(trained_toy, capsys, tmp_path):
+    exp = trained_toy / "runs" / "toy"
+    out = tmp_path / "paired.json"
+    assert main(["paired", str(exp), "vstar", "sft", "--by-target-count", "2", "5",
+                 "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert sum(g["n_rows"] for g in res["groups"]) == res["n_rows"]
+    assert "| group | rows |" in capsys.readouterr().out
+    assert main(["paired", str(exp), "vstar", "sft", "--by-target-count", "0"]) == 2
+    assert "increasing positive counts" in capsys.readouterr().err

@@ -62,7 +62,8 @@ def _load_ranks(path: Path) -> np.ndarray:
 def paired_comparison(experiment_dir: str | os.PathLike, method_a: str, method_b: str,
                       metric: str = "NDCG@10", split: str = "test", n_resamples: int = 10000,
                       seed: int = 0, seeds: Sequence[int] | None = None,
-                      confidence: float = 0.95) -> dict[str, Any]:
+                      confidence: float = 0.95,
+                      groups: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Paired test of ``method_a`` vs ``method_b`` on ``metric`` over the split's rows.
 
     Reads the ranks file of ``split`` (``RunLayout.ranks``) of every seed found for either
@@ -75,6 +76,10 @@ def paired_comparison(experiment_dir: str | os.PathLike, method_a: str, method_b
     mean_b), ci_low, ci_high, confidence, p_bootstrap, p_wilcoxon, wilcoxon_statistic,
     n_nonzero (rows whose seed-averaged values differ), n_resamples, per_seed (a list of
     {seed, mean_a, mean_b, diff}) and files (the rank files read, per method).
+
+    ``groups`` (label -> boolean mask over the split's rows, e.g. ``target_count_groups``):
+    the same test within each group as well, returned under "groups" as a list of {label,
+    n_rows, mean_a, mean_b, diff, ci_low, ci_high, p_bootstrap, p_wilcoxon}.
     """
     name, k = parse_metric(metric)
     per_row = PER_ROW_METRICS[name]
@@ -116,13 +121,46 @@ def paired_comparison(experiment_dir: str | os.PathLike, method_a: str, method_b
     per_seed = [{"seed": s, "mean_a": float(a_seeds[i].mean()), "mean_b": float(b_seeds[i].mean()),
                  "diff": float(a_seeds[i].mean() - b_seeds[i].mean())}
                 for i, s in enumerate(wanted)]
+    by_group = []
+    for label, mask in (groups or {}).items():
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != (n_rows,):
+            raise InputError(f"group {label!r} has a mask of shape {mask.shape}, expected "
+                             f"({n_rows},): one entry per {split} row", field="groups")
+        if not mask.any():
+            continue
+        g_boot = paired_bootstrap(a[mask], b[mask], n_resamples=n_resamples, seed=seed,
+                                  confidence=confidence)
+        by_group.append({"label": label, "n_rows": int(mask.sum()),
+                         "mean_a": float(a[mask].mean()), "mean_b": float(b[mask].mean()),
+                         "diff": g_boot["mean_diff"], "ci_low": g_boot["ci_low"],
+                         "ci_high": g_boot["ci_high"], "p_bootstrap": g_boot["p_value"],
+                         "p_wilcoxon": paired_wilcoxon(a[mask], b[mask])["p_value"]})
     return {"method_a": method_a, "method_b": method_b, "metric": f"{name}@{k}", "split": split,
             "seeds": wanted, "n_rows": int(n_rows), "mean_a": float(a.mean()),
             "mean_b": float(b.mean()), "diff": boot["mean_diff"], "ci_low": boot["ci_low"],
             "ci_high": boot["ci_high"], "confidence": confidence,
             "p_bootstrap": boot["p_value"], "p_wilcoxon": wil["p_value"],
             "wilcoxon_statistic": wil["statistic"], "n_nonzero": wil["n_nonzero"],
-            "n_resamples": n_resamples, "per_seed": per_seed, "files": files}
+            "n_resamples": n_resamples, "per_seed": per_seed, "files": files,
+            **({"groups": by_group} if groups is not None else {})}
+
+
+def target_count_groups(train_targets: np.ndarray, split_targets: np.ndarray, n_items: int,
+                        edges: Sequence[int]) -> dict[str, np.ndarray]:
+    """Rows of a split grouped by how often their target item is a training target: with
+    edges e_1 < ... < e_m the groups are [0, e_1), [e_1, e_2), ..., [e_m, inf), labelled
+    "seen 0-4 times" style. Generators and ID models differ most on rarely seen targets."""
+    edges = [int(e) for e in edges]
+    if not edges or any(e <= 0 for e in edges) or sorted(set(edges)) != edges:
+        raise InputError(f"expected increasing positive counts, got {edges}",
+                         field="by_target_count")
+    counts = np.bincount(np.asarray(train_targets, dtype=np.int64), minlength=n_items)
+    seen = counts[np.asarray(split_targets, dtype=np.int64)]
+    bounds = [0] + edges + [None]
+    return {(f"target seen {lo}-{hi - 1} times" if hi is not None else
+             f"target seen >= {lo} times"): (seen >= lo) & (True if hi is None else seen < hi)
+            for lo, hi in zip(bounds[:-1], bounds[1:])}
 
 
 def render_paired(result: dict[str, Any], digits: int = 4) -> str:
@@ -146,4 +184,12 @@ def render_paired(result: dict[str, Any], digits: int = 4) -> str:
     for s in r["per_seed"]:
         lines.append(f"| {s['seed']} | {s['mean_a']:.{d}f} | {s['mean_b']:.{d}f} | "
                      f"{s['diff']:+.{d}f} |")
+    if r.get("groups"):
+        lines += ["", f"| group | rows | {a} | {b} | diff | CI | p (bootstrap) | p (Wilcoxon) |",
+                  "|---|--:|--:|--:|--:|--:|--:|--:|"]
+        for g in r["groups"]:
+            lines.append(f"| {g['label']} | {g['n_rows']} | {g['mean_a']:.{d}f} | "
+                         f"{g['mean_b']:.{d}f} | {g['diff']:+.{d}f} | [{g['ci_low']:+.{d}f}, "
+                         f"{g['ci_high']:+.{d}f}] | {g['p_bootstrap']:.{d}g} | "
+                         f"{g['p_wilcoxon']:.{d}g} |")
     return "\n".join(lines) + "\n"

@@ -160,13 +160,33 @@ def cmd_compare(args) -> None:
         atomic_write_text(args.markdown, table + "\n")
 
 
+def _target_count_groups(args) -> dict | None:
+    """``vstar paired --by-target-count``: the split's rows grouped by their target's count
+    as a training target, on the data of method_a's first seed folder's config."""
+    if not args.by_target_count:
+        return None
+    from vstar.core.layout import ExperimentLayout
+    from vstar.eval.paired import target_count_groups
+    from vstar.experiments.config import load_config
+    from vstar.experiments.pipeline import prepare_data
+
+    runs = ExperimentLayout(args.experiment).seed_runs(args.method_a)
+    configs = [run.config for run in runs.values() if run.config.is_file()]
+    if not configs:
+        raise InputError(f"no config.yaml in any seed folder of {args.method_a!r}",
+                         file=str(args.experiment / args.method_a))
+    data, splits, _ = prepare_data(load_config(configs[0]))
+    return target_count_groups(splits.train.targets, getattr(splits, args.split).targets,
+                               data.n_items, args.by_target_count)
+
+
 def cmd_paired(args) -> None:
     from vstar.eval.paired import paired_comparison, render_paired
     from vstar.core.io import atomic_write_json
 
     result = paired_comparison(args.experiment, args.method_a, args.method_b, metric=args.metric,
                                split=args.split, n_resamples=args.n_resamples,
-                               seeds=args.seeds)
+                               seeds=args.seeds, groups=_target_count_groups(args))
     print(render_paired(result))
     if args.json:
         atomic_write_json(args.json, result)
@@ -265,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-resamples", type=int, default=10000)
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="only these seeds (default: every seed either method has)")
+    p.add_argument("--by-target-count", type=int, nargs="+", default=None, metavar="EDGE",
+                   help="also test within groups of rows by how often the target is a "
+                        "training target: edges 5 20 give 0-4, 5-19 and >= 20 times")
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
     p.set_defaults(fn=cmd_paired)
     p = sub.add_parser("budget", help="beam search vs VED at equal decode budgets (RL run)")
