@@ -116,8 +116,6 @@ def paired_comparison(experiment_dir: str | os.PathLike, method_a: str, method_b
     a_seeds = np.stack(values[method_a])                                # [S, R]
     b_seeds = np.stack(values[method_b])                                # [S, R]
     a, b = a_seeds.mean(0), b_seeds.mean(0)                             # [R] per-user seed mean
-    boot = paired_bootstrap(a, b, n_resamples=n_resamples, seed=seed, confidence=confidence)
-    wil = paired_wilcoxon(a, b)
     per_seed = [{"seed": s, "mean_a": float(a_seeds[i].mean()), "mean_b": float(b_seeds[i].mean()),
                  "diff": float(a_seeds[i].mean() - b_seeds[i].mean())}
                 for i, s in enumerate(wanted)]
@@ -127,23 +125,25 @@ def paired_comparison(experiment_dir: str | os.PathLike, method_a: str, method_b
         if mask.shape != (n_rows,):
             raise InputError(f"group {label!r} has a mask of shape {mask.shape}, expected "
                              f"({n_rows},): one entry per {split} row", field="groups")
-        if not mask.any():
-            continue
-        g_boot = paired_bootstrap(a[mask], b[mask], n_resamples=n_resamples, seed=seed,
-                                  confidence=confidence)
-        by_group.append({"label": label, "n_rows": int(mask.sum()),
-                         "mean_a": float(a[mask].mean()), "mean_b": float(b[mask].mean()),
-                         "diff": g_boot["mean_diff"], "ci_low": g_boot["ci_low"],
-                         "ci_high": g_boot["ci_high"], "p_bootstrap": g_boot["p_value"],
-                         "p_wilcoxon": paired_wilcoxon(a[mask], b[mask])["p_value"]})
+        if mask.any():
+            by_group.append({"label": label, "n_rows": int(mask.sum()),
+                             **_test(a[mask], b[mask], n_resamples, seed, confidence)})
     return {"method_a": method_a, "method_b": method_b, "metric": f"{name}@{k}", "split": split,
-            "seeds": wanted, "n_rows": int(n_rows), "mean_a": float(a.mean()),
-            "mean_b": float(b.mean()), "diff": boot["mean_diff"], "ci_low": boot["ci_low"],
-            "ci_high": boot["ci_high"], "confidence": confidence,
-            "p_bootstrap": boot["p_value"], "p_wilcoxon": wil["p_value"],
-            "wilcoxon_statistic": wil["statistic"], "n_nonzero": wil["n_nonzero"],
+            "seeds": wanted, "n_rows": int(n_rows),
+            **_test(a, b, n_resamples, seed, confidence), "confidence": confidence,
             "n_resamples": n_resamples, "per_seed": per_seed, "files": files,
             **({"groups": by_group} if groups is not None else {})}
+
+
+def _test(a: np.ndarray, b: np.ndarray, n_resamples: int, seed: int, confidence: float
+          ) -> dict[str, Any]:
+    """Paired bootstrap and Wilcoxon of per-row values a vs b."""
+    boot = paired_bootstrap(a, b, n_resamples=n_resamples, seed=seed, confidence=confidence)
+    wil = paired_wilcoxon(a, b)
+    return {"mean_a": float(a.mean()), "mean_b": float(b.mean()), "diff": boot["mean_diff"],
+            "ci_low": boot["ci_low"], "ci_high": boot["ci_high"],
+            "p_bootstrap": boot["p_value"], "p_wilcoxon": wil["p_value"],
+            "wilcoxon_statistic": wil["statistic"], "n_nonzero": wil["n_nonzero"]}
 
 
 def target_count_groups(train_targets: np.ndarray, split_targets: np.ndarray, n_items: int,
