@@ -2,6 +2,9 @@
 generators (README, "Other RL recipes").
 
     .venv/bin/python scripts/rl_methods_table.py runs/sci_kd [--split test]
+    # other rows, seeds and baseline (the V-STAR switches of issue 8, against V-STAR):
+    .venv/bin/python scripts/rl_methods_table.py runs/sci_kd --seeds 0 1 2 3 4 --base vstar \
+        --methods sft grpo_beam vstar vstar_old_widen vstar_sib_same vstar_pi_bestfirst
 
 Mean ± std over seeds of HR@{1,3,5,10} and NDCG@{3,5,10}, seconds per RL step, and the paired
 test (per-user NDCG@10 averaged over seeds; bootstrap CI and p, Wilcoxon p) of each method against
@@ -31,9 +34,13 @@ def main() -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                    help="the seeds every row reads (default: 0 1 2, the table's)")
+    p.add_argument("--methods", nargs="+", default=METHODS, help="the rows (default: all)")
+    p.add_argument("--base", default=None,
+                   help="the one baseline of every paired test (default: grpo_beam, or "
+                        "grpo_beam_x2 for gspo and dapo)")
     args = p.parse_args()
     rows = []
-    for m in METHODS:
+    for m in args.methods:
         runs = [args.experiment / m / f"seed{k}" for k in args.seeds]
         recs = []
         for r in runs:
@@ -48,8 +55,8 @@ def main() -> None:
         sps = [x.get("cost", {}).get("seconds_per_rl_step") for x in recs]
         sps = [s for s in sps if s is not None]
         paired = ""
-        if m not in ("sft", "grpo_beam"):
-            base = "grpo_beam_x2" if m in TWICE else "grpo_beam"
+        base = args.base or ("grpo_beam_x2" if m in TWICE else "grpo_beam")
+        if m not in ("sft", base) and (args.base or m != "grpo_beam"):
             res = paired_comparison(args.experiment, m, base, metric="NDCG@10", split=args.split,
                                     seeds=[k for k in args.seeds
                                            if (args.experiment / m / f"seed{k}").is_dir()])
