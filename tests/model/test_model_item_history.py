@@ -22,10 +22,10 @@ from vstar.train.sft import encode_windows, train_sft
 SIZES = [4, 5, 3]
 
 
-def _model(item_id=False, n_items=40, seed=0, max_history=6, item_output=False):
+def _model(item_id=False, n_items=40, seed=0, max_history=6):
     codes = random_catalogue(n_items, SIZES, seed)
     cfg = ModelConfig(n_layer=2, n_head=2, n_embd=32, dropout=0.0, history="items",
-                      item_id_embedding=item_id or item_output, item_output=item_output)
+                      item_id_embedding=item_id)
     vocab = make_vocab(cfg, SIZES, n_items)
     torch.manual_seed(seed)
     model = new_generator(cfg, vocab, torch.as_tensor(codes), max_history).eval()
@@ -41,9 +41,9 @@ def test_prompts_hold_one_token_per_item():
     assert mask.tolist() == [[True, True, True], [False, True, True]]
 
 
-@pytest.mark.parametrize("item_id", [False, True, "item_output"])
+@pytest.mark.parametrize("item_id", [False, True])
 def test_training_layout_computes_what_decoding_computes(item_id):
-    codes, vocab, model = _model(item_id=bool(item_id), item_output=item_id == "item_output")
+    codes, vocab, model = _model(item_id=item_id)
     window = np.array([3, 17, 8, 25])
     if item_id:
         with torch.no_grad():
@@ -146,45 +146,3 @@ def test_a_checkpoint_of_the_other_history_input_is_refused(tmp_path):
     with pytest.raises(InputError, match="model.history='items'"):
         load_generator(tmp_path / "g.safetensors", make_vocab(ModelConfig(history="codes"),
                                                               SIZES, 40))
-
-
-def test_item_output_adds_the_prefix_items_embedding_to_second_code_logits():
-    """model.item_output: after first code c1, the logit of each second code c2 gets
-    h . mean(item-ID embeddings of the items with prefix (c1, c2)); nothing else changes."""
-    codes, vocab, model = _model(item_output=True)
-    with torch.no_grad():
-        model.item_emb.weight.normal_(0, 1.0)
-    c1 = int(codes[0, 0])
-    tokens = torch.tensor([[BOS, vocab.item_tokens(torch.tensor(5)).item(),
-                            int(vocab.token_of(0, torch.tensor(c1)))]])
-    out = model(tokens)
-    base = model.lm_head(out.hidden)
-    torch.testing.assert_close(out.logits[0, :2], base[0, :2])           # other inputs: as is
-    h = out.hidden[0, 2]
-    expected = base[0, 2].clone()
-    for c2 in sorted({int(c) for c in codes[codes[:, 0] == c1, 1]}):
-        items = np.flatnonzero((codes[:, 0] == c1) & (codes[:, 1] == c2))
-        e = model.item_emb.weight[torch.as_tensor(items)].mean(0)
-        expected[int(vocab.token_of(1, torch.tensor(c2)))] += h @ e
-    torch.testing.assert_close(out.logits[0, 2], expected, rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(out.logits[0, 2], base[0, 2])
-
-
-def test_item_output_trains_the_item_embeddings_through_the_output():
-    codes, vocab, model = _model(item_output=True)
-    c1 = int(codes[0, 0])
-    tokens = torch.tensor([[BOS, vocab.item_tokens(torch.tensor(5)).item(),
-                            int(vocab.token_of(0, torch.tensor(c1)))]])
-    target = int(vocab.token_of(1, torch.tensor(int(codes[0, 1]))))
-    loss = torch.nn.functional.cross_entropy(model(tokens).logits[0, 2:], torch.tensor([target]))
-    loss.backward()
-    grad = model.item_emb.weight.grad.abs().sum(1)
-    under_c1 = np.flatnonzero(codes[:, 0] == c1)
-    assert (grad[torch.as_tensor(under_c1)] > 0).all()                   # through the output
-    others = np.setdiff1d(np.flatnonzero(codes[:, 0] != c1), [5])        # item 5: the input
-    assert (grad[torch.as_tensor(others)] == 0).all()
-
-
-def test_item_output_is_refused_without_item_ids():
-    with pytest.raises(InputError, match="item_output"):
-        ModelConfig(history="codes", item_output=True).validate()

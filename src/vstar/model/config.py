@@ -34,11 +34,6 @@ class ModelConfig:
     # Defaults: what won on validation (README, "The generator").
     history: str = "items"
     item_id_embedding: bool = True
-    # Item-aware output at level 2 (docs/method.md section 1, "Item-aware output"): the logit
-    # of second code c2 after first code c1 gets + h . e(c1, c2), e the mean item-ID embedding
-    # of the items with that prefix (the input table, tied as SASRec ties its item embeddings).
-    # Needs history "items" with item_id_embedding and the vstar backbone.
-    item_output: bool = False
     # The network behind the SID vocabulary: "vstar" (``SidGenerator``, above sizes) or "hf",
     # a Hugging Face causal LM (``vstar.model.hf``) with one added token per SID code plus
     # BOS/PAD, either loaded from a local pretrained folder (hf_name_or_path; no hub download)
@@ -61,7 +56,6 @@ class ModelConfig:
 
     RULES = {"n_layer": count, "n_head": count, "n_embd": count, "dropout": fraction,
              "history": one_of(*HISTORY_INPUTS), "item_id_embedding": boolean(),
-             "item_output": boolean(),
              "backbone": one_of(*BACKBONES), "hf_name_or_path": text(nonempty=False),
              "hf_config": Rule(_overrides, "a mapping of HF config attribute names to values"),
              "dtype": one_of(*DTYPES), "hf_prompt": one_of(*HF_PROMPTS),
@@ -69,11 +63,6 @@ class ModelConfig:
 
     def validate(self, prefix: str = "model") -> None:
         check_fields(self, prefix, self.RULES)
-        require(not self.item_output or (self.history == "items" and self.item_id_embedding
-                                         and self.backbone == "vstar"),
-                f"{prefix}.item_output", self.item_output, f"false unless {prefix}.history="
-                f"items, {prefix}.item_id_embedding=true and {prefix}.backbone=vstar (it reads "
-                "the item-ID embeddings)")
         require(self.n_embd % self.n_head == 0, f"{prefix}.n_head", self.n_head,
                 f"a divisor of {prefix}.n_embd={self.n_embd}")
         if self.backbone == "hf":

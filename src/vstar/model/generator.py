@@ -179,11 +179,6 @@ class SidGenerator(nn.Module):
             self.item_code_tokens = None
         self.item_emb = (nn.Embedding(int(item_code_tokens.shape[0]), cfg.n_embd)
                          if items and cfg.item_id_embedding else None)
-        if cfg.item_output:
-            if self.item_emb is None:
-                raise ValueError("model.item_output needs item-level history with "
-                                 "item_id_embedding")
-            self._register_item_output(self.item_code_tokens)
         self.wte = nn.Embedding(vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(block_size, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
@@ -195,51 +190,6 @@ class SidGenerator(nn.Module):
         for name, p in self.named_parameters():  # GPT-2 scaled init of residual projections
             if name.endswith("proj.weight") or name.endswith("mlp.2.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
-
-    def _register_item_output(self, item_code_tokens: torch.Tensor) -> None:
-        """Tables of the item-aware level-2 output (``cfg.item_output``), derived from the
-        items' code tokens (not saved: a checkpoint rebuilds them). A node is a distinct first-
-        two-codes prefix (c1, c2); ``child_nodes[t]`` / ``child_tokens[t]`` list, for the code
-        token t of a first code, the nodes under it and their second-code tokens (-1 / 0 pad)."""
-        V = self.vocab_size
-        pair = item_code_tokens[:, 0] * V + item_code_tokens[:, 1]
-        uniq, node_of_item = torch.unique(pair, return_inverse=True)      # sorted by c1, c2
-        parent, child = uniq // V, uniq % V
-        per_parent = torch.bincount(parent, minlength=V)
-        rank = torch.arange(len(uniq)) - (per_parent.cumsum(0) - per_parent)[parent]
-        width = int(per_parent.max())
-        child_nodes = torch.full((V, width), -1, dtype=torch.long)
-        child_tokens = torch.zeros((V, width), dtype=torch.long)
-        child_nodes[parent, rank] = torch.arange(len(uniq))
-        child_tokens[parent, rank] = child
-        self.register_buffer("node_of_item", node_of_item, persistent=False)
-        self.register_buffer("node_size", torch.bincount(node_of_item).float(), persistent=False)
-        self.register_buffer("child_nodes", child_nodes, persistent=False)
-        self.register_buffer("child_tokens", child_tokens, persistent=False)
-
-    def _item_output(self, tokens: torch.Tensor, hidden: torch.Tensor,
-                     logits: torch.Tensor) -> torch.Tensor:
-        """logits + the item-aware level-2 term: at every position whose input is a first
-        code c1, the logit of each second code c2 under it gets h . e(c1, c2), e the mean
-        item-ID embedding of the items with prefix (c1, c2)."""
-        V = self.vocab_size
-        code = tokens < V
-        first = code & (self.child_nodes[torch.where(code, tokens, 0), 0] >= 0)   # [B, T]
-        if not bool(first.any()):
-            return logits
-        node_emb = torch.zeros(len(self.node_size), hidden.shape[-1], device=hidden.device,
-                               dtype=self.item_emb.weight.dtype)
-        node_emb = node_emb.index_add(0, self.node_of_item, self.item_emb.weight)
-        node_emb = (node_emb / self.node_size[:, None]).to(hidden.dtype)
-        tok = tokens[first]                                                    # [n]
-        nodes = self.child_nodes[tok]                                          # [n, C]
-        h = hidden[first]                                                      # [n, D]
-        term = torch.einsum("nd,ncd->nc", h, node_emb[nodes.clamp(min=0)]) * (nodes >= 0)
-        extra = torch.zeros(len(tok), V, device=logits.device, dtype=logits.dtype)
-        extra = extra.scatter_add(1, self.child_tokens[tok], term.to(logits.dtype))
-        full = torch.zeros_like(logits)
-        full[first] = extra
-        return logits + full
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -323,8 +273,6 @@ class SidGenerator(nn.Module):
             values.append(v)
         hidden = self.ln_f(x)                                               # [B, T, D]
         logits = self.lm_head(hidden)                                       # [B, T, V]
-        if self.cfg.item_output:
-            logits = self._item_output(tokens, hidden, logits)
         last_pos = pos[:, -1] + 1
         if shared:
             out_cache = SharedKVCache(cache.prefix, cache.row_user, keys, values, full_mask,
