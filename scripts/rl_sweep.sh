@@ -5,6 +5,11 @@
 #
 #   EXPERIMENT=sci_kd SEED=0 JOBS=2 scripts/rl_sweep.sh
 #   POINTS_FILE=my_points.txt ...    # "LABEL METHOD override..." per line instead of the default
+#   # issue 13: one knob per other RL recipe, on validation (its own table: TABLE=...)
+#   EXPERIMENT=sci_kd SEED=0 JOBS=2 OVERRIDES="sasrec.hidden=64 sid.sasrec_hidden=0" \
+#     POINTS_FILE=scripts/points/rl_methods_validation.txt \
+#     TABLE=docs/results/sci_kd_rl_methods_sweep_seed0.md \
+#     BASES="sft grpo_beam grpo_beam_tree gspo dapo hepo hepo_vbeam sdpo a2po" scripts/rl_sweep.sh
 # Points already finished are kept (run.resume=true), so the script can be re-run to extend it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,7 +53,7 @@ wait
 R=runs/$EXPERIMENT
 mkdir -p docs/results
 labels=$(echo "$POINTS" | awk 'NF {print $1}')
-dirs=$(for l in $labels grpo_beam vstar sft; do echo "$R/$l/seed$SEED"; done)
+dirs=$(for l in $labels ${BASES:-grpo_beam vstar sft}; do echo "$R/$l/seed$SEED"; done)
 # shellcheck disable=SC2086
-"$VSTAR" compare $dirs --markdown "docs/results/${EXPERIMENT}_rl_sweep_seed$SEED.md" \
+"$VSTAR" compare $dirs --markdown "${TABLE:-docs/results/${EXPERIMENT}_rl_sweep_seed$SEED.md}" \
     --metrics HR@1 HR@10 NDCG@10
