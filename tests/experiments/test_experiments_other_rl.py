@@ -43,3 +43,17 @@ def test_each_other_rl_method_runs_two_steps_with_finite_curves(experiment_after
     assert metrics["method"] == method and 0.0 <= metrics["metrics"]["HR@10"] <= 1.0
     if method == "dapo":
         assert all(0.0 <= r["dapo_kept_share"] <= 1.0 for r in records)
+
+
+def test_a_config_override_of_a_preset_field_is_refused_not_dropped():
+    from vstar.core.errors import InputError
+    from vstar.experiments.methods import preset_rl_config
+    from vstar.train.config import RLConfig
+
+    preset = {"decoder": "beam", "kl_beta": 0.0, "clip_eps_high": 0.28}
+    merged = preset_rl_config(RLConfig(), "dapo", preset)            # defaults: the preset wins
+    assert merged.kl_beta == 0.0 and merged.decoder == "beam"
+    same = preset_rl_config(RLConfig(kl_beta=0.0), "dapo", preset)    # agrees with the preset
+    assert same.kl_beta == 0.0
+    with pytest.raises(InputError, match=r"rl.kl_beta=0.002 conflicts with method 'dapo'"):
+        preset_rl_config(RLConfig(kl_beta=2e-3), "dapo", preset)

@@ -25,7 +25,7 @@ from vstar.core import dist
 from vstar.core.errors import InputError
 from vstar.core.io import atomic_write_json
 from vstar.data.types import SplitRows
-from vstar.experiments.methods import beam_ranker, run_rl, sid_tables
+from vstar.experiments.methods import beam_ranker, preset_rl_config, run_rl, sid_tables
 from vstar.experiments.pipeline import MethodContext, Ranker, parent_run
 from vstar.experiments.registry import Method, register
 from vstar.model.backbone import load_model, save_model
@@ -86,7 +86,7 @@ def run_a2po(ctx: MethodContext) -> dict:
     then ``run_rl`` with the A2PO trainer; each split's metrics.json also gets the mean business
     and semantic reward of the top-10 lists (``extra.a2po_topk``)."""
     cfg, prep = ctx.cfg, ctx.prep
-    rcfg = dataclasses.replace(cfg.rl, **ctx.method.preset)
+    rcfg = preset_rl_config(cfg.rl, ctx.method.name, ctx.method.preset)
     rcfg.validate()
     column = rcfg.item_value_column
     biz = None
@@ -130,7 +130,7 @@ def run_drpo(ctx: MethodContext) -> dict:
     sft_ckpt = parent_run(ctx, "sft")
     vocab, trie = sid_tables(ctx)
     policy = load_model(sft_ckpt, vocab, trie.codes).to(ctx.device)
-    rcfg = dataclasses.replace(cfg.rl, **ctx.method.preset)
+    rcfg = preset_rl_config(cfg.rl, ctx.method.name, ctx.method.preset)
     rcfg.validate()
     atomic_write_json(layout.rl_config, dataclasses.asdict(rcfg))
     if layout.rl_log.is_file():

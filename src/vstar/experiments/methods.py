@@ -44,6 +44,7 @@ from vstar.experiments.registry import Method, register
 from vstar.model.backbone import SidModel, load_model, make_model_vocab, new_model, save_model
 from vstar.model.vocab import SidVocab
 from vstar.train.rl import RLTrainer
+from vstar.train.config import RLConfig
 from vstar.train.sft import train_sft
 
 log = logging.getLogger(__name__)
@@ -184,6 +185,22 @@ def rl_rows(ctx: MethodContext) -> SplitRows:
     return rows
 
 
+def preset_rl_config(rl: RLConfig, method: str, preset: dict) -> RLConfig:
+    """The config's ``rl`` section with a recipe's preset applied. A field the config sets to
+    something other than both its default and the preset's value is an InputError naming it:
+    the preset would silently replace what the user asked for (sweep such a field with
+    ``--method rl`` and the recipe's settings written out)."""
+    defaults = RLConfig()
+    for key, value in preset.items():
+        mine = getattr(rl, key)
+        if mine != value and mine != getattr(defaults, key):
+            raise InputError(f"rl.{key}={mine!r} conflicts with method {method!r}, whose preset "
+                             f"sets {key}={value!r}; drop the override or run --method rl with "
+                             f"the recipe's settings ({preset}) and {key}={mine!r}",
+                             field=f"rl.{key}")
+    return dataclasses.replace(rl, **preset)
+
+
 def run_rl(ctx: MethodContext, trainer_cls: type = RLTrainer,
            trainer_kwargs: dict | None = None, wrap_ranker: Any = None,
            extra: dict | None = None) -> dict:
@@ -194,7 +211,7 @@ def run_rl(ctx: MethodContext, trainer_cls: type = RLTrainer,
     sft_ckpt = parent_run(ctx, "sft")        # finished, same SIDs and items; recorded as parent
     vocab, trie = sid_tables(ctx)
     policy = load_model(sft_ckpt, vocab, trie.codes).to(ctx.device)
-    rcfg = dataclasses.replace(cfg.rl, **ctx.method.preset)
+    rcfg = preset_rl_config(cfg.rl, ctx.method.name, ctx.method.preset)
     rcfg.validate()
     if dist.is_main():
         atomic_write_json(layout.rl_config, dataclasses.asdict(rcfg))
