@@ -129,8 +129,7 @@ def beam_search(model: SidLM, vocab: SidVocab, trie: SidTrie, tokens: torch.Tens
             K = lp.shape[2]
             kept = (parent * K + code)[:, :, None] == (plain_parent * K + plain_code)[:, None, :]
             swapped += (~kept.any(-1) & torch.isfinite(scores)).sum(1) / (W * (L - 1))
-            logp = logp.gather(1, parent) + lp.reshape(B, -1).gather(1, parent * K + code)
-            logp = torch.where(torch.isfinite(scores), logp, float("-inf"))
+            logp = scores - value_weight * V.gather(1, parent)   # the kept nodes' log pi
         else:
             scores, parent, code = expand_beams(scores, lp, W)            # [B, W] each
             logp = scores
