@@ -59,3 +59,12 @@ def test_errors_name_the_field_the_value_and_the_expectation():
         check_fields(C(), "x", {"lr": positive})
     with pytest.raises(InputError, match=r"field 'x.n_head': got 3, expected a divisor"):
         require(False, "x.n_head", 3, "a divisor of 8")
+
+
+def test_item_head_fusion_needs_the_item_loss_that_trains_the_head():
+    from vstar.experiments.config import load_config
+    with pytest.raises(InputError, match=r"field 'eval.item_head': got 1.0, expected 0 unless "
+                                         r"sft.item_loss > 0"):
+        load_config(None, ["data.path=x.csv", "eval.item_head=1.0"])
+    cfg = load_config(None, ["data.path=x.csv", "eval.item_head=1.0", "sft.item_loss=1.0"])
+    assert cfg.eval.item_head == 1.0

@@ -117,3 +117,54 @@ def test_value_guided_beam_widens_under_the_high_value_first_code():
     bonus = eta * (guided.codes[:, :, 0] == worst).float()
     ok = guided.items >= 0
     assert torch.allclose(guided.scores[ok], (lp + bonus)[ok], atol=1e-4)
+
+
+def test_prefix_log_mass_is_the_heads_mass_under_each_node():
+    from vstar.decode.beam import prefix_log_mass
+    codes, _, trie, *_ = _setup()
+    torch.manual_seed(1)
+    lq = torch.log_softmax(torch.randn(3, len(codes)), -1)
+    mass = prefix_log_mass(lq, trie)
+    assert len(mass) == trie.n_levels + 1 and torch.equal(mass[-1], lq)
+    torch.testing.assert_close(mass[0][:, 0], torch.zeros(3), atol=1e-5, rtol=0)   # the root: 1
+    for d in range(1, trie.n_levels):
+        for node in range(trie.n_nodes(d)):
+            under = trie.prefix_ids[d] == node
+            torch.testing.assert_close(mass[d][:, node], lq[:, under].logsumexp(1))
+
+
+def test_item_head_fusion_ranks_by_the_product_of_both_experts():
+    """Full width: the fused beam ranks every item by log pi(item | x) + w * log q(item | x)
+    (checked against teacher-forced scoring); w = 0 is beam search; and a head that puts its
+    mass on the item the code softmax likes least brings it into a width-2 beam."""
+    codes, vocab, trie, model, tokens, mask = _setup(history="items")
+    N, B = len(codes), tokens.shape[0]
+    torch.manual_seed(2)
+    head_logits = torch.randn(B, N) * 3
+
+    def head(hidden):                      # a fixed head per user (the prefill's batch order)
+        return head_logits[:hidden.shape[0]]
+
+    plain = beam_search(model, vocab, trie, tokens, mask, width=6)
+    zero = beam_search(model, vocab, trie, tokens, mask, width=6, item_head=head, item_weight=0.0)
+    assert torch.equal(plain.items, zero.items) and torch.allclose(plain.scores, zero.scores)
+    w = 0.7
+    fused = beam_search(model, vocab, trie, tokens, mask, width=N, item_head=head, item_weight=w)
+    with torch.no_grad():
+        lp = score_candidates(model, vocab, trie, tokens, mask,
+                              torch.as_tensor(codes)[None].expand(B, N, -1)).log_probs.sum(-1)
+    want = lp + w * torch.log_softmax(head_logits, -1)                             # [B, N]
+    for b in range(B):
+        assert fused.items[b].tolist() == want[b].argsort(descending=True).tolist()
+        torch.testing.assert_close(fused.scores[b], want[b, fused.items[b]], atol=1e-4, rtol=0)
+    assert fused.forward_tokens == (vocab.n_levels - 1) * N * B and fused.n_invalid == 0
+    worst = lp.argmin(1)                                                           # [B]
+    spike = torch.full((B, N), -10.0).scatter(1, worst[:, None], 10.0)
+    narrow = beam_search(model, vocab, trie, tokens, mask, width=2,
+                         item_head=lambda h: spike[:h.shape[0]], item_weight=10.0)
+    plain2 = beam_search(model, vocab, trie, tokens, mask, width=2)
+    assert not (plain2.items == worst[:, None]).any()
+    assert (narrow.items[:, 0] == worst).all()
+    with pytest.raises(ValueError, match="either a value_fn or an item_head"):
+        beam_search(model, vocab, trie, tokens, mask, width=2, item_head=head, item_weight=1.0,
+                    value_fn=lambda h: torch.zeros(h.shape[0]), value_weight=1.0)

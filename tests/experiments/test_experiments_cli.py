@@ -295,3 +295,29 @@ def test_fuse_vectors_weighs_both_parts_equally():
     assert fused.shape == (2, 5) and fused.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(fused[:, :2], axis=1), 1.0, rtol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(fused[:, 2:], axis=1), 1.0, rtol=1e-6)
+
+
+def test_item_head_fusion_ranks_sft_validation_and_every_evaluation(experiment, monkeypatch):
+    """eval.item_head reaches the decoders that rank: SFT's early-stopping validation (width
+    sft.val_beam) and the test evaluation of SFT and of RL methods (eval.beam_width)."""
+    from vstar.experiments import methods
+
+    calls = []
+
+    def spy(*args, **kw):
+        calls.append((args[5], kw.get("item_weight")))
+        return real(*args, **kw)
+
+    real = methods.beam_search
+    monkeypatch.setattr(methods, "beam_search", spy)
+    cfg = str(experiment / "cfg.yaml")
+    assert main(["run", cfg, "run.methods=[sft,grpo_beam]", "sft.item_loss=1.0",
+                 "eval.item_head=0.5", "sft.val_beam=3", "eval.beam_width=20"]) == 0
+    assert {w for _, w in calls} == {0.5} and {width for width, _ in calls} == {3, 20}
+    exp = experiment / "runs" / "toy"
+    for method in ("sft", "grpo_beam"):
+        record = json.loads((exp / method / "seed0" / "metrics.json").read_text())
+        assert record["invalid_rate"] == 0.0
+    calls.clear()
+    assert main(["run", cfg, "run.methods=[sft]", "run.name=plain"]) == 0
+    assert calls == []                                   # eval.item_head = 0: plain beam search

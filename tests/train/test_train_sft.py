@@ -1,5 +1,6 @@
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from vstar.data.types import SplitRows, Splits
 from vstar.decode import SidTrie, rank_rows
@@ -164,3 +165,70 @@ def test_trie_loss_is_the_decoders_constrained_nll():
             # a prefix with a single child costs nothing under the trie loss
             assert min(float(x) for x in nll) < 1e-6
             assert loss < sft_loss(model, vocab, tk, tg, lv)
+
+
+def _item_world():
+    from vstar.model.generator import make_vocab, new_generator
+    codes = np.array([[0, 0, 0], [0, 0, 1], [0, 1, 0], [1, 2, 3], [2, 0, 0], [2, 1, 1]])
+    cfg = ModelConfig(n_layer=1, n_head=2, n_embd=16, dropout=0.0)
+    vocab = make_vocab(cfg, [3, 3, 4], len(codes))
+    model = new_generator(cfg, vocab, torch.as_tensor(codes), 20)
+    return codes, vocab, model
+
+
+def test_target_items_name_each_supervised_item_at_its_first_code():
+    from vstar.train.sft import target_items
+    codes, vocab, _ = _item_world()
+    windows = [np.array([0, 3, 1, 4]), np.array([2, 1])]
+    flags = [np.array([False, True, False, True]), np.array([False, True])]
+    for v in (vocab, SidVocab([3, 3, 4])):                     # item-level and token-level layout
+        tk, tg, lv = encode_windows(windows, flags, torch.as_tensor(codes), v)
+        items = target_items(tg, lv, torch.as_tensor(codes), v)
+        first = (tg >= 0) & (lv == 0)
+        assert torch.equal(items >= 0, first)
+        assert items[first].tolist() == [3, 4, 1]               # row-major: window 0, then 1
+    bad = tg.clone()
+    bad[first] = vocab.level_slice(0).start + 1                 # code 1 starts no catalogue SID
+    import pytest
+    with pytest.raises(ValueError, match="no catalogue item"):
+        target_items(bad, lv, torch.as_tensor(codes), vocab)
+
+
+def test_item_loss_adds_a_full_catalogue_softmax_over_input_item_embeddings():
+    from vstar.train.sft import target_items
+    torch.manual_seed(0)
+    codes, vocab, model = _item_world()
+    model.eval()
+    windows, flags = [np.array([0, 3, 1, 4])], [np.array([False, True, True, True])]
+    tk, tg, lv = encode_windows(windows, flags, torch.as_tensor(codes), vocab)
+    items = target_items(tg, lv, torch.as_tensor(codes), vocab)
+    plain = sft_loss(model, vocab, tk, tg, lv)
+    with torch.no_grad():
+        hidden = model(tk, pad_mask=tk != 0, teacher_forced=True).hidden[0]
+        table = model.wte(model.item_code_tokens).sum(1) + model.item_emb.weight      # [I, D]
+        at = items[0] >= 0
+        ce = F.cross_entropy(hidden[at] @ table.T, items[0][at])
+    both = sft_loss(model, vocab, tk, tg, lv, items=items, item_loss=0.5)
+    torch.testing.assert_close(both, plain + 0.5 * ce)
+    # the mechanism: the item-ID row of an item no window holds (item 5) gets a gradient only
+    # from the catalogue softmax, as every row of SASRec's output layer does
+    for weight, moved in ((0.0, False), (0.5, True)):
+        model.zero_grad()
+        sft_loss(model, vocab, tk, tg, lv, items=items, item_loss=weight).backward()
+        grad = model.item_emb.weight.grad
+        assert (grad is not None and bool(grad[5].abs().sum() > 0)) == moved
+
+
+def test_item_loss_needs_item_level_history():
+    import pytest
+    from vstar.core.errors import InputError
+    codes = np.array([[i // 5, i % 5] for i in range(20)])
+    seqs = [[(s + t) % 20 for t in range(6)] for s in range(20)]
+    rows = _loo_rows([s[:-2] for s in seqs], 5)
+    splits = Splits("leave_one_out", rows, rows, rows, 5)
+    vocab = SidVocab([4, 5])
+    model = SidGenerator(ModelConfig(history="codes", n_layer=1, n_head=2, n_embd=16),
+                         vocab_size=vocab.size, block_size=13)
+    with pytest.raises(InputError, match="sft.item_loss"):
+        train_sft(model, vocab, SidTrie(codes, [4, 5]), splits,
+                  SFTConfig(max_epochs=1, item_loss=0.5), progress=False)

@@ -66,10 +66,37 @@ def prefill(model: SidLM, tokens: torch.Tensor, pad_mask: torch.Tensor):
     return out.logits[:, -1], out.hidden[:, -1], out.cache
 
 
+def prefix_log_mass(item_log_probs: torch.Tensor, trie: SidTrie) -> list[torch.Tensor]:
+    """log P(prefix) = logsumexp of ``item_log_probs`` [B, N] over the items under each trie
+    node, for every depth d = 0..L (d = 0 the root, d = L the items themselves): a list of
+    [B, n_nodes(d)] (``n_nodes(L)`` = N). Nodes without items get -inf."""
+    B, N = item_log_probs.shape
+    out = []
+    for d in range(trie.n_levels):
+        ids = trie.prefix_ids[d][None].expand(B, -1)
+        top = torch.full((B, trie.n_nodes(d)), float("-inf"), device=item_log_probs.device)
+        top = top.scatter_reduce(1, ids, item_log_probs, "amax")
+        safe = torch.where(torch.isfinite(top), top, 0.0)
+        mass = torch.zeros_like(top).scatter_add(1, ids, (item_log_probs - safe.gather(1, ids)).exp())
+        out.append(mass.log() + safe)
+    return out + [item_log_probs]
+
+
+def _child_mass(trie: SidTrie, depth: int, nodes: torch.Tensor, allowed: torch.Tensor,
+                mass: torch.Tensor) -> torch.Tensor:
+    """``mass`` [B, n_nodes(depth + 1)] at every one-code extension of ``nodes`` [B, P]:
+    [B, P, K], 0 where the code is not ``allowed`` [B, P, K] (its log-prob is -inf there)."""
+    B, P, K = allowed.shape
+    child = trie.step(depth, nodes[:, :, None], torch.arange(K, device=nodes.device)[None, None])
+    child = torch.where(allowed, child, 0).reshape(B, P * K)
+    return torch.where(allowed, mass.gather(1, child).reshape(B, P, K), 0.0)
+
+
 @torch.no_grad()
 def beam_search(model: SidLM, vocab: SidVocab, trie: SidTrie, tokens: torch.Tensor,
                 pad_mask: torch.Tensor, width: int, trace: list | None = None,
-                value_fn=None, value_weight: float = 0.0) -> DecodeResult:
+                value_fn=None, value_weight: float = 0.0,
+                item_head=None, item_weight: float = 0.0) -> DecodeResult:
     """Top-``width`` distinct catalogue items per user by constrained log-probability.
 
     tokens / pad_mask: left-padded prompts [B, T] (``SidVocab.encode_histories``).
@@ -84,22 +111,42 @@ def beam_search(model: SidLM, vocab: SidVocab, trie: SidTrie, tokens: torch.Tens
     fewer. ``scores`` are then these guided scores, and the items are ordered by them. A
     ``value_fn`` whose ``reads_log_prob`` is True gets log pi(s | x) as well (the value prior).
     The cost is beam search's: (L-1)*W forward tokens per user.
+
+    item_head / item_weight w: **item-head fusion** (docs/method.md 1, "Item-level loss").
+    ``item_head(hidden [B, D]) -> logits [B, N]`` scores every catalogue item from the history's
+    last hidden state (``vstar.model.generator.item_head_logits``); with q its softmax, a prefix
+    s is ranked by log pi(s | x) + w * log q(s), q(s) the head's mass on the items under s
+    (``prefix_log_mass``), so the search keeps prefixes the head likes although the code
+    softmax does not, and a complete item scores log pi(item | x) + w * log q(item | x): the
+    product of both experts. No forward token beyond beam search's. ``scores`` are the fused
+    scores.
     """
+    if item_head is not None and value_fn is not None:
+        raise ValueError("beam_search takes either a value_fn or an item_head, not both")
     L = vocab.n_levels
     B = tokens.shape[0]
     dev = tokens.device
     W = int(width)
-    logits, _, cache = prefill(model, tokens, pad_mask)
+    logits, hidden, cache = prefill(model, tokens, pad_mask)
+    fused = item_head is not None and item_weight != 0.0
+    mass = (prefix_log_mass(torch.log_softmax(item_head(hidden).float(), -1), trie)
+            if fused else None)
 
     # level 0: the root's children, scored from the prefill
     nodes = torch.zeros(B, dtype=torch.long, device=dev)
-    lp = constrained_log_probs(logits[:, vocab.level_slice(0)], trie.allowed(0, nodes))  # [B, K0]
+    allowed = trie.allowed(0, nodes)
+    lp = constrained_log_probs(logits[:, vocab.level_slice(0)], allowed)  # [B, K0]
+    bonus = (item_weight * _child_mass(trie, 0, nodes[:, None], allowed[:, None], mass[1])[:, 0]
+             if fused else torch.zeros_like(lp))
     k0 = min(W, lp.shape[1])
-    scores, code = lp.topk(k0, dim=1)                                     # [B, k0]
+    scores, code = (lp + bonus).topk(k0, dim=1)                           # [B, k0]
+    logp = scores - bonus.gather(1, code)      # log pi(prefix | x) of the beam; = scores unless
+    #                                            value-guided or fused
     if k0 < W:
         pad = torch.full((B, W - k0), float("-inf"), device=dev)
         scores = torch.cat([scores, pad], 1)
         code = torch.cat([code, torch.zeros(B, W - k0, dtype=torch.long, device=dev)], 1)
+        logp = torch.cat([logp, pad], 1)
     codes = code[:, :, None]                                              # [B, W, 1]
     alive = torch.isfinite(scores)
     if trace is not None:
@@ -110,7 +157,6 @@ def beam_search(model: SidLM, vocab: SidVocab, trie: SidTrie, tokens: torch.Tens
     guided = value_fn is not None and value_weight != 0.0
     swapped = torch.zeros(B, device=dev) if guided else None
     reads_log_prob = guided and bool(getattr(value_fn, "reads_log_prob", False))
-    logp = scores                   # log pi(prefix | x) of the beam; = scores unless guided
 
     for level in range(1, L):
         feed = vocab.token_of(level - 1, codes[:, :, -1]).reshape(B * W, 1)
@@ -130,6 +176,11 @@ def beam_search(model: SidLM, vocab: SidVocab, trie: SidTrie, tokens: torch.Tens
             kept = (parent * K + code)[:, :, None] == (plain_parent * K + plain_code)[:, None, :]
             swapped += (~kept.any(-1) & torch.isfinite(scores)).sum(1) / (W * (L - 1))
             logp = scores - value_weight * V.gather(1, parent)   # the kept nodes' log pi
+        elif fused:
+            bonus = item_weight * _child_mass(trie, level, nodes, allowed.reshape(B, W, -1),
+                                              mass[level + 1])                # [B, W, K]
+            scores, parent, code = expand_beams(logp, lp + bonus, W)
+            logp = scores - bonus.reshape(B, -1).gather(1, parent * lp.shape[2] + code)
         else:
             scores, parent, code = expand_beams(scores, lp, W)            # [B, W] each
             logp = scores

@@ -19,8 +19,8 @@ from omegaconf.errors import OmegaConfBaseException
 from vstar.baselines.config import SASRecConfig
 from vstar.core.device import AUTOCASTS, DEVICES
 from vstar.core.errors import InputError
-from vstar.core.validate import (Rule, boolean, check_fields, count, list_of, non_negative_int,
-                                 one_of, require, text)
+from vstar.core.validate import (Rule, boolean, check_fields, count, list_of, non_negative,
+                                 non_negative_int, one_of, require, text)
 from vstar.data.config import DataConfig
 from vstar.experiments.registry import get_method
 from vstar.model.config import ModelConfig
@@ -40,9 +40,13 @@ class EvalConfig:
     beam_width: int = 50          # generative ranking = constrained beam search of this width
     batch_size: int = 256         # users decoded at once
     splits: list[str] = field(default_factory=lambda: ["test"])
+    # weight w of item-head fusion in generative ranking (beam search, SFT validation): a
+    # prefix is ranked by log pi + w * log q, q the item head's softmax over the catalogue;
+    # needs a generator trained with sft.item_loss > 0 (docs/method.md 1, "Item-level loss")
+    item_head: float = 0.0
 
     RULES = {"ks": list_of(count, nonempty=True, unique=True), "beam_width": count,
-             "batch_size": count,
+             "batch_size": count, "item_head": non_negative,
              "splits": list_of(one_of(*EVAL_SPLITS), nonempty=True, unique=True)}
 
     def validate(self, prefix: str = "eval") -> None:
@@ -113,6 +117,9 @@ class PipelineConfig:
         field, its value and what was expected. Returns self."""
         for f in dataclasses.fields(self):
             getattr(self, f.name).validate(f.name)
+        require(self.eval.item_head == 0 or self.sft.item_loss > 0, "eval.item_head",
+                self.eval.item_head, "0 unless sft.item_loss > 0 (the item head is trained by "
+                "the item-level loss; untrained, it would rank at random)")
         return self
 
 

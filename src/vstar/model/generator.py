@@ -285,6 +285,17 @@ class SidGenerator(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+def item_head_logits(model, vocab: SidVocab, hidden: torch.Tensor) -> torch.Tensor:
+    """The item head: logits [..., N] of every catalogue item from hidden states [..., D],
+    h . e_i with e_i item i's input embedding (``model.embed`` of its item token: the sum of its
+    code embeddings plus its item-ID row). ``sft.item_loss`` trains it; beam search can fuse
+    it with the code softmax (``vstar.decode.beam.beam_search``'s ``item_head``). Item-level
+    history only; either backbone (both have ``embed``)."""
+    items = vocab.item_tokens(torch.arange(vocab.n_items, device=hidden.device))
+    table = model.embed(items[None])[0]                                      # [N, D]
+    return hidden.float() @ table.float().T
+
+
 def save_generator(path: str | os.PathLike, model: SidGenerator, vocab: SidVocab) -> Path:
     """Write a ``generator`` checkpoint: weights, size and the SID codebooks it was trained on."""
     return checkpoint.save_generator(path, model.state_dict(),

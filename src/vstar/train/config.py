@@ -61,6 +61,11 @@ class SFTConfig:
     distill: float = 0.0           # weight a of knowledge distillation from the experiment's
                                    # SASRec: (1 - a) * CE + a * KL(teacher's code marginals ||
                                    # generator), per SID level given the true prefix
+    item_loss: float = 0.0         # weight b of an item-level cross-entropy: at each target's
+                                   # first code, a softmax over every catalogue item, scored
+                                   # h . e(item) with e the item's input embedding (its codes'
+                                   # sum + item-ID row); needs model.history=items
+                                   # (docs/method.md 1, "Item-level loss")
     rl_holdout: int = 0            # the last k training targets of each user (with more than
                                    # k) are left out of SFT and are the rows RL draws its users
                                    # from (0: RL draws from every training row, the paper)
@@ -73,7 +78,7 @@ class SFTConfig:
              "val_max_users": non_negative_int, "eval_every": count,
              "windows": one_of(*WINDOW_MODES), "group_by_length": boolean(),
              "label_smoothing": fraction, "loss": one_of(*SFT_LOSSES), "distill": fraction,
-             "rl_holdout": non_negative_int}
+             "item_loss": non_negative, "rl_holdout": non_negative_int}
 
     def validate(self, prefix: str = "sft") -> None:
         check_fields(self, prefix, self.RULES)

@@ -31,6 +31,7 @@ from vstar.data.types import Splits, SplitRows
 from vstar.data.windows import build_windows
 from vstar.decode.trie import SidTrie
 from vstar.model.backbone import SidModel
+from vstar.model.generator import item_head_logits
 from vstar.model.vocab import BOS, PAD, SidVocab
 from vstar.train.config import SFT_LOSSES, SFTConfig
 
@@ -132,6 +133,27 @@ def target_nodes(targets: torch.Tensor, levels: torch.Tensor, vocab: SidVocab,
     return nodes
 
 
+def target_items(targets: torch.Tensor, levels: torch.Tensor, item_codes: torch.Tensor,
+                 vocab: SidVocab) -> torch.Tensor:
+    """The catalogue item of every supervised target, at the position of its first code [N, T]
+    (-100 elsewhere): what the item-level loss (``sft_loss``'s ``items``) predicts there. An
+    item's L code targets are consecutive in every window layout (``encode_windows``), and SIDs
+    are collision-free, so its codes name it."""
+    L = vocab.n_levels
+    n, t = ((targets >= 0) & (levels == 0)).nonzero(as_tuple=True)
+    codes = torch.stack([targets[n, t + l] - vocab.level_slice(l).start for l in range(L)], 1)
+    radix = torch.tensor(np.cumprod([1] + vocab.codebook_sizes[:0:-1])[::-1].copy())   # [L]
+    keys = (torch.as_tensor(item_codes).long() * radix).sum(1)                         # [I]
+    order = keys.argsort()
+    want = (codes * radix).sum(1)
+    at = torch.searchsorted(keys[order], want).clamp(max=len(keys) - 1)
+    if not torch.equal(keys[order][at], want):
+        raise ValueError("a supervised target's codes are no catalogue item's SID")
+    items = torch.full_like(targets, -100)
+    items[n, t] = order[at]
+    return items
+
+
 @torch.no_grad()
 def teacher_code_targets(teacher: torch.nn.Module, windows: list[np.ndarray],
                          flags: list[np.ndarray], item_codes: torch.Tensor, vocab: SidVocab,
@@ -185,20 +207,36 @@ def teacher_code_targets(teacher: torch.nn.Module, windows: list[np.ndarray],
 def sft_loss(model: SidModel, vocab: SidVocab, tokens, targets, levels,
              label_smoothing: float = 0.0, trie: SidTrie | None = None,
              nodes: torch.Tensor | None = None, soft: torch.Tensor | None = None,
-             distill: float = 0.0) -> torch.Tensor:
+             distill: float = 0.0, items: torch.Tensor | None = None,
+             item_loss: float = 0.0) -> torch.Tensor:
     """Mean cross-entropy of the supervised code tokens, softmax over each token's level, or,
     given ``trie`` and the targets' ``nodes`` (``target_nodes``), over the trie-valid codes.
 
     ``label_smoothing`` eps: (1 - eps) * NLL + eps * the mean NLL over the codes the softmax
     covers (the token's level, or its trie-valid codes). ``soft`` [N, T, K_max] (the teacher's
     code distributions, ``teacher_code_targets``) and ``distill`` a: (1 - a) * that loss +
-    a * KL(soft || the generator's distribution)."""
+    a * KL(soft || the generator's distribution). ``items`` [N, T] (``target_items``) and
+    ``item_loss`` b: plus b * the mean cross-entropy of the target items over the whole
+    catalogue, item i scored h . e_i at its first code's position, e_i the item token's input
+    embedding (``model.embed``; item-level history only)."""
     pad_mask = tokens != PAD
     if vocab.item_history:                            # item-level history: its training layout
-        logits = model(tokens, pad_mask=pad_mask, teacher_forced=True).logits
+        out = model(tokens, pad_mask=pad_mask, teacher_forced=True)
     else:
-        logits = model(tokens, pad_mask=pad_mask).logits                      # [B, T, V]
-    logits = logits.float()               # the loss in float32 under autocast (no-op otherwise)
+        out = model(tokens, pad_mask=pad_mask)
+    logits = out.logits.float()           # the loss in float32 under autocast (no-op otherwise)
+    extra = torch.zeros((), device=logits.device)
+    if item_loss:
+        at = items >= 0
+        extra = item_loss * F.cross_entropy(item_head_logits(model, vocab, out.hidden[at]),
+                                            items[at])
+    return _code_loss(vocab, logits, targets, levels, label_smoothing, trie, nodes, soft,
+                      distill) + extra
+
+
+def _code_loss(vocab: SidVocab, logits, targets, levels, label_smoothing, trie, nodes, soft,
+               distill) -> torch.Tensor:
+    """``sft_loss``'s loss of the supervised code tokens, from the logits [B, T, V]."""
     sel = targets >= 0
     lg, tg, lv = logits[sel], targets[sel], levels[sel]                        # [M, V], [M], [M]
     level_of_token = torch.full((vocab.size,), -1, dtype=torch.long, device=lg.device)
@@ -312,6 +350,12 @@ def train_sft(model: SidModel, vocab: SidVocab, trie: SidTrie, splits: Splits,
                                               targets)
         log.info("SFT: distilling %d code distributions of the SASRec teacher (weight %.2f)",
                  len(soft), cfg.distill)
+    item_tg = None
+    if cfg.item_loss > 0:
+        if not vocab.item_history:
+            raise InputError("sft.item_loss > 0 scores items by their input embedding, which "
+                             "needs model.history=items", field="sft.item_loss")
+        item_tg = target_items(targets, levels, item_codes, vocab)
     log.info("SFT: %d training rows in %d windows, %d supervised tokens", len(splits.train),
              len(windows), int((targets >= 0).sum()))
     val = splits.valid
@@ -385,7 +429,9 @@ def train_sft(model: SidModel, vocab: SidVocab, trie: SidTrie, splits: Splits,
                 with autocast_region(dev, autocast):      # forward + loss; backward outside
                     loss = sft_loss(model, vocab, tk[:, :keep].to(dev), tg[:, :keep].to(dev),
                                     lv[:, :keep].to(dev), cfg.label_smoothing, loss_trie, nd, sb,
-                                    cfg.distill)
+                                    cfg.distill,
+                                    None if item_tg is None else item_tg[idx][:, :keep].to(dev),
+                                    cfg.item_loss)
                 if share != 1.0:
                     loss = loss * share
                 loss.backward()
