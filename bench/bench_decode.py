@@ -8,7 +8,8 @@ backbones without a shared cache; ``model.share_history = False``).
 
 Speed: a random generator of Scientific size (2 layers, 4 heads, 128 dims), 4,000 random distinct
 SIDs (3 x 256 codes), 256 users with 20-item histories, token-level and item-level history, beam
-widths 10 / 20 / 50. Each (history, path) runs in a fresh process, so that its peak resident set
+widths 10 / 20 / 50; item-level history also fused with the item head (``shared+item_head``,
+``eval.item_head`` = 1: every item scored and its prefix masses summed, per user). Each (history, path) runs in a fresh process, so that its peak resident set
 is its own: it builds the model, warms up on 32 users at the widest beam, then times
 ``beam_search`` over all users in batches of 256 (prefill included; median over repeats). The
 FLOP lower bound is the forward matmul FLOPs of the same work (``beam_flops``: the prefill of
@@ -43,11 +44,14 @@ import harness  # noqa: E402
 from vstar.data.types import SplitRows  # noqa: E402
 from vstar.decode import SidTrie, beam_search, rank_rows  # noqa: E402
 from vstar.model import ModelConfig, make_vocab  # noqa: E402
+from vstar.model.generator import item_head_logits  # noqa: E402
 
 NAME = "decode"
 OUTPUT = "decode_speed.json"
 HISTORIES = {"codes": {}, "items": {"history": "items", "item_id_embedding": True}}
 PATHS = {"shared": True, "per_row": False}       # -> SidGenerator.share_history
+FUSED = "shared+item_head"     # item-level history only: the shared path fused with the item
+#                                head at weight 1 (eval.item_head; its prefix masses per user)
 DEMO_MODEL = harness.DEMO_MODEL
 FULL = {"users": 256, "items": 4000, "codebook_sizes": [256, 256, 256], "history": 20,
         "widths": [10, 20, 50], "batch_size": 256, "warmup_users": 32, "repeats": 3,
@@ -79,6 +83,8 @@ UNITS = {
                    "data loading included for source=run)",
     "rss_before_mb": "resident set after setup and warm-up, before the timed decodes, MiB",
     "decode_peak_extra_mb": "peak_rss_mb - rss_before_mb",
+    "overhead_vs_shared": "shared+item_head rows: wall_ms_per_user / the shared path's (the "
+                          "cost of scoring every item and its prefix masses per user)",
     "matmul_gflops": "fp32 2048^3 matmul rate of this machine in this run, median of the runs "
                      "before and after the children",
 }
@@ -106,15 +112,17 @@ def speed_child(a: dict) -> dict:
     """Time beam search at every width on one (history, path); peak memory of the process."""
     p, dev = a["p"], harness.setup_torch(a["threads"], a["device"])
     model, vocab, trie, tokens, mask = _scientific_setup(p, a["history"], a["seed"], dev)
-    model.share_history = PATHS[a["path"]]
+    model.share_history = PATHS[a["path"].split("+")[0]]
+    head = {"item_head": lambda h: item_head_logits(model, vocab, h),
+            "item_weight": 1.0} if a["path"] == FUSED else {}
     sync = harness.synchronizer(dev)
     B, bs = p["users"], p["batch_size"]
     warm = p["warmup_users"]
-    beam_search(model, vocab, trie, tokens[:warm], mask[:warm], max(p["widths"]))
+    beam_search(model, vocab, trie, tokens[:warm], mask[:warm], max(p["widths"]), **head)
     rss0 = harness.rss_mb()
 
     def decode_all(width: int) -> list:
-        return [beam_search(model, vocab, trie, tokens[s:s + bs], mask[s:s + bs], width)
+        return [beam_search(model, vocab, trie, tokens[s:s + bs], mask[s:s + bs], width, **head)
                 for s in range(0, B, bs)]
 
     rows = []
@@ -189,6 +197,8 @@ def run(quick: bool = False, threads: int = 1, device: str = "cpu",
     speed = {(h, path): harness.run_child(__file__, {**common, "kind": "speed", "history": h,
                                                      "path": path})
              for h in HISTORIES for path in PATHS}
+    speed[("items", FUSED)] = harness.run_child(__file__, {**common, "kind": "speed",
+                                                           "history": "items", "path": FUSED})
     evals = {("synthetic", path): harness.run_child(__file__, {**common, "kind": "eval",
                                                                "path": path})
              for path in PATHS}
@@ -230,7 +240,11 @@ def _speed_rows(speed: dict, gflops: float) -> list[dict]:
                    "peak_rss_mb": child["peak_rss_mb"], "rss_before_mb": child["rss_before_mb"],
                    "decode_peak_extra_mb": child["peak_rss_mb"] - child["rss_before_mb"]}
             rows.append(_with_floor(row, gflops))
-            if path != "per_row":
+            if path == FUSED:             # other rankings by design: its cost against shared
+                shared = {x["width"]: x for x in speed[(history, "shared")]["rows"]}
+                rows[-1]["overhead_vs_shared"] = (r["wall_ms_per_user"]
+                                                  / shared[r["width"]]["wall_ms_per_user"])
+            elif path != "per_row":
                 rows[-1].update(_compare(r, base[r["width"]]))
     return rows
 
@@ -277,7 +291,7 @@ def _print(rows: list[dict], p: dict, dev: torch.device, gflops: float) -> None:
         [("history", "history"), ("path", "path"), ("width", "W"),
          ("wall_ms_per_user", "ms/user"), ("floor_ms_per_user", "floor ms"),
          ("ratio_to_floor", "x floor"), ("speedup_vs_per_row", "speed-up"),
-         ("identical_to_per_row", "identical"), ("peak_rss_mb", "peak MiB"),
+         ("overhead_vs_shared", "vs shared"), ("identical_to_per_row", "identical"), ("peak_rss_mb", "peak MiB"),
          ("n_invalid", "invalid")])
     harness.print_table(
         "decode: ML-100K demo evaluation (rank_rows), peak resident memory per process",
