@@ -25,6 +25,8 @@ run() {  # run <variant> <overrides...>
     run.num_threads="$THREADS"
 "$VSTAR" run "$CONFIG" run.name=gen_sasrec_64 "run.seeds=$SEEDS" "run.methods=[sasrec]" \
     run.num_threads="$THREADS" sasrec.hidden=64        # the baseline at the old width
+run no_item_head sft.item_loss=0 eval.item_head=0    # neither the item loss nor the fusion
+run item_loss_unfused eval.item_head=0             # the item loss, ranked by the codes alone
 run no_distill sft.distill=0                       # no distillation from the SASRec teacher
 run subset_valid sft.val_max_users=2000            # early stopping on a 2,000-row subset
 run token_history model.history=codes              # history as L code tokens per item

@@ -297,7 +297,8 @@ def test_fuse_vectors_weighs_both_parts_equally():
     np.testing.assert_allclose(np.linalg.norm(fused[:, 2:], axis=1), 1.0, rtol=1e-6)
 
 
-def test_item_head_fusion_ranks_sft_validation_and_every_evaluation(experiment, monkeypatch):
+def test_item_head_fusion_ranks_sft_validation_and_every_evaluation(experiment, monkeypatch,
+                                                                     capsys):
     """eval.item_head reaches the decoders that rank: SFT's early-stopping validation (width
     sft.val_beam) and the test evaluation of SFT and of RL methods (eval.beam_width)."""
     from vstar.experiments import methods
@@ -321,3 +322,9 @@ def test_item_head_fusion_ranks_sft_validation_and_every_evaluation(experiment, 
     calls.clear()
     assert main(["run", cfg, "run.methods=[sft]", "run.name=plain"]) == 0
     assert calls == []                                   # eval.item_head = 0: plain beam search
+    # RL from a generator trained without the item loss, ranked with the head: refused
+    capsys.readouterr()
+    assert main(["rl", cfg, "--method", "grpo_beam", "run.name=plain", "sft.item_loss=1.0",
+                 "eval.item_head=0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "trained without it" in err and "sft.item_loss" in err and "config.yaml" in err

@@ -385,6 +385,7 @@ def parent_run(ctx: MethodContext, method: str) -> Path:
                 raise InputError(f"the {method} generator was trained on other {key} than this "
                                  f"config gives (the experiment's {key} changed since); rerun "
                                  f"{method!r} or restore them", file=str(parent.provenance))
+    check_item_head(ctx.cfg, parent.path / "config.yaml")
 
     def record_parent() -> None:                  # rank 0 writes the run's provenance
         prov, _ = read_json(ctx.run.layout.provenance)
@@ -397,6 +398,22 @@ def parent_run(ctx: MethodContext, method: str) -> Path:
 
     dist.main_result(record_parent)
     return ckpt
+
+
+def check_item_head(cfg: Any, parent_config: Path) -> None:
+    """Ranking with the item head (``eval.item_head > 0``) needs a generator whose head was
+    trained (``sft.item_loss > 0`` in the config its run saved): InputError otherwise, since an
+    untrained head would fuse noise into every ranking."""
+    if not cfg.eval.item_head or not parent_config.is_file():
+        return
+    import yaml
+
+    saved = yaml.safe_load(parent_config.read_text()) or {}
+    if not float((saved.get("sft") or {}).get("item_loss", 0.0)) > 0:
+        raise InputError(f"eval.item_head={cfg.eval.item_head} ranks with the item head, but this "
+                         "generator was trained without it (sft.item_loss 0); set "
+                         "eval.item_head=0 sft.item_loss=0 for it, or retrain its SFT",
+                         file=str(parent_config), field="sft.item_loss")
 
 
 def check_runs_free(cfg: Any, methods: list[str]) -> None:
