@@ -301,7 +301,7 @@ def test_item_head_fusion_ranks_sft_validation_and_every_evaluation(experiment, 
                                                                      capsys):
     """eval.item_head reaches the decoders that rank: SFT's early-stopping validation (width
     sft.val_beam) and the test evaluation of SFT and of RL methods (eval.beam_width)."""
-    from vstar.experiments import methods
+    from vstar.decode import beam
 
     calls = []
 
@@ -309,8 +309,8 @@ def test_item_head_fusion_ranks_sft_validation_and_every_evaluation(experiment, 
         calls.append((args[5], kw.get("item_weight")))
         return real(*args, **kw)
 
-    real = methods.beam_search
-    monkeypatch.setattr(methods, "beam_search", spy)
+    real = beam.beam_search
+    monkeypatch.setattr(beam, "beam_search", spy)
     cfg = str(experiment / "cfg.yaml")
     assert main(["run", cfg, "run.methods=[sft,grpo_beam]", "sft.item_loss=1.0",
                  "eval.item_head=0.5", "sft.val_beam=3", "eval.beam_width=20"]) == 0

@@ -180,3 +180,25 @@ def test_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path):
 
     with pytest.raises(InputError, match="run folder"):
         create_app(tmp_path)
+
+
+def test_a_run_ranked_with_the_item_head_is_served_with_it(toy_runs):
+    """eval.item_head > 0 in the run's config: /recommend answers with the fused beam, as the
+    run's evaluation ranked (the head's weights do not matter for the equality)."""
+    from vstar.decode.beam import item_head_decoder
+
+    run = load_run(toy_runs["sft"])
+    run.cfg.eval.item_head = 2.0
+    fused = item_head_decoder(10, 2.0)
+    with TestClient(create_app(recommender=Recommender(run, ServeConfig(max_wait_ms=0)))) as c:
+        for history in HISTORIES:
+            r = c.post("/recommend", json={"history": history, "k": 10,
+                                           "exclude_history": False})
+            tokens, mask = run.vocab.encode_histories([_indices(run, history)], run.trie.codes,
+                                                      max_items=run.splits.max_history)
+            with torch.no_grad():
+                res = fused(run.model, run.vocab, run.trie, tokens, mask)
+            assert r.json()["items"] == [run.data.item_ids[i] for i in res.items[0].tolist()
+                                         if i >= 0]
+            assert r.json()["scores"] == pytest.approx(
+                [s for s in res.scores[0].tolist() if s > float("-inf")], abs=1e-5)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from vstar.decode.trie import SidTrie, constrained_log_probs
+from vstar.model.generator import item_head_logits
 from vstar.model.interface import SidLM, rows_cache
 from vstar.model.vocab import SidVocab
 
@@ -77,7 +78,8 @@ def prefix_log_mass(item_log_probs: torch.Tensor, trie: SidTrie) -> list[torch.T
         top = torch.full((B, trie.n_nodes(d)), float("-inf"), device=item_log_probs.device)
         top = top.scatter_reduce(1, ids, item_log_probs, "amax")
         safe = torch.where(torch.isfinite(top), top, 0.0)
-        mass = torch.zeros_like(top).scatter_add(1, ids, (item_log_probs - safe.gather(1, ids)).exp())
+        shifted = (item_log_probs - safe.gather(1, ids)).exp()         # <= 1: no overflow
+        mass = torch.zeros_like(top).scatter_add(1, ids, shifted)
         out.append(mass.log() + safe)
     return out + [item_log_probs]
 
@@ -200,3 +202,17 @@ def beam_search(model: SidLM, vocab: SidVocab, trie: SidTrie, tokens: torch.Tens
     if guided:
         return ValueBeamResult(items, codes, scores, forward_tokens, per_user, n_invalid, swapped)
     return DecodeResult(items, codes, scores, forward_tokens, per_user, n_invalid)
+
+
+def item_head_decoder(width: int, weight: float):
+    """A decoder for ``vstar.decode.rank.rank_rows(..., decoder=...)`` (and the server): beam
+    search of ``width`` fused with the model's item head at ``weight`` (``eval.item_head``;
+    ``beam_search``'s ``item_head``), or None (plain beam search) at weight 0."""
+    if not weight:
+        return None
+
+    def decode(model, vocab, trie, tokens, mask):
+        return beam_search(model, vocab, trie, tokens, mask, width,
+                           item_head=lambda h: item_head_logits(model, vocab, h),
+                           item_weight=weight)
+    return decode

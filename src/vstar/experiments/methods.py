@@ -35,7 +35,7 @@ from vstar.core.errors import InputError
 from vstar.core.io import atomic_write_json
 from vstar.data.splits import hold_out_last
 from vstar.data.types import SplitRows
-from vstar.decode.beam import beam_search
+from vstar.decode.beam import item_head_decoder
 from vstar.decode.rank import rank_rows
 from vstar.decode.trie import SidTrie
 from vstar.experiments.collab import (ranking_metrics, sasrec_device, sasrec_validation,
@@ -43,7 +43,6 @@ from vstar.experiments.collab import (ranking_metrics, sasrec_device, sasrec_val
 from vstar.experiments.pipeline import MethodContext, Ranker, parent_run
 from vstar.experiments.registry import Method, register
 from vstar.model.backbone import SidModel, load_model, make_model_vocab, new_model, save_model
-from vstar.model.generator import item_head_logits
 from vstar.model.vocab import SidVocab
 from vstar.train.rl import RLTrainer
 from vstar.train.config import RLConfig
@@ -76,22 +75,11 @@ def beam_ranker(ctx: MethodContext, model: SidModel, vocab: SidVocab, trie: SidT
             return rank_rows(model, vocab, trie, rows, cfg.eval.beam_width,
                              batch_size=cfg.eval.batch_size,
                              max_history=ctx.prep.splits.max_history,
-                             decoder=fused_beam(cfg, cfg.eval.beam_width),
+                             decoder=item_head_decoder(cfg.eval.beam_width, cfg.eval.item_head),
                              progress=cfg.run.progress, desc=f"beam search {split}")
     return rank
 
 
-def fused_beam(cfg: Any, width: int):
-    """``rank_rows``'s decoder: beam search of ``width`` fused with the item head at weight
-    ``eval.item_head`` (``beam_search``'s ``item_head``), or None (plain beam search) at 0."""
-    w = cfg.eval.item_head
-    if not w:
-        return None
-
-    def decode(model, vocab, trie, tokens, mask):
-        return beam_search(model, vocab, trie, tokens, mask, width,
-                           item_head=lambda h: item_head_logits(model, vocab, h), item_weight=w)
-    return decode
 
 
 def sid_tables(ctx: MethodContext) -> tuple[SidVocab, SidTrie]:
@@ -153,7 +141,7 @@ def run_sft(ctx: MethodContext) -> dict:
         with ctx.precision():
             ranked, _ = rank_rows(model, vocab, trie, rows, cfg.sft.val_beam,
                                   max_history=splits.max_history,
-                                  decoder=fused_beam(cfg, cfg.sft.val_beam))
+                                  decoder=item_head_decoder(cfg.sft.val_beam, cfg.eval.item_head))
         return ranking_metrics(ranked, rows.targets, 10)
 
     t0 = time.perf_counter()

@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 import vstar
 from vstar.core.errors import InputError
-from vstar.decode.beam import beam_search
+from vstar.decode.beam import beam_search, item_head_decoder
 from vstar.decode.ved import value_guided_decode
 from vstar.core.device import DEVICES
 from vstar.experiments.budget import LoadedRun, load_run
@@ -231,7 +231,10 @@ class Recommender:
         tokens, mask = run.vocab.encode_histories(histories, run.trie.codes.cpu(),
                                                   max_items=run.splits.max_history)
         tokens, mask = tokens.to(run.trie.device), mask.to(run.trie.device)   # model's device
-        if decoder == "beam":
+        if decoder == "beam":         # fused with the item head where the run ranks with it
+            fused = item_head_decoder(width, run.cfg.eval.item_head)
+            if fused is not None:
+                return fused(run.model, run.vocab, run.trie, tokens, mask)
             return beam_search(run.model, run.vocab, run.trie, tokens, mask, width)
         ved_cfg = run.rl_cfg.ved
         if budget is not None:
