@@ -10,6 +10,9 @@
 #     POINTS_FILE=scripts/points/rl_methods_validation.txt \
 #     TABLE=docs/results/sci_kd_rl_methods_sweep_seed0.md \
 #     BASES="sft grpo_beam grpo_beam_tree gspo dapo hepo hepo_vbeam sdpo a2po" scripts/rl_sweep.sh
+#   # ... and the points that won there, each seed on valid and test (the README's tuned rows):
+#   for s in 0 1 2; do EXPERIMENT=sci_kd SEED=$s JOBS=2 SPLITS="[valid,test]" OVERRIDES="..." \
+#     POINTS_FILE=scripts/points/rl_methods_tuned.txt TABLE=/dev/null scripts/rl_sweep.sh; done
 # Points already finished are kept (run.resume=true), so the script can be re-run to extend it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +26,8 @@ THREADS=$([ "$JOBS" -gt 1 ] && echo 1 || echo 2)
 # OVERRIDES: more key=value words for every run (e.g. the settings an older experiment was
 # built with: OVERRIDES="sasrec.hidden=64 sid.sasrec_hidden=0 sft.item_loss=0 eval.item_head=0" for sci_kd)
 read -r -a EXTRA <<< "${OVERRIDES:-}"
-RL=(rl.users_per_step=64 rl.steps=260 "eval.splits=[valid]")
+# SPLITS: what each point is evaluated on ([valid]: a sweep; [valid,test]: the tuned rows)
+RL=(rl.users_per_step=64 rl.steps=260 "eval.splits=${SPLITS:-[valid]}")
 DEFAULT_POINTS="
 sw_grpo_beam_lr1e-5 grpo_beam rl.lr=1e-5
 sw_grpo_beam_lr1e-4 grpo_beam rl.lr=1e-4
