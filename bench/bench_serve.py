@@ -112,6 +112,7 @@ def synthetic_run(e: dict, seed: int):
     a fresh random value head (``init_std=0.5``, so that VED's priorities are not flat) and the
     default RL config; item ids "1".."N" (MovieLens style)."""
     from vstar.experiments.budget import LoadedRun
+    from vstar.experiments.config import EvalConfig
     from vstar.model import ModelConfig, ValueHead, ValueHeadConfig
     from vstar.train.config import RLConfig
 
@@ -122,7 +123,7 @@ def synthetic_run(e: dict, seed: int):
     ids = [str(i + 1) for i in range(len(codes))]
     return LoadedRun(layout=SimpleNamespace(path="<synthetic demo-size model>",
                                             method="synthetic"),
-                     cfg=SimpleNamespace(model=ModelConfig(**e["model"])),
+                     cfg=SimpleNamespace(model=ModelConfig(**e["model"]), eval=EvalConfig()),
                      data=SimpleNamespace(item_ids=ids, name="synthetic", n_items=len(ids)),
                      splits=SimpleNamespace(max_history=e["history"]), vocab=vocab, trie=trie,
                      model=model, value_head=head, rl_cfg=RLConfig())

@@ -385,7 +385,7 @@ def parent_run(ctx: MethodContext, method: str) -> Path:
                 raise InputError(f"the {method} generator was trained on other {key} than this "
                                  f"config gives (the experiment's {key} changed since); rerun "
                                  f"{method!r} or restore them", file=str(parent.provenance))
-    check_item_head(ctx.cfg, parent.path / "config.yaml")
+    check_item_head(ctx.cfg, parent.config)
 
     def record_parent() -> None:                  # rank 0 writes the run's provenance
         prov, _ = read_json(ctx.run.layout.provenance)
