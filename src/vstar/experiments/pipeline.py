@@ -40,7 +40,7 @@ from vstar.eval.metrics import evaluate_ranking, target_ranks
 from vstar.eval.records import write_metrics
 from vstar.experiments.collab import experiment_sasrec_config, fuse_vectors, sasrec_item_vectors
 from vstar.experiments.registry import Method, get_method
-from vstar.experiments.config import RESUMABLE
+from vstar.experiments.config import RESUMABLE, load_config
 from vstar.experiments.rundir import MISSING, RunDir, config_diff, config_value, run_state
 from vstar.sid import build_sids, item_vectors, load_index_json, save_index_json
 from vstar.sid.types import SemanticIds
@@ -406,10 +406,7 @@ def check_item_head(cfg: Any, parent_config: Path) -> None:
     untrained head would fuse noise into every ranking."""
     if not cfg.eval.item_head or not parent_config.is_file():
         return
-    import yaml
-
-    saved = yaml.safe_load(parent_config.read_text()) or {}
-    if not float((saved.get("sft") or {}).get("item_loss", 0.0)) > 0:
+    if not load_config(parent_config).sft.item_loss > 0:
         raise InputError(f"eval.item_head={cfg.eval.item_head} ranks with the item head, but this "
                          "generator was trained without it (sft.item_loss 0); set "
                          "eval.item_head=0 sft.item_loss=0 for it, or retrain its SFT",

@@ -142,15 +142,11 @@ def target_items(targets: torch.Tensor, levels: torch.Tensor, item_codes: torch.
     L = vocab.n_levels
     n, t = ((targets >= 0) & (levels == 0)).nonzero(as_tuple=True)
     codes = torch.stack([targets[n, t + l] - vocab.level_slice(l).start for l in range(L)], 1)
-    radix = torch.tensor(np.cumprod([1] + vocab.codebook_sizes[:0:-1])[::-1].copy())   # [L]
-    keys = (torch.as_tensor(item_codes).long() * radix).sum(1)                         # [I]
-    order = keys.argsort()
-    want = (codes * radix).sum(1)
-    at = torch.searchsorted(keys[order], want).clamp(max=len(keys) - 1)
-    if not torch.equal(keys[order][at], want):
+    found = SidTrie(torch.as_tensor(item_codes), vocab.codebook_sizes).item_of(codes)   # [M]
+    if bool((found < 0).any()):
         raise ValueError("a supervised target's codes are no catalogue item's SID")
     items = torch.full_like(targets, -100)
-    items[n, t] = order[at]
+    items[n, t] = found
     return items
 
 
