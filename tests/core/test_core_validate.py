@@ -68,3 +68,15 @@ def test_item_head_fusion_needs_the_item_loss_that_trains_the_head():
         load_config(None, ["data.path=x.csv", "eval.item_head=1.0"])
     cfg = load_config(None, ["data.path=x.csv", "eval.item_head=1.0", "sft.item_loss=1.0"])
     assert cfg.eval.item_head == 1.0
+
+
+def test_item_distillation_needs_the_item_loss_whose_head_it_distils_into():
+    from vstar.experiments.config import load_config
+    with pytest.raises(InputError, match=r"field 'sft.item_distill': got 0.5, expected 0 unless "
+                                         r"sft.item_loss > 0"):
+        load_config(None, ["data.path=x.csv", "sft.item_distill=0.5"])
+    with pytest.raises(InputError, match=r"field 'sft.item_distill': got 1.5"):
+        load_config(None, ["data.path=x.csv", "sft.item_distill=1.5", "sft.item_loss=1.0"])
+    cfg = load_config(None, ["data.path=x.csv", "sft.item_distill=0.5", "sft.item_loss=1.0",
+                             "sft.item_teacher_hidden=32"])
+    assert cfg.sft.item_distill == 0.5 and cfg.sft.item_teacher_hidden == 32

@@ -297,6 +297,36 @@ def test_fuse_vectors_weighs_both_parts_equally():
     np.testing.assert_allclose(np.linalg.norm(fused[:, 2:], axis=1), 1.0, rtol=1e-6)
 
 
+def test_item_distillation_trains_a_wider_teacher_once_per_experiment(experiment, caplog):
+    """sft.item_teacher_hidden W: a W-wide SASRec is trained into the experiment's artifacts
+    once, distilled into the item head, and reused by the next seed; W = 0 distils the
+    experiment's own teacher and trains nothing more."""
+    import logging
+
+    from safetensors import safe_open
+    cfg = str(experiment / "cfg.yaml")
+    art = experiment / "runs" / "toy" / "artifacts"
+    common = ["run.methods=[sft]", "sft.item_loss=1.0", "sft.item_distill=0.5"]
+    with caplog.at_level(logging.INFO):
+        assert main(["run", cfg, *common, "sft.item_teacher_hidden=24"]) == 0
+    wide = art / "teacher_sasrec_w24.safetensors"
+    with safe_open(str(wide), "pt") as f:
+        widths = {f.get_tensor(k).shape[-1] for k in f.keys() if "item_emb" in k}
+    assert widths == {24}
+    assert "item distributions of a 24-wide SASRec" in caplog.text
+    stamp = wide.stat().st_mtime_ns
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert main(["run", cfg, *common, "sft.item_teacher_hidden=24", "run.seeds=[1]"]) == 0
+    assert wide.stat().st_mtime_ns == stamp                 # trained once, then loaded
+    assert "training the experiment's SASRec" not in caplog.text
+    before = sorted(p.name for p in art.iterdir())
+    assert main(["run", cfg, *common, "run.name=own"]) == 0
+    assert not any("teacher_sasrec_w" in p.name
+                   for p in (experiment / "runs" / "own" / "artifacts").iterdir())
+    assert sorted(p.name for p in art.iterdir()) == before
+
+
 def test_item_head_fusion_ranks_sft_validation_and_every_evaluation(experiment, monkeypatch,
                                                                      capsys):
     """eval.item_head reaches the decoders that rank: SFT's early-stopping validation (width

@@ -104,3 +104,109 @@ def test_train_sft_with_a_teacher_runs_and_requires_one():
     with pytest.raises(InputError, match="sft.distill"):
         train_sft(new_generator(cfg, vocab, torch.as_tensor(codes), 5), vocab, trie, splits, sft,
                   progress=False)
+
+
+def test_item_soft_targets_are_the_teachers_item_softmax_before_each_target():
+    from vstar.train.sft import target_items, teacher_item_targets
+    codes, rows, teacher = _world(3)
+    vocab = make_vocab(ModelConfig(), [3, 4, 2], len(codes))
+    windows, flags = build_windows(rows, 5, "chunks")
+    _, targets, levels = encode_windows(windows, flags, torch.as_tensor(codes), vocab)
+    items = target_items(targets, levels, torch.as_tensor(codes), vocab)
+    soft, row = teacher_item_targets(teacher, windows, flags, items, chunk=5)
+    assert soft.dtype == torch.float16 and soft.shape == (len(rows), len(codes))
+    checked = 0
+    for n, (w, f) in enumerate(zip(windows, flags)):
+        for i in np.flatnonzero(f):
+            with torch.no_grad():
+                p = torch.softmax(teacher(torch.as_tensor(w[:i] + 1)[None]), -1)[0]
+            t = 3 * i                                    # item i's first code is predicted here
+            assert items[n, t] == w[i] and row[n, t] >= 0
+            torch.testing.assert_close(soft[row[n, t]].float(), p, rtol=2e-3, atol=1e-4)
+            checked += 1
+    assert checked == len(rows) and int((row >= 0).sum()) == len(rows)
+
+
+def _item_batch(seed):
+    from vstar.train.sft import target_items
+    codes, rows, teacher = _world(seed)
+    vocab = make_vocab(ModelConfig(), [3, 4, 2], len(codes))
+    windows, flags = build_windows(rows, 5, "chunks")
+    tokens, targets, levels = encode_windows(windows, flags, torch.as_tensor(codes), vocab)
+    items = target_items(targets, levels, torch.as_tensor(codes), vocab)
+    torch.manual_seed(seed)
+    model = new_generator(ModelConfig(n_layer=1, n_head=2, n_embd=16), vocab,
+                          torch.as_tensor(codes), 5).eval()
+    return codes, rows, teacher, vocab, model, (tokens, targets, levels), items
+
+
+def test_item_distillation_is_a_kl_to_the_teacher_that_one_hot_targets_turn_into_the_ce():
+    from vstar.model.generator import item_head_logits
+    codes, _, _, vocab, model, (tk, tg, lv), items = _item_batch(4)
+    at = items >= 0
+    m = int(at.sum())
+    code_only = sft_loss(model, vocab, tk, tg, lv)
+    ce_head = sft_loss(model, vocab, tk, tg, lv, items=items, item_loss=1.0) - code_only
+    one_hot = torch.zeros(m, len(codes)).scatter_(1, items[at][:, None], 1.0)
+    got = sft_loss(model, vocab, tk, tg, lv, items=items, item_loss=1.0, item_soft=one_hot,
+                   item_distill=1.0) - code_only
+    torch.testing.assert_close(got, ce_head, atol=1e-5, rtol=1e-5)
+    soft = torch.softmax(torch.randn(m, len(codes)), -1)           # by hand: sum p log(p / q)
+    with torch.no_grad():
+        out = model(tk, pad_mask=tk != 0, teacher_forced=True)
+        log_q = torch.log_softmax(item_head_logits(model, vocab, out.hidden[at]).float(), -1)
+    kl = (soft * (soft.log() - log_q)).sum(1).mean()
+    got = sft_loss(model, vocab, tk, tg, lv, items=items, item_loss=2.0, item_soft=soft,
+                   item_distill=0.25) - code_only
+    torch.testing.assert_close(got, 2.0 * (0.75 * ce_head + 0.25 * kl), atol=1e-5, rtol=1e-5)
+
+
+def test_item_distillation_pulls_the_head_towards_the_teacher():
+    """The mechanism: with c = 1 the head moves to the teacher's item softmax (a sharpened one
+    here, so that it differs from the untrained head's near-uniform one), closer than the
+    labels alone (c = 0) take it from the same start."""
+    from vstar.model.generator import item_head_logits
+    from vstar.train.sft import teacher_item_targets
+    codes, rows, teacher, vocab, model, (tk, tg, lv), items = _item_batch(5)
+    windows, flags = build_windows(rows, 5, "chunks")
+    soft, _ = teacher_item_targets(teacher, windows, flags, items)
+    soft = torch.softmax(8.0 * soft.float().log(), -1)
+    at = items >= 0
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def kl_to_teacher():
+        with torch.no_grad():
+            out = model(tk, pad_mask=tk != 0, teacher_forced=True)
+            log_q = torch.log_softmax(item_head_logits(model, vocab, out.hidden[at]), -1)
+            return float((soft * (soft.clamp(min=1e-12).log() - log_q)).sum(1).mean())
+
+    def trained_kl(c):
+        model.load_state_dict(start)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        for _ in range(60):
+            opt.zero_grad()
+            sft_loss(model, vocab, tk, tg, lv, items=items, item_loss=1.0, item_soft=soft,
+                     item_distill=c).backward()
+            opt.step()
+        return kl_to_teacher()
+
+    untrained = kl_to_teacher()
+    distilled, labels = trained_kl(1.0), trained_kl(0.0)
+    assert distilled < 0.5 * untrained and distilled < 0.5 * labels
+
+
+def test_train_sft_distils_into_the_item_head_and_requires_a_teacher():
+    import pytest
+    from vstar.core.errors import InputError
+    codes, rows, teacher = _world(6)
+    splits = Splits("leave_one_out", rows, rows, rows, 5)
+    vocab = make_vocab(ModelConfig(), [3, 4, 2], len(codes))
+    trie = SidTrie(codes, [3, 4, 2])
+    cfg = ModelConfig(n_layer=1, n_head=2, n_embd=16)
+    sft = SFTConfig(max_epochs=2, batch_size=8, warmup_steps=1, item_loss=1.0, item_distill=0.5)
+    model, history = train_sft(new_generator(cfg, vocab, torch.as_tensor(codes), 5), vocab, trie,
+                               splits, sft, item_teacher=teacher, progress=False)
+    assert len(history) == 2 and all(np.isfinite(h["train_loss"]) for h in history)
+    with pytest.raises(InputError, match="sft.item_distill"):
+        train_sft(new_generator(cfg, vocab, torch.as_tensor(codes), 5), vocab, trie, splits, sft,
+                  progress=False)

@@ -229,6 +229,13 @@ class ExperimentLayout:
         ``sid.vectors="sasrec"`` SIDs, and it is the teacher of ``sft.distill``."""
         return self.artifacts / "teacher_sasrec.safetensors"
 
+    def item_teacher(self, hidden: int) -> Path:
+        """The SASRec of width ``hidden`` that ``sft.item_teacher_hidden`` distils into the
+        item head (0: the experiment's ``teacher``)."""
+        if hidden == 0:
+            return self.teacher
+        return self.artifacts / f"teacher_sasrec_w{hidden}.safetensors"
+
     @property
     def stage_seconds(self) -> Path:
         return self.root / "stage_seconds.json"

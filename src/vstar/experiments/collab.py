@@ -56,12 +56,14 @@ def experiment_sasrec_config(cfg: Any) -> Any:
 
 
 def teacher_sasrec(cfg: Any, splits: Splits, n_items: int, path: Path,
-                   retrain: bool = False) -> SASRec:
+                   retrain: bool = False, hidden: int = 0) -> SASRec:
     """The SASRec of an experiment (``ExperimentLayout.teacher``): fitted on ``splits`` with the
-    config's ``sasrec`` section (width ``sid.sasrec_hidden`` if set, ``experiment_sasrec_config``)
-    and seed ``sid.seed``, early-stopped on the validation split. Loaded from ``path`` unless
-    absent or ``retrain``; a fresh one is saved there (atomically)."""
-    scfg = dataclasses.replace(experiment_sasrec_config(cfg), max_len=splits.max_history,
+    config's ``sasrec`` section (width ``sid.sasrec_hidden`` if set, ``experiment_sasrec_config``;
+    ``hidden`` > 0 overrides it, for ``sft.item_teacher_hidden``) and seed ``sid.seed``,
+    early-stopped on the validation split. Loaded from ``path`` unless absent or ``retrain``; a
+    fresh one is saved there (atomically)."""
+    scfg = experiment_sasrec_config(cfg)
+    scfg = dataclasses.replace(scfg, hidden=hidden or scfg.hidden, max_len=splits.max_history,
                                device=sasrec_device(cfg))
     if path.is_file() and not retrain:
         log.info("SASRec teacher loaded from %s", path)

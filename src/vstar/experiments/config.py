@@ -120,6 +120,9 @@ class PipelineConfig:
         require(self.eval.item_head == 0 or self.sft.item_loss > 0, "eval.item_head",
                 self.eval.item_head, "0 unless sft.item_loss > 0 (the item head is trained by "
                 "the item-level loss; untrained, it would rank at random)")
+        require(self.sft.item_distill == 0 or self.sft.item_loss > 0, "sft.item_distill",
+                self.sft.item_distill, "0 unless sft.item_loss > 0 (it distils into the item "
+                "head, which only the item-level loss trains)")
         return self
 
 

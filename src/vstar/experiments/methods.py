@@ -149,6 +149,14 @@ def run_sft(ctx: MethodContext) -> dict:
     if cfg.sft.distill > 0:
         with dist.main_first():                   # rank 0 trains and saves it if missing
             teacher = teacher_sasrec(cfg, splits, ctx.prep.data.n_items, ctx.experiment.teacher)
+    item_teacher = None
+    if cfg.sft.item_distill > 0:                  # the experiment's teacher, or a wider SASRec
+        width = cfg.sft.item_teacher_hidden
+        item_teacher = teacher if width == 0 and teacher is not None else None
+        if item_teacher is None:
+            with dist.main_first():
+                item_teacher = teacher_sasrec(cfg, splits, ctx.prep.data.n_items,
+                                              ctx.experiment.item_teacher(width), hidden=width)
     sft_splits = splits
     if cfg.sft.rl_holdout:                        # RL's rows stay unseen by SFT
         sft_rows, held = hold_out_last(splits.train, cfg.sft.rl_holdout)
@@ -159,7 +167,7 @@ def run_sft(ctx: MethodContext) -> dict:
                                validate=validate, progress=cfg.run.progress, teacher=teacher,
                                checkpoint_path=ctx.run.layout.sft_state,
                                resume=ctx.run.resumed, scalars=ctx.scalars,
-                               autocast=ctx.autocast)
+                               autocast=ctx.autocast, item_teacher=item_teacher)
     train_s = time.perf_counter() - t0
     if dist.is_main():
         atomic_write_json(ctx.run.layout.sft_history, history)

@@ -66,6 +66,11 @@ class SFTConfig:
                                    # h . e(item) with e the item's input embedding (its codes'
                                    # sum + item-ID row); needs model.history=items
                                    # (docs/method.md 1, "Item-level loss")
+    item_distill: float = 0.0      # weight c of distillation into the item head: its loss is
+                                   # (1 - c) * CE + c * KL(a SASRec's item softmax || head)
+    item_teacher_hidden: int = 0   # width of that SASRec: 0 = the experiment's teacher (the
+                                   # one of sft.distill); W > 0 = a W-wide SASRec trained once
+                                   # per experiment with sid.seed (artifacts/teacher_sasrec_wW)
     rl_holdout: int = 0            # the last k training targets of each user (with more than
                                    # k) are left out of SFT and are the rows RL draws its users
                                    # from (0: RL draws from every training row, the paper)
@@ -78,7 +83,8 @@ class SFTConfig:
              "val_max_users": non_negative_int, "eval_every": count,
              "windows": one_of(*WINDOW_MODES), "group_by_length": boolean(),
              "label_smoothing": fraction, "loss": one_of(*SFT_LOSSES), "distill": fraction,
-             "item_loss": non_negative, "rl_holdout": non_negative_int}
+             "item_loss": non_negative, "item_distill": fraction,
+             "item_teacher_hidden": non_negative_int, "rl_holdout": non_negative_int}
 
     def validate(self, prefix: str = "sft") -> None:
         check_fields(self, prefix, self.RULES)

@@ -151,6 +151,43 @@ def target_items(targets: torch.Tensor, levels: torch.Tensor, item_codes: torch.
 
 
 @torch.no_grad()
+def _teacher_softmax(teacher: torch.nn.Module, windows: list[np.ndarray],
+                     flags: list[np.ndarray], chunk: int):
+    """Yields (start, p [c, I], items [c]) for consecutive chunks of the windows' supervised
+    items (window by window, in order): p the teacher's item softmax given the window's (at most
+    ``max_len``) items before each one, right-aligned as when it ranks a history, on the
+    teacher's device; items what follows, as a list of ints."""
+    max_len = teacher.cfg.max_len
+    was_training = teacher.training
+    teacher.eval()
+    dev = module_device(teacher)
+    prefixes, items = [], []                    # what the teacher reads, what follows it
+    for w, f in zip(windows, flags):
+        for i in np.flatnonzero(f):
+            prefixes.append(w[max(0, i - max_len):i])
+            items.append(int(w[i]))
+    try:
+        for s in range(0, len(items), chunk):
+            part = prefixes[s:s + chunk]
+            inputs = torch.zeros(len(part), max(len(h) for h in part), dtype=torch.long)
+            for r, h in enumerate(part):        # right-aligned, as the teacher ranks histories
+                inputs[r, inputs.shape[1] - len(h):] = torch.from_numpy(np.asarray(h) + 1)
+            yield s, torch.softmax(teacher(inputs.to(dev)).float(), dim=-1), items[s:s + chunk]
+    finally:
+        teacher.train(was_training)
+
+
+def _supervised_rows(sup: torch.Tensor, n_rows: int, what: str) -> torch.Tensor:
+    """[N, T] long: the row of each True of ``sup`` in row-major order (-1 elsewhere), checked
+    against the ``n_rows`` teacher targets made for them."""
+    row = torch.full(sup.shape, -1, dtype=torch.long)
+    row[sup] = torch.arange(int(sup.sum()))
+    if int(sup.sum()) != n_rows:
+        raise ValueError(f"{int(sup.sum())} supervised {what} but {n_rows} teacher targets")
+    return row
+
+
+@torch.no_grad()
 def teacher_code_targets(teacher: torch.nn.Module, windows: list[np.ndarray],
                          flags: list[np.ndarray], item_codes: torch.Tensor, vocab: SidVocab,
                          targets: torch.Tensor, chunk: int = 1024
@@ -158,53 +195,57 @@ def teacher_code_targets(teacher: torch.nn.Module, windows: list[np.ndarray],
     """A SASRec teacher's distribution over each supervised code, for distillation.
 
     For the item at window position i the teacher reads the window's (at most ``max_len``)
-    items before it, right-aligned as when it ranks a history, and gives p(item); the soft target of SID level l is that distribution summed over the items that share
-    the true item's first l codes, grouped by their level-l code (so it is the teacher's
-    p(code_l | history, true prefix), the quantity the generator's level-l softmax estimates).
+    items before it, right-aligned as when it ranks a history, and gives p(item); the soft
+    target of SID level l is that distribution summed over the items that share the true item's
+    first l codes, grouped by their level-l code (so it is the teacher's p(code_l | history,
+    true prefix), the quantity the generator's level-l softmax estimates).
 
     Returns (soft [S, K_max] float32, row [N, T] long): ``soft[row[n, t]]`` is the target of the
     supervised token ``targets[n, t]`` (``encode_windows``'s layout), row -1 elsewhere.
     """
     L, K = vocab.n_levels, max(vocab.codebook_sizes)
-    max_len = teacher.cfg.max_len
-    was_training = teacher.training
-    teacher.eval()
     dev = module_device(teacher)              # computed where the teacher is, kept on the CPU
     codes = torch.as_tensor(item_codes).long().to(dev)                          # [I, L]
-    prefixes, items = [], []                    # what the teacher reads, what follows it
-    for w, f in zip(windows, flags):
-        for i in np.flatnonzero(f):
-            prefixes.append(w[max(0, i - max_len):i])
-            items.append(int(w[i]))
-    soft = torch.zeros(len(items) * L, K)
-    for s in range(0, len(items), chunk):
-        part = prefixes[s:s + chunk]
-        inputs = torch.zeros(len(part), max(len(h) for h in part), dtype=torch.long)
-        for r, h in enumerate(part):            # right-aligned, as the teacher ranks histories
-            inputs[r, inputs.shape[1] - len(h):] = torch.from_numpy(np.asarray(h) + 1)
-        p = torch.softmax(teacher(inputs.to(dev)).float(), dim=-1)               # [c, I]
-        c = len(part)
-        true = codes[torch.as_tensor(items[s:s + chunk], device=dev)]           # [c, L]
+    n_items = sum(int(f.sum()) for f in flags)
+    soft = torch.zeros(n_items * L, K)
+    for s, p, items in _teacher_softmax(teacher, windows, flags, chunk):
+        c = len(items)
+        true = codes[torch.as_tensor(items, device=dev)]                        # [c, L]
         same = torch.ones_like(p, dtype=torch.bool)
         for lvl in range(L):
             q = torch.zeros(c, K, device=dev).scatter_add_(1, codes[:, lvl].expand(c, -1),
                                                            p * same)
             soft[(s + torch.arange(c)) * L + lvl] = (q / q.sum(1, keepdim=True)).cpu()
             same &= codes[None, :, lvl] == true[:, lvl, None]
-    teacher.train(was_training)
-    row = torch.full(targets.shape, -1, dtype=torch.long)
-    sup = targets >= 0                          # row-major: window n, then its items in order
-    row[sup] = torch.arange(int(sup.sum()))
-    if int(sup.sum()) != len(soft):
-        raise ValueError(f"{int(sup.sum())} supervised tokens but {len(soft)} teacher targets")
-    return soft, row
+    return soft, _supervised_rows(targets >= 0, len(soft), "tokens")
+
+
+@torch.no_grad()
+def teacher_item_targets(teacher: torch.nn.Module, windows: list[np.ndarray],
+                         flags: list[np.ndarray], items: torch.Tensor, chunk: int = 1024
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A SASRec teacher's item softmax before each supervised item, for ``sft.item_distill``.
+
+    Returns (soft [S, I] float16, row [N, T] long): ``soft[row[n, t]]`` is the teacher's
+    distribution over the catalogue where ``items[n, t]`` (``target_items``) names a target,
+    row -1 elsewhere. float16 halves the S x I table (33 k x 4 k items: 0.3 GB on Scientific)."""
+    n_items = sum(int(f.sum()) for f in flags)
+    soft = None
+    for s, p, _ in _teacher_softmax(teacher, windows, flags, chunk):
+        if soft is None:
+            soft = torch.zeros(n_items, p.shape[1], dtype=torch.float16)
+        soft[s:s + len(p)] = p.half().cpu()
+    if soft is None:
+        soft = torch.zeros(0, 0, dtype=torch.float16)
+    return soft, _supervised_rows(items >= 0, len(soft), "items")
 
 
 def sft_loss(model: SidModel, vocab: SidVocab, tokens, targets, levels,
              label_smoothing: float = 0.0, trie: SidTrie | None = None,
              nodes: torch.Tensor | None = None, soft: torch.Tensor | None = None,
              distill: float = 0.0, items: torch.Tensor | None = None,
-             item_loss: float = 0.0) -> torch.Tensor:
+             item_loss: float = 0.0, item_soft: torch.Tensor | None = None,
+             item_distill: float = 0.0) -> torch.Tensor:
     """Mean cross-entropy of the supervised code tokens, softmax over each token's level, or,
     given ``trie`` and the targets' ``nodes`` (``target_nodes``), over the trie-valid codes.
 
@@ -214,7 +255,9 @@ def sft_loss(model: SidModel, vocab: SidVocab, tokens, targets, levels,
     a * KL(soft || the generator's distribution). ``items`` [N, T] (``target_items``) and
     ``item_loss`` b: plus b * the mean cross-entropy of the target items over the whole
     catalogue, item i scored h . e_i at its first code's position, e_i the item token's input
-    embedding (``model.embed``; item-level history only)."""
+    embedding (``model.embed``; item-level history only). ``item_soft`` [M, I] (a teacher's
+    item distributions at the M targets of ``items``, row-major, ``teacher_item_targets``) and
+    ``item_distill`` c: that cross-entropy becomes (1 - c) * CE + c * KL(item_soft || head)."""
     pad_mask = tokens != PAD
     if vocab.item_history:                            # item-level history: its training layout
         out = model(tokens, pad_mask=pad_mask, teacher_forced=True)
@@ -224,8 +267,12 @@ def sft_loss(model: SidModel, vocab: SidVocab, tokens, targets, levels,
     extra = torch.zeros((), device=logits.device)
     if item_loss:
         at = items >= 0
-        extra = item_loss * F.cross_entropy(item_head_logits(model, vocab, out.hidden[at]),
-                                            items[at])
+        head = item_head_logits(model, vocab, out.hidden[at]).float()
+        extra = F.cross_entropy(head, items[at])
+        if item_distill:
+            kl = F.kl_div(torch.log_softmax(head, -1), item_soft.float(), reduction="batchmean")
+            extra = (1.0 - item_distill) * extra + item_distill * kl
+        extra = item_loss * extra
     return _code_loss(vocab, logits, targets, levels, label_smoothing, trie, nodes, soft,
                       distill) + extra
 
@@ -291,12 +338,22 @@ def held_out_loss(model: SidModel, vocab: SidVocab, tokens, targets, levels,
     return total / max(1, count)
 
 
+def _rows_of(soft: torch.Tensor | None, row: torch.Tensor | None, idx: torch.Tensor, keep: int,
+             dev: torch.device) -> torch.Tensor | None:
+    """The teacher rows of a batch's supervised positions, row-major (``teacher_item_targets``)."""
+    if soft is None:
+        return None
+    r = row[idx][:, :keep]
+    return soft[r[r >= 0]].to(dev)
+
+
 def train_sft(model: SidModel, vocab: SidVocab, trie: SidTrie, splits: Splits,
               cfg: SFTConfig, seed: int = 0, validate: Validate | None = None,
               progress: bool = True, checkpoint_path: str | os.PathLike | None = None,
               resume: bool = False, teacher: torch.nn.Module | None = None,
               scalars: Scalars | None = None,
-              autocast: str = "none") -> tuple[SidModel, list[dict]]:
+              autocast: str = "none",
+              item_teacher: torch.nn.Module | None = None) -> tuple[SidModel, list[dict]]:
     """Train with AdamW + warmup/cosine LR; keep the best validation state (early stopping).
 
     Every ``cfg.eval_every`` epochs, ``validate(model, rows)`` scores a fixed seeded subset of
@@ -352,6 +409,14 @@ def train_sft(model: SidModel, vocab: SidVocab, trie: SidTrie, splits: Splits,
             raise InputError("sft.item_loss > 0 scores items by their input embedding, which "
                              "needs model.history=items", field="sft.item_loss")
         item_tg = target_items(targets, levels, item_codes, vocab)
+    item_soft = item_row = None
+    if cfg.item_distill > 0:
+        if item_tg is None or item_teacher is None:
+            raise InputError("sft.item_distill > 0 needs sft.item_loss > 0 and a teacher model",
+                             field="sft.item_distill")
+        item_soft, item_row = teacher_item_targets(item_teacher, windows, flags, item_tg)
+        log.info("SFT: distilling %d item distributions of a %d-wide SASRec into the item head "
+                 "(weight %.2f)", len(item_soft), item_teacher.cfg.hidden, cfg.item_distill)
     log.info("SFT: %d training rows in %d windows, %d supervised tokens", len(splits.train),
              len(windows), int((targets >= 0).sum()))
     val = splits.valid
@@ -427,7 +492,8 @@ def train_sft(model: SidModel, vocab: SidVocab, trie: SidTrie, splits: Splits,
                                     lv[:, :keep].to(dev), cfg.label_smoothing, loss_trie, nd, sb,
                                     cfg.distill,
                                     None if item_tg is None else item_tg[idx][:, :keep].to(dev),
-                                    cfg.item_loss)
+                                    cfg.item_loss, _rows_of(item_soft, item_row, idx, keep, dev),
+                                    cfg.item_distill)
                 if share != 1.0:
                     loss = loss * share
                 loss.backward()
