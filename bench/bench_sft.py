@@ -8,8 +8,9 @@ training steps as ``vstar.train.sft.train_sft`` does, without validation or LR s
 batch of 128 windows trimmed of right padding, ``sft_loss``, backward, gradient clipping, AdamW
 step. Model: Scientific size (2 layers, 4 heads, 128 dims), with token-level and with item-level
 history (+ item-ID embedding), the latter with random and with length-grouped batches
-(``sft.group_by_length``, the default). Also reports FLOPs per step and their share of the fp32 matmul
-peak measured in the same run. Writes sft_throughput.json.
+(``sft.group_by_length``), and with the item head (``sft.item_loss`` + ``sft.item_distill``).
+Also reports FLOPs per step and their share of the fp32 matmul peak measured in the same run.
+Writes sft_throughput.json.
 
     .venv/bin/python bench/bench_sft.py [--quick] [--threads 1] [--device cpu] [--out-dir DIR]
 """
@@ -32,7 +33,8 @@ from vstar.data.splits import leave_one_out  # noqa: E402
 from vstar.data.types import InteractionData  # noqa: E402
 from vstar.data.windows import build_windows  # noqa: E402
 from vstar.model import PAD, ModelConfig, make_vocab  # noqa: E402
-from vstar.train.sft import encode_windows, length_grouped_batches, sft_loss  # noqa: E402
+from vstar.train.sft import (encode_windows, length_grouped_batches, sft_loss,  # noqa: E402
+                             target_items)
 
 NAME = "sft"
 OUTPUT = "sft_throughput.json"
@@ -67,9 +69,14 @@ def synthetic_splits(p: dict, n_items: int, rng: np.random.Generator):
 
 
 HISTORIES = {"codes": {}, "items": {"history": "items", "item_id_embedding": True}}
-# (history, batching) rows: "random" = uniformly drawn batches, "by_length" = sft.group_by_length
-# (train.sft.length_grouped_batches, the default), which pads each batch only to its own longest
-CASES = [("codes", "random"), ("items", "random"), ("items", "by_length")]
+# (history, batching) rows: "random" = uniformly drawn batches (the default), "by_length" =
+# sft.group_by_length (train.sft.length_grouped_batches), which pads each batch only to its own
+# longest window; "+head" =
+# the Scientific default's item head on top: sft.item_loss 1 (a full-catalogue softmax at every
+# target) with sft.item_distill 0.5 (a KL to a teacher table, random here: its cost, not its use)
+CASES = [("codes", "random"), ("items", "random"), ("items", "by_length"),
+         ("items", "random+head")]
+ITEM_LOSS, ITEM_DISTILL = 1.0, 0.5
 
 
 def run(quick: bool = False, threads: int = 1, device: str = "cpu",
@@ -89,6 +96,15 @@ def run(quick: bool = False, threads: int = 1, device: str = "cpu",
         splits = synthetic_splits(p, len(codes), rng)
         windows, flags = build_windows(splits.train, p["max_history"], p["windows"])
         tokens, targets, levels = encode_windows(windows, flags, torch.as_tensor(codes), vocab)
+        head = batching.endswith("+head")
+        items = target_items(targets, levels, torch.as_tensor(codes), vocab) if head else None
+        item_row = torch.full(targets.shape, -1, dtype=torch.long)
+        if head:                                  # one teacher row per target, as train_sft
+            item_row[items >= 0] = torch.arange(int((items >= 0).sum()))
+            gen_soft = torch.Generator().manual_seed(seed)
+            soft = torch.softmax(torch.randn(int((items >= 0).sum()), len(codes),
+                                             generator=gen_soft), -1).half().to(dev)
+            items, item_row = items.to(dev), item_row.to(dev)
         tokens, targets, levels = tokens.to(dev), targets.to(dev), levels.to(dev)
         model = harness.random_generator(vocab, p["max_history"], model_cfg, dev, peaked=False,
                                          codes=codes)
@@ -112,13 +128,18 @@ def run(quick: bool = False, threads: int = 1, device: str = "cpu",
                 idx = torch.randperm(N, generator=gen)[:bs].to(dev)
             tk, tg, lv = tokens[idx], targets[idx], levels[idx]
             keep = int((tk != PAD).sum(1).max())          # trim right padding, as train_sft
-            return tk[:, :keep], tg[:, :keep], lv[:, :keep]
+            extra = {}
+            if head:
+                r = item_row[idx][:, :keep]
+                extra = {"items": items[idx][:, :keep], "item_loss": ITEM_LOSS,
+                         "item_soft": soft[r[r >= 0]], "item_distill": ITEM_DISTILL}
+            return tk[:, :keep], tg[:, :keep], lv[:, :keep], extra
 
         def steps(n: int) -> dict:
             stats.update(supervised=0, input=0, steps=0)
             for _ in range(n):
-                tk, tg, lv = batch()
-                loss = sft_loss(model, vocab, tk, tg, lv)
+                tk, tg, lv, extra = batch()
+                loss = sft_loss(model, vocab, tk, tg, lv, **extra)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), p["grad_clip"])
@@ -132,9 +153,9 @@ def run(quick: bool = False, threads: int = 1, device: str = "cpu",
         # FLOPs of forward + backward, averaged over a few batches (untimed)
         flops = []
         for _ in range(3):
-            tk, tg, lv = batch()
+            tk, tg, lv, extra = batch()
             flops.append(harness.count_flops(
-                lambda: sft_loss(model, vocab, tk, tg, lv).backward()))
+                lambda: sft_loss(model, vocab, tk, tg, lv, **extra).backward()))
         opt.zero_grad(set_to_none=True)
         flops_per_step = float(np.mean(flops))
         # warm-up: ``warmup_steps`` untimed steps (allocations, AdamW state), then timed repeats
@@ -197,3 +218,7 @@ def run(quick: bool = False, threads: int = 1, device: str = "cpu",
                          ("achieved_gflops", "GFLOP/s"), ("share_of_matmul_peak", "of peak")])
     print(f"wrote {path}")
     return record
+
+
+if __name__ == "__main__":
+    harness.standalone_main(run, __doc__)
