@@ -25,18 +25,22 @@ run() {  # run <variant> <overrides...>
     run.num_threads="$THREADS"
 "$VSTAR" run "$CONFIG" run.name=gen_sasrec_64 "run.seeds=$SEEDS" "run.methods=[sasrec]" \
     run.num_threads="$THREADS" sasrec.hidden=64        # the baseline at the old width
-run no_item_head sft.item_loss=0 eval.item_head=0    # neither the item loss nor the fusion
+run no_item_head sft.item_loss=0 sft.item_distill=0 eval.item_head=0   # no item head at all
+run no_item_distill sft.item_distill=0             # the head trained on the labels alone
+run item_teacher_own sft.item_teacher_hidden=0     # distilled from the 128-wide SID teacher
 run item_loss_unfused eval.item_head=0             # the item loss, ranked by the codes alone
 run no_distill sft.distill=0                       # no distillation from the SASRec teacher
 run subset_valid sft.val_max_users=2000            # early stopping on a 2,000-row subset
-run token_history model.history=codes              # history as L code tokens per item
+run token_history model.history=codes sft.item_loss=0 sft.item_distill=0 eval.item_head=0
+                                                   # history as L code tokens per item (the
+                                                   # item head needs item-level history)
 run no_item_id model.item_id_embedding=false       # item-level history without an ID embedding
 run text_sids sid.vectors=text                     # SIDs from MiniLM text embeddings
 run trie_loss sft.loss=trie                        # softmax over trie-valid codes in training
 run label_smoothing sft.label_smoothing=0.1
 run dropout_0.3 model.dropout=0.3 sft.weight_decay=0.1
 run lr_3e-3 sft.lr=3e-3
-run sasrec_64 sasrec.hidden=64                     # the 64-wide SASRec as teacher and SID vectors
+run teacher_64 sid.sasrec_hidden=64                # a 64-wide SASRec as SID vectors and teacher
 run by_length sft.group_by_length=true             # length-grouped batches (3x faster epochs)
 run layers_4 model.n_layer=4
 

@@ -96,9 +96,26 @@ def test_budget_command_writes_json_and_plot(tmp_path, capsys):
     assert (out / f"{stem}.png").read_bytes()[:4] == b"\x89PNG"
     assert payload["n_users"] == 6 and payload["widths"] == [2, 4]
     assert payload["ks"] == [1, 5, 10] and payload["ved"]["init_beam"] == 2
+    assert payload["run_item_head"] == 0.0 and payload["item_head_fused"] is False
     assert [(r["decoder"], r["width"]) for r in payload["records"]] == \
         [("beam", 2), ("ved", 2), ("beam", 4), ("ved", 4)]
     assert all(r["max_forward_tokens_per_user"] <= r["budget_per_user"]
                for r in payload["records"])
     assert str(out / f"{stem}.json") in capsys.readouterr().out
     assert main(["budget", str(tmp_path), "--out-dir", str(out)]) == 2   # not a run folder
+
+
+def test_budget_curve_of_a_run_ranked_with_the_item_head_says_it_is_not_fused(tmp_path, caplog):
+    """The curve compares the code policy's decoders (beam against VED); a run whose metrics
+    fuse the item head gets a warning and a payload that says so."""
+    run_dir, *_ = _fake_rl_run(tmp_path)
+    path = run_dir / "config.yaml"
+    cfg = OmegaConf.load(path)
+    cfg.sft.item_loss, cfg.eval.item_head = 1.0, 0.5
+    path.write_text(OmegaConf.to_yaml(cfg))
+    out = tmp_path / "results"
+    assert main(["budget", str(run_dir), "--widths", "2", "--max-users", "4",
+                 "--out-dir", str(out)]) == 0
+    payload = json.loads((out / "budget_curve_toy_vstar_seed0_test.json").read_text())
+    assert payload["run_item_head"] == 0.5 and payload["item_head_fused"] is False
+    assert "ranks with the item head (eval.item_head=0.5)" in caplog.text

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -35,6 +36,8 @@ from vstar.model.backbone import SidModel, load_model, make_model_vocab
 from vstar.model.value import ValueHead
 from vstar.model.vocab import SidVocab
 from vstar.train.config import RLConfig
+
+log = logging.getLogger(__name__)
 
 
 def _rl_config(saved: dict, path: Path) -> RLConfig:
@@ -159,6 +162,10 @@ def run_budget_curve(run_dir: str | os.PathLike, split: str = "test",
             raise InputError(f"max_users must be >= 1, got {max_users}", field="max_users")
         rows = rows.subset(np.arange(min(max_users, len(rows))))
     ks = sorted(set(cfg.eval.ks) | {10})
+    if cfg.eval.item_head > 0:    # the curve compares the policy's decoders on pi alone
+        log.warning("this run ranks with the item head (eval.item_head=%g); the budget curve "
+                    "decodes the code policy alone, beam search against VED, so its numbers "
+                    "are not the run's metrics.json", cfg.eval.item_head)
     t0 = time.perf_counter()
     records = budget_curve(model, value_head, vocab, trie, rows, widths=widths, ks=ks,
                            ved_cfg=rl_cfg.ved, batch_size=batch_size or cfg.eval.batch_size,
@@ -168,6 +175,7 @@ def run_budget_curve(run_dir: str | os.PathLike, split: str = "test",
                "split": split, "n_users": len(rows), "n_items": data.n_items,
                "sid_levels": vocab.n_levels, "widths": [int(w) for w in widths], "ks": ks,
                "ved": dataclasses.asdict(rl_cfg.ved), "torch_threads": torch.get_num_threads(),
+               "run_item_head": cfg.eval.item_head, "item_head_fused": False,
                "seconds": time.perf_counter() - t0, "records": records}
     out_dir = Path(out_dir)
     json_path = out_dir / f"{stem}.json"
