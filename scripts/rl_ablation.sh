@@ -17,7 +17,7 @@ CONFIG=${CONFIG:-configs/scientific.yaml}
 METHODS=${METHODS:-"grpo_beam grpo_beam_sibling grpo_ved vstar"}
 # 2 epochs over the 8,317 training users at 64 users per step: 8317 * 2 / 64 = 260 steps
 # OVERRIDES: more key=value words for every run (e.g. the settings an older experiment was
-# built with: OVERRIDES="sasrec.hidden=64 sid.sasrec_hidden=0 sft.item_loss=0 eval.item_head=0" for sci_kd)
+# built with: OVERRIDES="sasrec.hidden=64 sid.sasrec_hidden=0 sft.item_loss=0 sft.item_distill=0 eval.item_head=0" for sci_kd)
 read -r -a EXTRA <<< "${OVERRIDES:-}"
 RL=(rl.users_per_step=64 rl.steps=260)
 THREADS=$([ "$JOBS" -gt 1 ] && echo 1 || echo 2)

@@ -6,7 +6,7 @@
 #   EXPERIMENT=sci_kd SEED=0 JOBS=2 scripts/rl_sweep.sh
 #   POINTS_FILE=my_points.txt ...    # "LABEL METHOD override..." per line instead of the default
 #   # issue 13: one knob per other RL recipe, on validation (its own table: TABLE=...)
-#   EXPERIMENT=sci_kd SEED=0 JOBS=2 OVERRIDES="sasrec.hidden=64 sid.sasrec_hidden=0 sft.item_loss=0 eval.item_head=0" \
+#   EXPERIMENT=sci_kd SEED=0 JOBS=2 OVERRIDES="sasrec.hidden=64 sid.sasrec_hidden=0 sft.item_loss=0 sft.item_distill=0 eval.item_head=0" \
 #     POINTS_FILE=scripts/points/rl_methods_validation.txt \
 #     TABLE=docs/results/sci_kd_rl_methods_sweep_seed0.md \
 #     BASES="sft grpo_beam grpo_beam_tree gspo dapo hepo hepo_vbeam sdpo a2po" scripts/rl_sweep.sh
@@ -24,7 +24,7 @@ CONFIG=${CONFIG:-configs/scientific.yaml}
 THREADS=$([ "$JOBS" -gt 1 ] && echo 1 || echo 2)
 # the ablation's scale (scripts/rl_ablation.sh): 2 epochs over the training users, 64 per step
 # OVERRIDES: more key=value words for every run (e.g. the settings an older experiment was
-# built with: OVERRIDES="sasrec.hidden=64 sid.sasrec_hidden=0 sft.item_loss=0 eval.item_head=0" for sci_kd)
+# built with: OVERRIDES="sasrec.hidden=64 sid.sasrec_hidden=0 sft.item_loss=0 sft.item_distill=0 eval.item_head=0" for sci_kd)
 read -r -a EXTRA <<< "${OVERRIDES:-}"
 # SPLITS: what each point is evaluated on ([valid]: a sweep; [valid,test]: the tuned rows)
 RL=(rl.users_per_step=64 rl.steps=260 "eval.splits=${SPLITS:-[valid]}")

@@ -409,7 +409,8 @@ def check_item_head(cfg: Any, parent_config: Path) -> None:
     if not load_config(parent_config).sft.item_loss > 0:
         raise InputError(f"eval.item_head={cfg.eval.item_head} ranks with the item head, but this "
                          "generator was trained without it (sft.item_loss 0); set "
-                         "eval.item_head=0 sft.item_loss=0 for it, or retrain its SFT",
+                         "eval.item_head=0 sft.item_loss=0 sft.item_distill=0 for it, or "
+                         "retrain its SFT",
                          file=str(parent_config), field="sft.item_loss")
 
 
