@@ -89,21 +89,28 @@ def test_distilling_one_hot_targets_is_the_cross_entropy_and_uniform_ones_the_en
     assert torch.allclose(mixed, 0.75 * ce + 0.25 * kl, atol=1e-5)
 
 
-def test_train_sft_with_a_teacher_runs_and_requires_one():
-    codes, rows, teacher = _world(2)
+def _training_world(seed):
+    """(splits, vocab, trie, teacher, new_model): the toy world set up for train_sft."""
+    codes, rows, teacher = _world(seed)
     splits = Splits("leave_one_out", rows, rows, rows, 5)
     vocab = make_vocab(ModelConfig(), [3, 4, 2], len(codes))
     trie = SidTrie(codes, [3, 4, 2])
     cfg = ModelConfig(n_layer=1, n_head=2, n_embd=16)
-    model = new_generator(cfg, vocab, torch.as_tensor(codes), 5)
+    def new_model():
+        return new_generator(cfg, vocab, torch.as_tensor(codes), 5)
+    return splits, vocab, trie, teacher, new_model
+
+
+def test_train_sft_with_a_teacher_runs_and_requires_one():
+    splits, vocab, trie, teacher, new_model = _training_world(2)
+    model = new_model()
     sft = SFTConfig(max_epochs=2, batch_size=8, warmup_steps=1, distill=0.5)
     model, history = train_sft(model, vocab, trie, splits, sft, teacher=teacher, progress=False)
     assert len(history) == 2 and all(np.isfinite(h["train_loss"]) for h in history)
     import pytest
     from vstar.core.errors import InputError
     with pytest.raises(InputError, match="sft.distill"):
-        train_sft(new_generator(cfg, vocab, torch.as_tensor(codes), 5), vocab, trie, splits, sft,
-                  progress=False)
+        train_sft(new_model(), vocab, trie, splits, sft, progress=False)
 
 
 def test_item_soft_targets_are_the_teachers_item_softmax_before_each_target():
@@ -198,15 +205,10 @@ def test_item_distillation_pulls_the_head_towards_the_teacher():
 def test_train_sft_distils_into_the_item_head_and_requires_a_teacher():
     import pytest
     from vstar.core.errors import InputError
-    codes, rows, teacher = _world(6)
-    splits = Splits("leave_one_out", rows, rows, rows, 5)
-    vocab = make_vocab(ModelConfig(), [3, 4, 2], len(codes))
-    trie = SidTrie(codes, [3, 4, 2])
-    cfg = ModelConfig(n_layer=1, n_head=2, n_embd=16)
+    splits, vocab, trie, teacher, new_model = _training_world(6)
     sft = SFTConfig(max_epochs=2, batch_size=8, warmup_steps=1, item_loss=1.0, item_distill=0.5)
-    model, history = train_sft(new_generator(cfg, vocab, torch.as_tensor(codes), 5), vocab, trie,
-                               splits, sft, item_teacher=teacher, progress=False)
+    model, history = train_sft(new_model(), vocab, trie, splits, sft, item_teacher=teacher,
+                               progress=False)
     assert len(history) == 2 and all(np.isfinite(h["train_loss"]) for h in history)
     with pytest.raises(InputError, match="sft.item_distill"):
-        train_sft(new_generator(cfg, vocab, torch.as_tensor(codes), 5), vocab, trie, splits, sft,
-                  progress=False)
+        train_sft(new_model(), vocab, trie, splits, sft, progress=False)
