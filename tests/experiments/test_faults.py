@@ -368,6 +368,15 @@ def test_two_concurrent_runs_with_the_same_name_the_second_is_refused(experiment
 
 
 # ------------------------------------------------------------------ kill -9 and resume
+def _mtime(path: Path) -> int | None:
+    """The file's modification time, or None when it does not exist. One ``stat`` call: the run
+    deletes its state file when it finishes, so ``is_file()`` then ``stat()`` would race it."""
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
 def _kill_and_resume(experiment, args: list[str], run: Path, state_name: str, seed: int):
     """Run ``args`` in a subprocess and SIGKILL it at a random moment after its 1st-4th new
     checkpoint, three times (each time resuming the previous kill's state), then resume to the
@@ -386,11 +395,11 @@ def _kill_and_resume(experiment, args: list[str], run: Path, state_name: str, se
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 text=True)
         state = run / state_name
-        last = state.stat().st_mtime_ns if state.is_file() else None
+        last = _mtime(state)
         wanted, seen = rnd.randint(1, 4), 0              # checkpoints this process must write
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None and seen < wanted:
-            stamp = state.stat().st_mtime_ns if state.is_file() else None
+            stamp = _mtime(state)
             if stamp is not None and stamp != last:      # (a deleted old file is no checkpoint)
                 seen, last = seen + 1, stamp
             time.sleep(0.002)
