@@ -26,6 +26,10 @@ def test_create_writes_config_versions_seed_and_log(tmp_path):
         assert key in versions
     assert versions["seed"] == 7 and versions["vstar"] == "0.1.0"
     assert versions["numpy"] == np.__version__
+    import torch                                  # the kernels that decide a CPU run's digits
+    assert versions["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert versions["torch_num_threads"] == torch.get_num_threads()
+    assert "cpu_model" in versions
     assert (tmp_path / "run1" / "seed.txt").read_text().strip() == "7"
     log = (tmp_path / "run1" / "log.txt").read_text()
     assert "INFO" in log and "vstar.decode.beam: decoded 12 users" in log

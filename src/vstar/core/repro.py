@@ -99,6 +99,18 @@ def git_commit(start: str | os.PathLike | None = None) -> str | None:
     return None  # branch without commits yet
 
 
+def _cpu_model() -> str | None:
+    """The processor's model name (``/proc/cpuinfo`` on Linux, else ``platform.processor()``)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def collect_versions(seed: int | None = None) -> dict[str, Any]:
     """Provenance of a run: interpreter, platform, library versions, git commit, host, time."""
     import vstar
@@ -114,12 +126,17 @@ def collect_versions(seed: int | None = None) -> dict[str, Any]:
     if torch is not None:
         info["cuda"] = getattr(torch.version, "cuda", None)
         info["cuda_available"] = bool(torch.cuda.is_available())
+        # The CPU kernels torch dispatches to (AVX2, AVX512, ...) change float results, so a CPU
+        # run's digits reproduce on machines with the same capability and thread count only.
+        info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        info["torch_num_threads"] = torch.get_num_threads()
     info.update({
         "command": command_line(),
         "cwd": os.getcwd(),
         "git_commit": git_commit(),
         "hostname": socket.gethostname(),
         "cpu_count": os.cpu_count(),
+        "cpu_model": _cpu_model(),
         "seed": seed,
         "time": utc_now(),
     })
