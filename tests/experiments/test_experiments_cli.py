@@ -327,6 +327,35 @@ def test_item_distillation_trains_a_wider_teacher_once_per_experiment(experiment
     assert sorted(p.name for p in art.iterdir()) == before
 
 
+def test_the_sasrec_baseline_of_sid_seed_is_reused_as_the_item_teacher(experiment, caplog):
+    """With sft.item_teacher_hidden = sasrec.hidden the item teacher is the model the baseline's
+    seed-0 run already trained: its checkpoint is copied, not trained again. A baseline run
+    that did not finish is not reused."""
+    import logging
+
+    import torch
+    from safetensors.torch import load_file
+    cfg = str(experiment / "cfg.yaml")
+    exp = experiment / "runs" / "toy"
+    common = ["sft.item_loss=1.0", "sft.item_distill=0.5", "sft.item_teacher_hidden=16"]
+    with caplog.at_level(logging.INFO):
+        assert main(["run", cfg, "run.methods=[sasrec,sft]", *common]) == 0
+    teacher = exp / "artifacts" / "teacher_sasrec_w16.safetensors"
+    baseline = load_file(exp / "sasrec" / "seed0" / "sasrec.safetensors")
+    copied = load_file(teacher)
+    assert copied.keys() == baseline.keys()
+    assert all(torch.equal(copied[k], baseline[k]) for k in baseline)
+    assert "is this model" in caplog.text
+    assert f"-> {teacher}" not in caplog.text               # never trained
+    teacher.unlink()
+    status = exp / "sasrec" / "seed0" / "status.json"
+    status.write_text(json.dumps(dict(json.loads(status.read_text()), state="failed")))
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert main(["run", cfg, "run.methods=[sft]", "run.seeds=[1]", *common]) == 0
+    assert f"-> {teacher}" in caplog.text and "is this model" not in caplog.text
+
+
 def test_item_head_fusion_ranks_sft_validation_and_every_evaluation(experiment, monkeypatch,
                                                                      capsys):
     """eval.item_head reaches the decoders that rank: SFT's early-stopping validation (width

@@ -155,8 +155,9 @@ def run_sft(ctx: MethodContext) -> dict:
         item_teacher = teacher if width == 0 and teacher is not None else None
         if item_teacher is None:
             with dist.main_first():
-                item_teacher = teacher_sasrec(cfg, splits, ctx.prep.data.n_items,
-                                              ctx.experiment.item_teacher(width), hidden=width)
+                item_teacher = teacher_sasrec(
+                    cfg, splits, ctx.prep.data.n_items, ctx.experiment.item_teacher(width),
+                    hidden=width, baseline=ctx.experiment.run("sasrec", cfg.sid.seed))
     sft_splits = splits
     if cfg.sft.rl_holdout:                        # RL's rows stay unseen by SFT
         sft_rows, held = hold_out_last(splits.train, cfg.sft.rl_holdout)
