@@ -97,6 +97,7 @@ def baseline_is_teacher(baseline: RunLayout, cfg: Any, scfg: Any) -> bool:
     if (baseline.seed != cfg.sid.seed or run_state(baseline.path) != "finished"
             or not baseline.sasrec.is_file() or not baseline.config.is_file()):
         return False
+
     def plain(value: Any) -> Any:                  # JSON types, as both files store them
         if dataclasses.is_dataclass(value):
             value = dataclasses.asdict(value)
