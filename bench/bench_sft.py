@@ -8,7 +8,8 @@ training steps as ``vstar.train.sft.train_sft`` does, without validation or LR s
 batch of 128 windows trimmed of right padding, ``sft_loss``, backward, gradient clipping, AdamW
 step. Model: Scientific size (2 layers, 4 heads, 128 dims), with token-level and with item-level
 history (+ item-ID embedding), the latter with random and with length-grouped batches
-(``sft.group_by_length``), and with the item head (``sft.item_loss`` + ``sft.item_distill``).
+(``sft.group_by_length``), and with the item head (``sft.item_loss`` + ``sft.item_distill``),
+with random batches run whole and as 4 length-sorted micro-batches (``sft.micro_batches``).
 Also reports FLOPs per step and their share of the fp32 matmul peak measured in the same run.
 Writes sft_throughput.json.
 
@@ -33,8 +34,8 @@ from vstar.data.splits import leave_one_out  # noqa: E402
 from vstar.data.types import InteractionData  # noqa: E402
 from vstar.data.windows import build_windows  # noqa: E402
 from vstar.model import PAD, ModelConfig, make_vocab  # noqa: E402
-from vstar.train.sft import (encode_windows, length_grouped_batches, sft_loss,  # noqa: E402
-                             target_items)
+from vstar.train.sft import (encode_windows, length_grouped_batches,  # noqa: E402
+                             micro_batches, sft_loss, target_items)
 
 NAME = "sft"
 OUTPUT = "sft_throughput.json"
@@ -73,9 +74,12 @@ HISTORIES = {"codes": {}, "items": {"history": "items", "item_id_embedding": Tru
 # sft.group_by_length (train.sft.length_grouped_batches), which pads each batch only to its own
 # longest window; "+head" =
 # the Scientific default's item head on top: sft.item_loss 1 (a full-catalogue softmax at every
-# target) with sft.item_distill 0.5 (a KL to a teacher table, random here: its cost, not its use)
+# target) with sft.item_distill 0.5 (a KL to a teacher table, random here: its cost, not its use);
+# "micro4" = sft.micro_batches 4 (train.sft.micro_batches): each random batch sorted by length
+# and run as 4 parts, each trimmed of its own padding, with the whole batch's gradient
 CASES = [("codes", "random"), ("items", "random"), ("items", "by_length"),
-         ("items", "random+head")]
+         ("items", "random+head"), ("items", "micro4+head")]
+MICRO_BATCHES = 4
 ITEM_LOSS, ITEM_DISTILL = 1.0, 0.5
 
 
@@ -119,43 +123,60 @@ def run(quick: bool = False, threads: int = 1, device: str = "cpu",
         grouped: list[np.ndarray] = []
         batch_rng = np.random.default_rng(seed)
 
-        def batch():
+        def batch() -> list[tuple]:
+            """The batch's parts (one unless micro-batched): (tokens, targets, levels, extra
+            sft_loss arguments, weight = the part's share of the supervised tokens)."""
             if batching == "by_length":
                 if not grouped:                                   # a new epoch's batches
                     grouped.extend(length_grouped_batches(lengths, bs, batch_rng)[::-1])
-                idx = torch.as_tensor(grouped.pop()).to(dev)
+                idx = torch.as_tensor(grouped.pop())
             else:
-                idx = torch.randperm(N, generator=gen)[:bs].to(dev)
-            tk, tg, lv = tokens[idx], targets[idx], levels[idx]
-            keep = int((tk != PAD).sum(1).max())          # trim right padding, as train_sft
-            extra = {}
-            if head:
-                r = item_row[idx][:, :keep]
-                extra = {"items": items[idx][:, :keep], "item_loss": ITEM_LOSS,
-                         "item_soft": soft[r[r >= 0]], "item_distill": ITEM_DISTILL}
-            return tk[:, :keep], tg[:, :keep], lv[:, :keep], extra
+                idx = torch.randperm(N, generator=gen)[:bs]
+            n_batch = int((targets[idx.to(dev)] >= 0).sum())
+            parts = micro_batches(idx, lengths, MICRO_BATCHES if batching.startswith("micro")
+                                  else 1)
+            out = []
+            for part in parts:
+                part = part.to(dev)
+                tk, tg, lv = tokens[part], targets[part], levels[part]
+                keep = int((tk != PAD).sum(1).max())          # trim right padding, as train_sft
+                extra = {}
+                if head:
+                    r = item_row[part][:, :keep]
+                    extra = {"items": items[part][:, :keep], "item_loss": ITEM_LOSS,
+                             "item_soft": soft[r[r >= 0]], "item_distill": ITEM_DISTILL}
+                out.append((tk[:, :keep], tg[:, :keep], lv[:, :keep], extra,
+                            int((tg >= 0).sum()) / n_batch))
+            return out
+
+        def backward(parts: list[tuple]) -> torch.Tensor:
+            """The batch's mean loss, its gradient accumulated part by part (as train_sft)."""
+            total = torch.zeros(())
+            for tk, tg, lv, extra, weight in parts:
+                loss = sft_loss(model, vocab, tk, tg, lv, **extra) * weight
+                loss.backward()
+                total = total + loss.detach().cpu()
+            return total
 
         def steps(n: int) -> dict:
             stats.update(supervised=0, input=0, steps=0)
             for _ in range(n):
-                tk, tg, lv, extra = batch()
-                loss = sft_loss(model, vocab, tk, tg, lv, **extra)
+                parts = batch()
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                loss = backward(parts)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), p["grad_clip"])
                 opt.step()
-                stats["supervised"] += int((tg >= 0).sum())
-                stats["input"] += int((tk != PAD).sum())
+                stats["supervised"] += sum(int((tg >= 0).sum()) for _, tg, _, _, _ in parts)
+                stats["input"] += sum(int((tk != PAD).sum()) for tk, _, _, _, _ in parts)
                 stats["steps"] += 1
-            stats["loss"] = float(loss.detach())
+            stats["loss"] = float(loss)
             return dict(stats)
 
         # FLOPs of forward + backward, averaged over a few batches (untimed)
         flops = []
         for _ in range(3):
-            tk, tg, lv, extra = batch()
-            flops.append(harness.count_flops(
-                lambda: sft_loss(model, vocab, tk, tg, lv, **extra).backward()))
+            parts = batch()
+            flops.append(harness.count_flops(lambda: backward(parts)))
         opt.zero_grad(set_to_none=True)
         flops_per_step = float(np.mean(flops))
         # warm-up: ``warmup_steps`` untimed steps (allocations, AdamW state), then timed repeats
@@ -201,7 +222,8 @@ def run(quick: bool = False, threads: int = 1, device: str = "cpu",
         NAME, "SFT training throughput (no validation), token-level and item-level history",
         "windows from build_windows + encode_windows on synthetic leave-one-out SplitRows "
         "(random item sequences); each step: a batch of windows (random, or length-grouped as "
-        "sft.group_by_length) trimmed of right padding, "
+        "sft.group_by_length) trimmed of right padding (or, micro4, a random batch run as 4 "
+        "length-sorted parts each trimmed of its own padding, sft.micro_batches), "
         "sft_loss + backward + clip_grad_norm_ + AdamW.step (as train_sft, without LR schedule "
         "or validation); median over repeats after warmup_steps untimed steps. FLOPs per step: "
         "torch.utils.flop_counter on forward + backward; peak: a fp32 matmul of n^3 on the "

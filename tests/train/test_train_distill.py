@@ -1,6 +1,7 @@
 """Distillation from a SASRec teacher (sft.distill): the soft targets are the teacher's code
 marginals given the true prefix, and the loss they give is a real KL."""
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -212,3 +213,44 @@ def test_train_sft_distils_into_the_item_head_and_requires_a_teacher():
     assert len(history) == 2 and all(np.isfinite(h["train_loss"]) for h in history)
     with pytest.raises(InputError, match="sft.item_distill"):
         train_sft(new_model(), vocab, trie, splits, sft, progress=False)
+
+
+def test_micro_batches_take_the_whole_batchs_step_with_less_padding():
+    """sft.micro_batches: the rows of a batch sorted by length and cut into parts, each trimmed
+    of its own padding and weighted by its share of the supervised tokens, take the step of the
+    whole batch, with every loss term on (label smoothing, code and item distillation)."""
+    from vstar.train.sft import micro_batches
+    codes, rows, teacher = _world(3)
+    splits = Splits("leave_one_out", rows, rows, rows, 5)
+    vocab = make_vocab(ModelConfig(), [3, 4, 2], len(codes))
+    trie = SidTrie(codes, [3, 4, 2])
+    windows, _ = build_windows(rows, 5, "chunks")
+    lengths = np.array([len(w) for w in windows])
+    assert lengths.min() < lengths.max()                       # rows of different lengths
+    sft = SFTConfig(max_epochs=2, batch_size=len(windows) // 2 + 1, warmup_steps=1, lr=1e-2,
+                    label_smoothing=0.1, distill=0.5, item_loss=1.0, item_distill=0.5)
+
+    def trained(parts):
+        torch.manual_seed(0)
+        model = new_generator(ModelConfig(n_layer=1, n_head=2, n_embd=16, dropout=0.0), vocab,
+                              torch.as_tensor(codes), 5)
+        cfg = dataclasses.replace(sft, micro_batches=parts)
+        model, history = train_sft(model, vocab, trie, splits, cfg, teacher=teacher,
+                                   item_teacher=teacher, progress=False)
+        return model.state_dict(), [h["train_loss"] for h in history]
+
+    whole, whole_loss = trained(1)
+    for parts in (2, 3):
+        state, loss = trained(parts)
+        np.testing.assert_allclose(loss, whole_loss, rtol=1e-5)   # the batch's mean loss
+        for name, value in whole.items():
+            torch.testing.assert_close(state[name], value, rtol=1e-4, atol=1e-5, msg=name)
+    # the parts: every row once, lengths in order, fewer tokens to compute than the whole batch
+    idx = torch.randperm(len(windows))
+    parts = micro_batches(idx, lengths, 3)
+    assert len(parts) == 3 and sorted(torch.cat(parts).tolist()) == sorted(idx.tolist())
+    assert all(lengths[a.numpy()].max() <= lengths[b.numpy()].min()
+               for a, b in zip(parts, parts[1:]))
+    assert (sum(len(p) * lengths[p.numpy()].max() for p in parts)
+            < len(idx) * lengths.max())
+    assert micro_batches(idx, lengths, 1) == [idx]

@@ -55,6 +55,11 @@ class SFTConfig:
     group_by_length: bool = False  # batches of windows of similar length: about 3x fewer
                                    # padded tokens to compute, but on Scientific it ended 0.0017
                                    # lower in valid NDCG@10 (docs/method.md, "SFT batches")
+    micro_batches: int = 1         # each batch sorted by length and run as this many parts,
+                                   # each trimmed of its own padding, their losses weighted by
+                                   # their share of the batch's supervised tokens: the same
+                                   # gradient with fewer padding tokens (docs/method.md,
+                                   # "SFT batches")
     label_smoothing: float = 0.0   # eps of the level-wise label smoothing (train.sft.sft_loss)
     loss: str = "level"            # softmax over the level's codes, or "trie": over the codes
                                    # the SID trie allows after the prefix (what decoding ranks)
@@ -82,6 +87,7 @@ class SFTConfig:
              "grad_clip": positive, "val_metric": one_of(*SFT_VAL_METRICS), "val_beam": count,
              "val_max_users": non_negative_int, "eval_every": count,
              "windows": one_of(*WINDOW_MODES), "group_by_length": boolean(),
+             "micro_batches": count,
              "label_smoothing": fraction, "loss": one_of(*SFT_LOSSES), "distill": fraction,
              "item_loss": non_negative, "item_distill": fraction,
              "item_teacher_hidden": non_negative_int, "rl_holdout": non_negative_int}

@@ -324,11 +324,13 @@ def held_out_loss(model: SidModel, vocab: SidVocab, tokens, targets, levels,
     model.eval()
     dev = module_device(model)
     total, count = 0.0, 0
-    for s in range(0, len(tokens), batch_size):
-        tk, tg, lv = tokens[s:s + batch_size], targets[s:s + batch_size], levels[s:s + batch_size]
+    order = torch.argsort((tokens != PAD).sum(1), stable=True)   # batches of similar lengths:
+    for s in range(0, len(tokens), batch_size):                  # little padding to compute
+        rows = order[s:s + batch_size]
+        tk, tg, lv = tokens[rows], targets[rows], levels[rows]
         keep = int((tk != PAD).sum(1).max())
         n = int((tg >= 0).sum())
-        nd = None if nodes is None else nodes[s:s + batch_size, :keep].to(dev)
+        nd = None if nodes is None else nodes[rows][:, :keep].to(dev)
         with autocast_region(dev, autocast):
             loss = sft_loss(model, vocab, tk[:, :keep].to(dev), tg[:, :keep].to(dev),
                             lv[:, :keep].to(dev), 0.0, trie, nd)
@@ -336,6 +338,17 @@ def held_out_loss(model: SidModel, vocab: SidVocab, tokens, targets, levels,
         count += n
     model.train(was_training)
     return total / max(1, count)
+
+
+def micro_batches(idx: torch.Tensor, lengths: np.ndarray, k: int) -> list[torch.Tensor]:
+    """The rows ``idx`` of a batch as ``k`` micro-batches of consecutive lengths (``lengths``:
+    non-padding tokens per window): sorted by length (stably) and cut into ``k`` near-equal
+    parts, so that each part, trimmed to its own longest row, computes few padding tokens
+    (``sft.micro_batches``). ``k`` <= 1: the batch as it is."""
+    if k <= 1 or len(idx) <= 1:
+        return [idx]
+    order = idx[torch.as_tensor(np.argsort(lengths[idx.numpy()], kind="stable"))]
+    return [part for part in torch.tensor_split(order, min(k, len(order))) if len(part)]
 
 
 def _rows_of(soft: torch.Tensor | None, row: torch.Tensor | None, idx: torch.Tensor, keep: int,
@@ -480,25 +493,34 @@ def train_sft(model: SidModel, vocab: SidVocab, trie: SidTrie, splits: Splits,
             share = dist.global_share(int((targets[idx] >= 0).sum()))
             if cfg.group_by_length:
                 share *= int((targets[batch] >= 0).sum()) / tokens_per_batch
-            loss = torch.zeros((), device=dev)
-            if len(idx):
-                tk, tg, lv = tokens[idx], targets[idx], levels[idx]
-                keep = int((tk != PAD).sum(1).max())          # trim right padding of this batch
-                nd = None if nodes is None else nodes[idx][:, :keep].to(dev)
+            value = 0.0
+            # micro-batches (sft.micro_batches): the rows sorted by length and cut into parts,
+            # each trimmed of its own padding and weighted by its share of the supervised tokens,
+            # so that the gradients add up to the whole batch's mean loss
+            n_local = int((targets[idx] >= 0).sum())
+            for part in micro_batches(idx, lengths, cfg.micro_batches):
+                n_part = int((targets[part] >= 0).sum())
+                if not n_part:
+                    continue
+                tk, tg, lv = tokens[part], targets[part], levels[part]
+                keep = int((tk != PAD).sum(1).max())          # trim right padding of these rows
+                nd = None if nodes is None else nodes[part][:, :keep].to(dev)
                 sb = (None if soft is None
-                      else soft[soft_row[idx][:, :keep].clamp(min=0)].to(dev))
+                      else soft[soft_row[part][:, :keep].clamp(min=0)].to(dev))
                 with autocast_region(dev, autocast):      # forward + loss; backward outside
                     loss = sft_loss(model, vocab, tk[:, :keep].to(dev), tg[:, :keep].to(dev),
                                     lv[:, :keep].to(dev), cfg.label_smoothing, loss_trie, nd, sb,
                                     cfg.distill,
-                                    None if item_tg is None else item_tg[idx][:, :keep].to(dev),
-                                    cfg.item_loss, _rows_of(item_soft, item_row, idx, keep, dev),
+                                    None if item_tg is None else item_tg[part][:, :keep].to(dev),
+                                    cfg.item_loss, _rows_of(item_soft, item_row, part, keep, dev),
                                     cfg.item_distill)
-                if share != 1.0:
-                    loss = loss * share
+                weight = share * n_part / n_local
+                if weight != 1.0:
+                    loss = loss * weight
                 loss.backward()
+                value += float(loss.detach())
             dist.all_reduce_grads(model.parameters())
-            value = dist.all_sum([float(loss.detach())])[0]   # the global batch's mean loss
+            value = dist.all_sum([value])[0]                # the global batch's mean loss
             check_finite(torch.tensor(value), "sft loss", len(losses) + 1 + epoch * steps_per_epoch)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             lr = opt.param_groups[0]["lr"]               # the rate this step used
