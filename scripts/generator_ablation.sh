@@ -2,7 +2,8 @@
 # The generator ablation of the README (issue 7): every option of the SID generator switched off
 # (or on) against the defaults of configs/scientific.yaml, 3 seeds, leave-one-out, valid + test.
 # Each variant is its own experiment folder runs/gen_<variant>; the last lines print the table
-# and write it to docs/results/generator_ablation.md.
+# (mean +- std over seeds, and each variant paired against gen_default over users) and write it to
+# docs/results/generator_ablation.md (scripts/generator_ablation_table.py).
 #
 #   scripts/generator_ablation.sh                # all variants, seeds 0 1 2 (about 15-20 min per
 #                                                # variant and seed on the 2-core reference machine)
@@ -45,5 +46,5 @@ run by_length sft.group_by_length=true             # length-grouped batches (3x 
 run layers_4 model.n_layer=4
 
 mkdir -p docs/results
-"$VSTAR" compare runs/gen_* --markdown docs/results/generator_ablation.md \
-    --metrics HR@1 HR@10 NDCG@10 long_tail@10
+.venv/bin/python scripts/generator_ablation_table.py runs/gen_default runs/gen_* \
+    --seeds $(echo "$SEEDS" | tr -d '[]' | tr ',' ' ') --markdown docs/results/generator_ablation.md

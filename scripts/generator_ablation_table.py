@@ -1,0 +1,101 @@
+"""The generator ablation table of the README (issue 7): each option of the SID generator switched
+against the default, mean ± std over seeds on valid and test, and the paired test over users of
+each variant against the default (per-user NDCG@10 averaged over the seeds both have; bootstrap
+95 % CI and p, Wilcoxon p; ``vstar.eval.paired``).
+
+    .venv/bin/python scripts/generator_ablation_table.py runs/gen_default runs/gen_* \
+        [--seeds 0 1 2] [--markdown docs/results/generator_ablation.md]
+
+The first experiment is the default; every experiment's SFT runs are read from ``<exp>/sft``
+(``--method`` for another folder). Row labels come from ``VARIANTS`` (experiment name without the
+``gen_`` prefix); an unknown name is shown as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from vstar.core.io import atomic_write_text
+from vstar.eval.paired import paired_comparison
+
+VARIANTS = {
+    "default": "the default (`configs/scientific.yaml`)",
+    "token_history": "history as 3 code tokens per item (`model.history=codes`; no item head, "
+                     "which needs item-level history)",
+    "no_item_id": "item-level history without the item-ID embedding "
+                  "(`model.item_id_embedding=false`)",
+    "text_sids": "SIDs from MiniLM text embeddings (`sid.vectors=text`)",
+    "no_item_head": "no item head (`sft.item_loss=0 sft.item_distill=0 eval.item_head=0`)",
+    "no_item_distill": "item head on labels alone (`sft.item_distill=0`)",
+    "no_distill": "no code-level distillation (`sft.distill=0`)",
+    "subset_valid": "early stopping on a 2,000-row validation subset (`sft.val_max_users=2000`)",
+    "label_smoothing": "label smoothing 0.1 (`sft.label_smoothing=0.1`)",
+    "layers_4": "4 layers (`model.n_layer=4`)",
+}
+METRICS = ["HR@1", "HR@10", "NDCG@10", "long_tail@10"]
+
+
+def pval(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"{p:.2g}"
+
+
+def metrics_of(run: Path, split: str) -> dict | None:
+    f = run / "metrics.json" if split == "test" else run / split / "metrics.json"
+    return json.loads(f.read_text())["metrics"] if f.is_file() else None
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("experiments", type=Path, nargs="+", help="the default first, then variants")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--method", default="sft")
+    p.add_argument("--splits", nargs="+", default=["valid", "test"])
+    p.add_argument("--markdown", type=Path, default=None, help="also write the table here")
+    args = p.parse_args()
+    experiments = list(dict.fromkeys(e.resolve() for e in args.experiments))   # once each
+    default = experiments[0]
+    lines = ["| split | variant | seeds | " + " | ".join(METRICS)
+             + " | NDCG@10 − default [95 % CI] | p (bootstrap / Wilcoxon) |",
+             "|---|---|--:|" + "--:|" * len(METRICS) + "--:|--:|"]
+    for split in args.splits:
+        for exp in experiments:
+            runs = [exp / args.method / f"seed{k}" for k in args.seeds]
+            found = [(k, m) for k, r in zip(args.seeds, runs)
+                     if (m := metrics_of(r, split)) is not None]
+            if not found:
+                continue
+            cells = []
+            for name in METRICS:
+                vals = [m[name] for _, m in found]
+                std = np.std(vals, ddof=1) if len(vals) > 1 else 0.0
+                cells.append(f"{np.mean(vals):.4f} ± {std:.4f}")
+            paired = ["", ""]
+            both = [k for k, _ in found if metrics_of(default / args.method / f"seed{k}", split)]
+            if exp != default and both:
+                with tempfile.TemporaryDirectory() as tmp:   # one experiment, two "methods"
+                    (Path(tmp) / "variant").symlink_to((exp / args.method).resolve())
+                    (Path(tmp) / "default").symlink_to((default / args.method).resolve())
+                    res = paired_comparison(tmp, "variant", "default", metric="NDCG@10",
+                                            split=split, seeds=both)
+                paired = [f"{res['diff']:+.4f} [{res['ci_low']:+.4f}, {res['ci_high']:+.4f}]",
+                          f"{pval(res['p_bootstrap'])} / {pval(res['p_wilcoxon'])}"]
+                if len(both) < len(found):
+                    paired[0] += f" (seeds {' '.join(map(str, both))})"
+            label = (f"{VARIANTS['default']}, `{exp.name}`" if exp == default
+                     else VARIANTS.get(exp.name.removeprefix("gen_"), f"`{exp.name}`"))
+            lines.append(f"| {split} | {label} | {len(found)} | " + " | ".join(cells)
+                         + f" | {paired[0]} | {paired[1]} |")
+    table = "\n".join(lines)
+    print(table)
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.markdown, table + "\n")
+
+
+if __name__ == "__main__":
+    main()
