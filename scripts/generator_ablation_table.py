@@ -1,14 +1,16 @@
 """The generator ablation table of the README (issue 7): each option of the SID generator switched
 against the default, mean ± std over seeds on valid and test, and the paired test over users of
-each variant against the default (per-user NDCG@10 averaged over the seeds both have; bootstrap
+each variant against the default (per-user NDCG@10, or ``--metric``, averaged over the seeds both have; bootstrap
 95 % CI and p, Wilcoxon p; ``vstar.eval.paired``).
 
     .venv/bin/python scripts/generator_ablation_table.py runs/gen_default runs/gen_* \
         [--seeds 0 1 2] [--markdown docs/results/generator_ablation.md]
+    # every row against the SASRec baseline runs of an experiment instead:
+    .venv/bin/python scripts/generator_ablation_table.py runs/gen_default:sasrec runs/gen_*
 
-The first experiment is the default; every experiment's SFT runs are read from ``<exp>/sft``
-(``--method`` for another folder). Row labels come from ``VARIANTS`` (experiment name without the
-``gen_`` prefix); an unknown name is shown as it is.
+The first experiment is the baseline of the paired tests; each is read from ``<exp>/sft``, or
+from ``<exp>/<method>`` when given as ``PATH:METHOD``. Row labels come from ``VARIANTS``
+(experiment name without the ``gen_`` prefix); an unknown name is shown as it is.
 """
 
 from __future__ import annotations
@@ -40,6 +42,17 @@ VARIANTS = {
 METRICS = ["HR@1", "HR@10", "NDCG@10", "long_tail@10"]
 
 
+def parse(spec: str) -> tuple[Path, str]:
+    """PATH[:METHOD] -> (absolute experiment folder, method folder name)."""
+    path, _, method = spec.partition(":")
+    return Path(path).resolve(), method or "sft"
+
+
+def label_of(exp: Path, method: str) -> str:
+    return (f"`{exp.name}/{method}`" if method != "sft"
+            else "default" if exp.name.removeprefix("gen_") == "default" else f"`{exp.name}`")
+
+
 def pval(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.2g}"
 
@@ -51,20 +64,22 @@ def metrics_of(run: Path, split: str) -> dict | None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("experiments", type=Path, nargs="+", help="the default first, then variants")
+    p.add_argument("experiments", nargs="+",
+                   help="PATH[:METHOD] (METHOD default sft), the baseline of the tests first")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--method", default="sft")
     p.add_argument("--splits", nargs="+", default=["valid", "test"])
+    p.add_argument("--metric", default="NDCG@10", help="the paired test's metric")
     p.add_argument("--markdown", type=Path, default=None, help="also write the table here")
     args = p.parse_args()
-    experiments = list(dict.fromkeys(e.resolve() for e in args.experiments))   # once each
+    experiments = list(dict.fromkeys(parse(e) for e in args.experiments))       # once each
     default = experiments[0]
     lines = ["| split | variant | seeds | " + " | ".join(METRICS)
-             + " | NDCG@10 − default [95 % CI] | p (bootstrap / Wilcoxon) |",
+             + f" | {args.metric} − {label_of(*parse(args.experiments[0]))} [95 % CI]"
+             + " | p (bootstrap / Wilcoxon) |",
              "|---|---|--:|" + "--:|" * len(METRICS) + "--:|--:|"]
     for split in args.splits:
-        for exp in experiments:
-            runs = [exp / args.method / f"seed{k}" for k in args.seeds]
+        for exp, method in experiments:
+            runs = [exp / method / f"seed{k}" for k in args.seeds]
             found = [(k, m) for k, r in zip(args.seeds, runs)
                      if (m := metrics_of(r, split)) is not None]
             if not found:
@@ -75,19 +90,20 @@ def main() -> None:
                 std = np.std(vals, ddof=1) if len(vals) > 1 else 0.0
                 cells.append(f"{np.mean(vals):.4f} ± {std:.4f}")
             paired = ["", ""]
-            both = [k for k, _ in found if metrics_of(default / args.method / f"seed{k}", split)]
-            if exp != default and both:
+            both = [k for k, _ in found
+                    if metrics_of(default[0] / default[1] / f"seed{k}", split)]
+            if (exp, method) != default and both:
                 with tempfile.TemporaryDirectory() as tmp:   # one experiment, two "methods"
-                    (Path(tmp) / "variant").symlink_to((exp / args.method).resolve())
-                    (Path(tmp) / "default").symlink_to((default / args.method).resolve())
-                    res = paired_comparison(tmp, "variant", "default", metric="NDCG@10",
+                    (Path(tmp) / "variant").symlink_to(exp / method)
+                    (Path(tmp) / "default").symlink_to(default[0] / default[1])
+                    res = paired_comparison(tmp, "variant", "default", metric=args.metric,
                                             split=split, seeds=both)
                 paired = [f"{res['diff']:+.4f} [{res['ci_low']:+.4f}, {res['ci_high']:+.4f}]",
                           f"{pval(res['p_bootstrap'])} / {pval(res['p_wilcoxon'])}"]
                 if len(both) < len(found):
                     paired[0] += f" (seeds {' '.join(map(str, both))})"
-            label = (f"{VARIANTS['default']}, `{exp.name}`" if exp == default
-                     else VARIANTS.get(exp.name.removeprefix("gen_"), f"`{exp.name}`"))
+            label = (f"`{exp.name}/{method}`" if method != "sft" else
+                     VARIANTS.get(exp.name.removeprefix("gen_"), f"`{exp.name}`"))
             lines.append(f"| {split} | {label} | {len(found)} | " + " | ".join(cells)
                          + f" | {paired[0]} | {paired[1]} |")
     table = "\n".join(lines)
