@@ -36,7 +36,7 @@ run token_history model.history=codes sft.item_loss=0 sft.item_distill=0 eval.it
                                                    # history as L code tokens per item (the
                                                    # item head needs item-level history)
 run no_item_id model.item_id_embedding=false       # item-level history without an ID embedding
-run text_sids sid.vectors=text                     # SIDs from MiniLM text embeddings
+run sasrec_sids sid.vectors=sasrec                 # SIDs from a 128-wide SASRec's item embeddings
 run trie_loss sft.loss=trie                        # softmax over trie-valid codes in training
 run label_smoothing sft.label_smoothing=0.1
 run dropout_0.3 model.dropout=0.3 sft.weight_decay=0.1

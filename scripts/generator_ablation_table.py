@@ -27,11 +27,15 @@ from vstar.eval.paired import paired_comparison
 
 VARIANTS = {
     "default": "the default (`configs/scientific.yaml`)",
-    "token_history": "history as 3 code tokens per item (`model.history=codes`; no item head, "
-                     "which needs item-level history)",
+    "token_history": "history as 3 code tokens per item (`model.history=codes`, SASRec SIDs; "
+                     "no item head, which needs item-level history)",
     "no_item_id": "item-level history without the item-ID embedding "
                   "(`model.item_id_embedding=false`)",
-    "text_sids": "SIDs from MiniLM text embeddings (`sid.vectors=text`)",
+    "text_sids": "SIDs from MiniLM text embeddings (`sid.vectors=text`, the default since "
+                 "it won here)",
+    "sasrec_sids": "SIDs from a 128-wide SASRec's item embeddings (`sid.vectors=sasrec`)",
+    "sci9_ikd256": "SIDs from a 128-wide SASRec's item embeddings (`sid.vectors=sasrec`, the "
+                   "previous default; `sci9_ikd256`)",
     "no_item_head": "no item head (`sft.item_loss=0 sft.item_distill=0 eval.item_head=0`)",
     "no_item_distill": "item head on labels alone (`sft.item_distill=0`)",
     "no_distill": "no code-level distillation (`sft.distill=0`)",
@@ -102,7 +106,7 @@ def main() -> None:
                           f"{pval(res['p_bootstrap'])} / {pval(res['p_wilcoxon'])}"]
                 if len(both) < len(found):
                     paired[0] += f" (seeds {' '.join(map(str, both))})"
-            label = (f"`{exp.name}/{method}`" if method != "sft" else
+            label = (f"{method} (`{exp.name}/{method}`)" if method != "sft" else
                      VARIANTS.get(exp.name.removeprefix("gen_"), f"`{exp.name}`"))
             lines.append(f"| {split} | {label} | {len(found)} | " + " | ".join(cells)
                          + f" | {paired[0]} | {paired[1]} |")
