@@ -59,7 +59,7 @@ class SFTConfig:
                                    # each trimmed of its own padding, their losses weighted by
                                    # their share of the batch's supervised tokens: the same
                                    # gradient with fewer padding tokens (docs/method.md,
-                                   # "SFT batches")
+                                   # "SFT micro-batches")
     label_smoothing: float = 0.0   # eps of the level-wise label smoothing (train.sft.sft_loss)
     loss: str = "level"            # softmax over the level's codes, or "trie": over the codes
                                    # the SID trie allows after the prefix (what decoding ranks)

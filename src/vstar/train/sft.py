@@ -493,7 +493,7 @@ def train_sft(model: SidModel, vocab: SidVocab, trie: SidTrie, splits: Splits,
             share = dist.global_share(int((targets[idx] >= 0).sum()))
             if cfg.group_by_length:
                 share *= int((targets[batch] >= 0).sum()) / tokens_per_batch
-            value = 0.0
+            value = torch.zeros((), device=dev)
             # micro-batches (sft.micro_batches): the rows sorted by length and cut into parts,
             # each trimmed of its own padding and weighted by its share of the supervised tokens,
             # so that the gradients add up to the whole batch's mean loss
@@ -518,9 +518,9 @@ def train_sft(model: SidModel, vocab: SidVocab, trie: SidTrie, splits: Splits,
                 if weight != 1.0:
                     loss = loss * weight
                 loss.backward()
-                value += float(loss.detach())
+                value = value + loss.detach()              # no device sync per part
             dist.all_reduce_grads(model.parameters())
-            value = dist.all_sum([value])[0]                # the global batch's mean loss
+            value = dist.all_sum([float(value)])[0]         # the global batch's mean loss
             check_finite(torch.tensor(value), "sft loss", len(losses) + 1 + epoch * steps_per_epoch)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             lr = opt.param_groups[0]["lr"]               # the rate this step used
