@@ -16,14 +16,14 @@ from ``<exp>/<method>`` when given as ``PATH:METHOD``. Row labels come from ``VA
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from vstar.core.io import atomic_write_text
+from vstar.core.layout import RunLayout
 from vstar.eval.paired import paired_comparison
+from vstar.eval.records import read_metrics
+from vstar.eval.stats import mean_std
 
 VARIANTS = {
     "default": "the default (`configs/scientific.yaml`)",
@@ -62,8 +62,9 @@ def pval(p: float) -> str:
 
 
 def metrics_of(run: Path, split: str) -> dict | None:
-    f = run / "metrics.json" if split == "test" else run / split / "metrics.json"
-    return json.loads(f.read_text())["metrics"] if f.is_file() else None
+    """The metrics of a run folder's ``split`` (``RunLayout.metrics``), or None if it has none."""
+    path = RunLayout(run).metrics(split)
+    return read_metrics(path)["metrics"] if path.is_file() else None
 
 
 def main() -> None:
@@ -90,9 +91,8 @@ def main() -> None:
                 continue
             cells = []
             for name in METRICS:
-                vals = [m[name] for _, m in found]
-                std = np.std(vals, ddof=1) if len(vals) > 1 else 0.0
-                cells.append(f"{np.mean(vals):.4f} ± {std:.4f}")
+                mean, std = mean_std([m[name] for _, m in found])
+                cells.append(f"{mean:.4f} ± {std:.4f}")
             paired = ["", ""]
             both = [k for k, _ in found
                     if metrics_of(default[0] / default[1] / f"seed{k}", split)]

@@ -490,14 +490,14 @@ def train_sft(model: SidModel, vocab: SidVocab, trie: SidTrie, splits: Splits,
             # batch's weight: with length-grouped batches (of very different token counts) the
             # mean loss is scaled by the batch's supervised tokens over their epoch mean, so that
             # every supervised token weighs the same over an epoch, as with random batches
-            share = dist.global_share(int((targets[idx] >= 0).sum()))
+            n_local = int((targets[idx] >= 0).sum())   # this rank's supervised tokens
+            share = dist.global_share(n_local)
             if cfg.group_by_length:
                 share *= int((targets[batch] >= 0).sum()) / tokens_per_batch
             value = torch.zeros((), device=dev)
             # micro-batches (sft.micro_batches): the rows sorted by length and cut into parts,
             # each trimmed of its own padding and weighted by its share of the supervised tokens,
             # so that the gradients add up to the whole batch's mean loss
-            n_local = int((targets[idx] >= 0).sum())
             for part in micro_batches(idx, lengths, cfg.micro_batches):
                 n_part = int((targets[part] >= 0).sum())
                 if not n_part:
