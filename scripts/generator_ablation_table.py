@@ -10,12 +10,14 @@ each variant against the default (per-user NDCG@10, or ``--metric``, averaged ov
 
 The first experiment is the baseline of the paired tests; each is read from ``<exp>/sft``, or
 from ``<exp>/<method>`` when given as ``PATH:METHOD``. Row labels come from ``VARIANTS``
-(experiment name without the ``gen_`` prefix); an unknown name is shown as it is.
+(experiment name without a ``gen_`` or ``g<N>_`` prefix, e.g. ``g15_`` for the rows of the 15-epoch
+schedule); an unknown name is shown as it is.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import tempfile
 from pathlib import Path
 
@@ -42,6 +44,7 @@ VARIANTS = {
     "subset_valid": "early stopping on a 2,000-row validation subset (`sft.val_max_users=2000`)",
     "label_smoothing": "label smoothing 0.1 (`sft.label_smoothing=0.1`)",
     "layers_4": "4 layers (`model.n_layer=4`)",
+    "sci11": "the default: text SIDs, 15-epoch schedule (`sci11`)",
 }
 METRICS = ["HR@1", "HR@10", "NDCG@10", "long_tail@10"]
 
@@ -52,9 +55,14 @@ def parse(spec: str) -> tuple[Path, str]:
     return Path(path).resolve(), method or "sft"
 
 
+def variant_of(exp: Path) -> str:
+    """The experiment's name without its ablation prefix (``gen_`` or ``g<N>_``)."""
+    return re.sub(r"^(gen|g\d+)_", "", exp.name)
+
+
 def label_of(exp: Path, method: str) -> str:
     return (f"`{exp.name}/{method}`" if method != "sft"
-            else "default" if exp.name.removeprefix("gen_") == "default" else f"`{exp.name}`")
+            else "default" if variant_of(exp) == "default" else f"`{exp.name}`")
 
 
 def pval(p: float) -> str:
@@ -107,7 +115,7 @@ def main() -> None:
                 if len(both) < len(found):
                     paired[0] += f" (seeds {' '.join(map(str, both))})"
             label = (f"{method} (`{exp.name}/{method}`)" if method != "sft" else
-                     VARIANTS.get(exp.name.removeprefix("gen_"), f"`{exp.name}`"))
+                     VARIANTS.get(variant_of(exp), f"`{exp.name}`"))
             lines.append(f"| {split} | {label} | {len(found)} | " + " | ".join(cells)
                          + f" | {paired[0]} | {paired[1]} |")
     table = "\n".join(lines)

@@ -1,5 +1,5 @@
 """Where the SID generator and SASRec differ on one seed: HR@10 by target popularity and the
-log-likelihood of the test target, per SID level (README, "The generator").
+log-likelihood of the test target, per SID level (docs/results/generator_studies.md).
 
     .venv/bin/python scripts/generator_vs_sasrec.py configs/scientific.yaml \
         --generator runs/sci_gen_lr1/sft/seed0 --sasrec runs/sci_gen/sasrec/seed0 [--rows 2000] \

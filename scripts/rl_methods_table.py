@@ -1,5 +1,5 @@
 """The issue-13 comparison table: every RL recipe of an experiment against GRPO, from the same SFT
-generators (README, "Other RL recipes").
+generators (docs/results/other_rl_studies.md).
 
     .venv/bin/python scripts/rl_methods_table.py runs/sci_kd [--split test]
     # other rows, seeds and baseline (the V-STAR switches of issue 8, against V-STAR):

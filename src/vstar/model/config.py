@@ -31,7 +31,7 @@ class ModelConfig:
     # How a history item enters the model: "codes" (L code tokens per item) or "items" (one
     # position per item: the sum of its code embeddings, plus a learned item-ID embedding if
     # item_id_embedding). The generated item's codes are emitted one per step either way.
-    # Defaults: what won on validation (README, "The generator").
+    # Defaults: what won on validation (docs/results/generator_studies.md).
     history: str = "items"
     item_id_embedding: bool = True
     # The network behind the SID vocabulary: "vstar" (``SidGenerator``, above sizes) or "hf",

@@ -36,11 +36,11 @@ class SidConfig:
     # embeddings), "sasrec" (collaborative SIDs: the item embeddings of a SASRec trained on the
     # training split with the sasrec section's settings) or "fused" (both, each L2-normalised,
     # concatenated). The item vectors above are still what semantic rewards and intra-list
-    # distance use. Default: what won on validation (README)
+    # distance use. Default: what won on validation (docs/results/generator_studies.md)
     vectors: str = "sasrec"
     # width of the experiment's SASRec (its item embeddings are the "sasrec" vectors, and it is the
     # SFT distillation teacher); 0: the sasrec section's ``hidden``, i.e. the baseline's width.
-    # The two are tuned apart: the best baseline is not the best teacher (README, "The generator")
+    # The two are tuned apart: the best baseline is not the best teacher (docs/results/generator_studies.md)
     sasrec_hidden: int = 0
     # "extra_level" (TIGER: append the rank within the colliding group), "reassign" (move
     # colliding items to a free last-level code under the same prefix) or "none"
