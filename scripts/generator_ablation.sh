@@ -55,6 +55,7 @@ run lr_3e-3 sft.lr=3e-3
 run teacher_64 sid.sasrec_hidden=64                # a 64-wide SASRec as SID vectors and teacher
 run by_length sft.group_by_length=true             # length-grouped batches (3x faster epochs)
 run layers_4 model.n_layer=4
+run const_lr sft.schedule=constant             # no cosine decay after the warm-up
 
 mkdir -p docs/results
 .venv/bin/python scripts/generator_ablation_table.py "$RUNS/${PREFIX}_default" "$RUNS/${PREFIX}"_* \

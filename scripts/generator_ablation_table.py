@@ -44,6 +44,7 @@ VARIANTS = {
     "subset_valid": "early stopping on a 2,000-row validation subset (`sft.val_max_users=2000`)",
     "label_smoothing": "label smoothing 0.1 (`sft.label_smoothing=0.1`)",
     "layers_4": "4 layers (`model.n_layer=4`)",
+    "const_lr": "constant learning rate after the warm-up, no cosine (`sft.schedule=constant`)",
     "sci11": "the default: text SIDs, 15-epoch schedule (`sci11`)",
 }
 METRICS = ["HR@1", "HR@10", "NDCG@10", "long_tail@10"]

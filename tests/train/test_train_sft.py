@@ -1,4 +1,7 @@
+import math
+
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -6,7 +9,9 @@ from vstar.data.types import SplitRows, Splits
 from vstar.decode import SidTrie, rank_rows
 from vstar.experiments.collab import ranking_metrics
 from vstar.model import ModelConfig, SidGenerator, SidVocab
+from vstar.core.scalars import Scalars
 from vstar.data.windows import build_windows
+from vstar.train.schedule import lr_factor
 from vstar.train.sft import (SFTConfig, encode_windows, length_grouped_batches, sft_loss,
                              train_sft)
 
@@ -106,6 +111,47 @@ def test_sft_without_validation_trains_every_epoch_and_keeps_the_last():
     _, history = train_sft(model, vocab, SidTrie(codes, [4, 5]), splits, cfg, progress=False)
     assert [h["epoch"] for h in history] == [0, 1, 2]          # no early stop without scores
     assert all("NDCG@10" not in h for h in history)
+
+
+def test_lr_factor_warms_up_then_decays_to_zero_or_holds():
+    cos = [lr_factor(s, 20, 5, "cosine") for s in range(25)]
+    const = [lr_factor(s, 20, 5, "constant") for s in range(25)]
+    assert const[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0]) and const[4:] == [1.0] * 21
+    assert cos == pytest.approx([w * 0.5 * (1 + math.cos(math.pi * min(s, 20) / 20))
+                                 for s, w in enumerate(const)])
+    assert all(a >= b for a, b in zip(cos[4:], cos[5:])) and cos[20:] == [0.0] * 5
+    assert lr_factor(0, 10, 0) == lr_factor(0, 10, 1) == 1.0       # no warm-up
+    with pytest.raises(ValueError, match="linear"):
+        lr_factor(0, 10, 1, "linear")
+
+
+class _LrLog(Scalars):
+    def __init__(self):
+        self.lr = []
+
+    def log(self, prefix, values, step):
+        if "lr" in values:                                # the per-step record
+            self.lr.append(values["lr"])
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_sft_follows_its_schedule_over_every_step(schedule):
+    torch.manual_seed(0)
+    codes = np.array([[i // 5, i % 5] for i in range(20)])
+    seqs = [[(s + t) % 20 for t in range(6)] for s in range(20)]
+    rows = _loo_rows([s[:-2] for s in seqs], 5)
+    splits = Splits("leave_one_out", rows, rows, rows, 5)
+    vocab = SidVocab([4, 5])
+    model = SidGenerator(ModelConfig(history="codes", n_layer=1, n_head=2, n_embd=16, dropout=0.0),
+                         vocab_size=vocab.size, block_size=13)
+    cfg = SFTConfig(lr=1e-2, batch_size=8, max_epochs=4, warmup_steps=3, schedule=schedule)
+    log = _LrLog()
+    train_sft(model, vocab, SidTrie(codes, [4, 5]), splits, cfg, progress=False, scalars=log)
+    total = len(log.lr)                                   # every step logs the rate it used
+    assert total > 8 and total % cfg.max_epochs == 0
+    assert log.lr == pytest.approx([1e-2 * lr_factor(s, total, 3, schedule) for s in range(total)])
+    assert log.lr[0] < log.lr[1] < log.lr[2] == max(log.lr)   # warm-up over 3 steps
+    assert (log.lr[-1] < 1e-3) if schedule == "cosine" else (log.lr[-1] == pytest.approx(1e-2))
 
 
 def test_label_smoothing_stays_within_the_level_and_is_finite():

@@ -16,11 +16,11 @@ from vstar.core.validate import between, number, text      # rules of the A2PO /
 from vstar.data.windows import WINDOW_MODES
 from vstar.decode.config import VEDConfig
 from vstar.model.config import ValueHeadConfig
+from vstar.train.schedule import SCHEDULES
 
 RL_DECODERS = ("beam", "sample", "ved", "value_beam")
 SFT_LOSSES = ("level", "trie")
 SFT_VAL_METRICS = ("NDCG@10", "HR@10")    # what the pipeline's validation callback returns
-RL_SCHEDULES = ("cosine", "constant")
 PREFIX_EMBEDDINGS = ("bucket_mean", "single_item")
 RL_SIBLING_SAME = "same"               # sibling_reward: the step's own reward (the paper)
 RL_VALUE_TARGETS = ("tree", "candidates")
@@ -45,6 +45,8 @@ class SFTConfig:
     max_epochs: int = 40
     patience: int = 4              # evaluations without a better validation score before stopping
     warmup_steps: int = 100
+    schedule: str = "cosine"       # after the warm-up: "cosine" down to 0 at max_epochs, or
+                                   # "constant" (vstar.train.schedule)
     grad_clip: float = 1.0
     val_metric: str = "NDCG@10"    # early-stopping criterion on the validation split
     val_beam: int = 20
@@ -84,6 +86,7 @@ class SFTConfig:
 
     RULES = {"lr": positive, "weight_decay": non_negative, "batch_size": count,
              "max_epochs": count, "patience": count, "warmup_steps": count,
+             "schedule": one_of(*SCHEDULES),
              "grad_clip": positive, "val_metric": one_of(*SFT_VAL_METRICS), "val_beam": count,
              "val_max_users": non_negative_int, "eval_every": count,
              "windows": one_of(*WINDOW_MODES), "group_by_length": boolean(),
@@ -175,7 +178,7 @@ class RLConfig:
         "n_candidates": at_least(2), "steps": count, "users_per_step": count,
         "updates_per_batch": count, "lr": positive, "value_lr": positive,
         "weight_decay": non_negative, "warmup_steps": non_negative_int,
-        "schedule": one_of(*RL_SCHEDULES), "grad_clip": positive, "clip_eps": positive,
+        "schedule": one_of(*SCHEDULES), "grad_clip": positive, "clip_eps": positive,
         "kl_beta": non_negative, "w_sib": non_negative, "w_value": non_negative,
         "adv_eps": positive, "reward": registered(_reward_names), "gamma": probability,
         "level_weights": optional(list_of(non_negative, nonempty=True)),

@@ -36,7 +36,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -72,6 +71,7 @@ from vstar.train.config import (RL_DECODERS, RL_SIBLING_SAME, RL_VALUE_GATES, RL
 from vstar.train.config import RL_ADVANTAGES, RL_POLICY_LOSSES, RL_RATIO_LEVELS
 from vstar.train.losses import grpo_loss, kl_k3, sdpo_loss, sibling_loss
 from vstar.train.rewards import REWARDS, RewardContext, get_reward
+from vstar.train.schedule import lr_factor
 
 log = logging.getLogger(__name__)
 
@@ -215,10 +215,7 @@ class RLTrainer:
         self.hepo_level_weights = torch.tensor(c, dtype=torch.float32, device=dev)
 
     def _lr_factor(self, step: int, n_steps: int) -> float:
-        warm = min(1.0, (step + 1) / max(1, self.cfg.warmup_steps))
-        if self.cfg.schedule == "constant":
-            return warm
-        return warm * 0.5 * (1 + math.cos(math.pi * min(step, n_steps) / max(1, n_steps)))
+        return lr_factor(step, n_steps, self.cfg.warmup_steps, self.cfg.schedule)
 
     def _policy_lr_factor(self, step: int) -> float:
         """The policy's schedule starts after the value warm-up (lr 0 during it)."""

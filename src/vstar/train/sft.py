@@ -34,6 +34,7 @@ from vstar.model.backbone import SidModel
 from vstar.model.generator import item_head_logits
 from vstar.model.vocab import BOS, PAD, SidVocab
 from vstar.train.config import SFT_LOSSES, SFTConfig
+from vstar.train.schedule import lr_factor
 
 Validate = Callable[[SidModel, SplitRows], dict]   # (model, validation rows) -> metrics
 
@@ -367,7 +368,8 @@ def train_sft(model: SidModel, vocab: SidVocab, trie: SidTrie, splits: Splits,
               scalars: Scalars | None = None,
               autocast: str = "none",
               item_teacher: torch.nn.Module | None = None) -> tuple[SidModel, list[dict]]:
-    """Train with AdamW + warmup/cosine LR; keep the best validation state (early stopping).
+    """Train with AdamW, a linear warm-up and a cosine (or constant, ``cfg.schedule``) learning
+    rate; keep the best validation state (early stopping).
 
     Every ``cfg.eval_every`` epochs, ``validate(model, rows)`` scores a fixed seeded subset of
     ``cfg.val_max_users`` validation rows and must return ``cfg.val_metric`` (the pipeline passes
@@ -445,8 +447,8 @@ def train_sft(model: SidModel, vocab: SidVocab, trie: SidTrie, splits: Splits,
     lengths = (tokens != PAD).sum(1).numpy()
     tokens_per_batch = float((targets >= 0).sum()) / steps_per_epoch
     total = steps_per_epoch * cfg.max_epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps)
-                                              * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, total, cfg.warmup_steps, cfg.schedule))
     best, best_state, bad, history = -1.0, None, 0, []
     start = 0
     if resume and checkpoint_path is not None and os.path.isfile(checkpoint_path):
