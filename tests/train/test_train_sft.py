@@ -98,7 +98,9 @@ def test_sft_learns_a_deterministic_successor_pattern():
     assert max(h["NDCG@10"] for h in history) > 0.95
 
 
-def test_sft_without_validation_trains_every_epoch_and_keeps_the_last():
+def _successor_world():
+    """20 items of 2-level codes, each user's next item the successor of the last: the model, its
+    vocabulary, trie and splits."""
     torch.manual_seed(0)
     codes = np.array([[i // 5, i % 5] for i in range(20)])
     seqs = [[(s + t) % 20 for t in range(6)] for s in range(20)]
@@ -107,8 +109,13 @@ def test_sft_without_validation_trains_every_epoch_and_keeps_the_last():
     vocab = SidVocab([4, 5])
     model = SidGenerator(ModelConfig(history="codes", n_layer=1, n_head=2, n_embd=16, dropout=0.0),
                          vocab_size=vocab.size, block_size=13)
+    return model, vocab, SidTrie(codes, [4, 5]), splits
+
+
+def test_sft_without_validation_trains_every_epoch_and_keeps_the_last():
+    model, vocab, trie, splits = _successor_world()
     cfg = SFTConfig(batch_size=16, max_epochs=3, patience=1, warmup_steps=1)
-    _, history = train_sft(model, vocab, SidTrie(codes, [4, 5]), splits, cfg, progress=False)
+    _, history = train_sft(model, vocab, trie, splits, cfg, progress=False)
     assert [h["epoch"] for h in history] == [0, 1, 2]          # no early stop without scores
     assert all("NDCG@10" not in h for h in history)
 
@@ -136,17 +143,10 @@ class _LrLog(Scalars):
 
 @pytest.mark.parametrize("schedule", ["cosine", "constant"])
 def test_sft_follows_its_schedule_over_every_step(schedule):
-    torch.manual_seed(0)
-    codes = np.array([[i // 5, i % 5] for i in range(20)])
-    seqs = [[(s + t) % 20 for t in range(6)] for s in range(20)]
-    rows = _loo_rows([s[:-2] for s in seqs], 5)
-    splits = Splits("leave_one_out", rows, rows, rows, 5)
-    vocab = SidVocab([4, 5])
-    model = SidGenerator(ModelConfig(history="codes", n_layer=1, n_head=2, n_embd=16, dropout=0.0),
-                         vocab_size=vocab.size, block_size=13)
+    model, vocab, trie, splits = _successor_world()
     cfg = SFTConfig(lr=1e-2, batch_size=8, max_epochs=4, warmup_steps=3, schedule=schedule)
     log = _LrLog()
-    train_sft(model, vocab, SidTrie(codes, [4, 5]), splits, cfg, progress=False, scalars=log)
+    train_sft(model, vocab, trie, splits, cfg, progress=False, scalars=log)
     total = len(log.lr)                                   # every step logs the rate it used
     assert total > 8 and total % cfg.max_epochs == 0
     assert log.lr == pytest.approx([1e-2 * lr_factor(s, total, 3, schedule) for s in range(total)])
