@@ -40,7 +40,8 @@ class SidConfig:
     vectors: str = "sasrec"
     # width of the experiment's SASRec (its item embeddings are the "sasrec" vectors, and it is the
     # SFT distillation teacher); 0: the sasrec section's ``hidden``, i.e. the baseline's width.
-    # The two are tuned apart: the best baseline is not the best teacher (docs/results/generator_studies.md)
+    # The two are tuned apart: the best baseline is not the best teacher
+    # (docs/results/generator_studies.md)
     sasrec_hidden: int = 0
     # "extra_level" (TIGER: append the rank within the colliding group), "reassign" (move
     # colliding items to a free last-level code under the same prefix) or "none"
