@@ -49,6 +49,7 @@ from vstar.decode.trie import SidTrie
 from vstar.model.backbone import SidModel
 from vstar.model.vocab import SidVocab
 from vstar.train.config import RL_DRPO_MODES, RLConfig
+from vstar.train.schedule import lr_factor
 
 log = logging.getLogger(__name__)
 
@@ -176,11 +177,7 @@ class DRPOTrainer:
         self.history: list[dict] = []
 
     def _lr_factor(self, step: int) -> float:
-        warm = min(1.0, (step + 1) / max(1, self.cfg.warmup_steps))
-        if self.cfg.schedule == "constant":
-            return warm
-        return warm * 0.5 * (1 + math.cos(math.pi * min(step, self.cfg.steps)
-                                          / max(1, self.cfg.steps)))
+        return lr_factor(step, self.cfg.steps, self.cfg.warmup_steps, self.cfg.schedule)
 
     def _grads(self, loss: torch.Tensor, retain: bool) -> list[torch.Tensor]:
         if not loss.requires_grad:

@@ -214,16 +214,14 @@ class RLTrainer:
                              field="rl.hepo_level_weights")
         self.hepo_level_weights = torch.tensor(c, dtype=torch.float32, device=dev)
 
-    def _lr_factor(self, step: int, n_steps: int) -> float:
-        return lr_factor(step, n_steps, self.cfg.warmup_steps, self.cfg.schedule)
-
     def _policy_lr_factor(self, step: int) -> float:
         """The policy's schedule starts after the value warm-up (lr 0 during it)."""
         rl_step = step - self.n_value_warmup
-        return 0.0 if rl_step < 0 else self._lr_factor(rl_step, self.cfg.steps)
+        return (0.0 if rl_step < 0 else
+                lr_factor(rl_step, self.cfg.steps, self.cfg.warmup_steps, self.cfg.schedule))
 
     def _value_lr_factor(self, step: int) -> float:
-        return self._lr_factor(step, self.total_steps)
+        return lr_factor(step, self.total_steps, self.cfg.warmup_steps, self.cfg.schedule)
 
     @property
     def in_value_warmup(self) -> bool:

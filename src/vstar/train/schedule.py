@@ -1,4 +1,4 @@
-"""The learning-rate schedules SFT and RL share: linear warm-up, then cosine decay or constant.
+"""The learning-rate schedules SFT, RL and DRPO share: linear warm-up, then cosine decay or constant.
 
 ``lr_factor`` is the multiplier of the base learning rate at optimiser step ``step`` (what
 ``torch.optim.lr_scheduler.LambdaLR`` asks for)."""
